@@ -1,21 +1,30 @@
-"""q35f: 3.5-bit weight quantization of LLMs with Fortran 2008 kernels (format: docs/FORMAT.md)."""
+"""q35f: 3.5-bit weight quantization of LLMs with Fortran 2008 kernels (format: docs/FORMAT.md).
+
+Public names are loaded on first use, so `import q35f.formats` or `q35f --help` does not load the
+compiled kernels.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-from .formats import FORMAT_VERSION, FORMATS, bits_per_weight  # noqa: E402
-from .kernels import decode, encode, pack_codes, unpack_codes  # noqa: E402
-from .tensor import QuantConfig, QuantizedTensor, matmul, quantize  # noqa: E402
+_PUBLIC = {
+    "FORMAT_VERSION": "formats",
+    "FORMATS": "formats",
+    "bits_per_weight": "formats",
+    "encode": "kernels",
+    "decode": "kernels",
+    "pack_codes": "kernels",
+    "unpack_codes": "kernels",
+    "QuantConfig": "tensor",
+    "QuantizedTensor": "tensor",
+    "quantize": "tensor",
+    "matmul": "tensor",
+}
+__all__ = sorted(_PUBLIC)
 
-__all__ = [
-    "FORMAT_VERSION",
-    "FORMATS",
-    "QuantConfig",
-    "QuantizedTensor",
-    "bits_per_weight",
-    "decode",
-    "encode",
-    "matmul",
-    "pack_codes",
-    "quantize",
-    "unpack_codes",
-]
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module 'q35f' has no attribute {name!r}")
