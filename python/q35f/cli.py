@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Add a module here when it defines a command.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("q35f.sizing", "q35f.paper")
 BENCH_MODULES: tuple[str, ...] = ()
 
 
