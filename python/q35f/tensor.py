@@ -115,6 +115,22 @@ class QuantizedTensor:
         out = kernels.dequantize_tiles(self, 0, self._tiles.shape[0])
         return np.ascontiguousarray(out[:n, :k])
 
+    def take_rows(self, ids) -> np.ndarray:
+        """float32 (len(ids), K): selected rows only (an embedding lookup), via their tiles."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be a 1-D integer array, got {ids.dtype.name} {ids.shape}")
+        n, k = self.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise ValueError(f"ids must lie in [0, {n}), got {ids.min()}..{ids.max()}")
+        out = np.empty((ids.size, k), dtype=np.float32)
+        tiles, where = np.unique(ids // kernels.TILE_ROWS, return_inverse=True)
+        for i, tile in enumerate(tiles):
+            band = kernels.dequantize_tiles(self, int(tile), 1)
+            mine = where == i
+            out[mine] = band[ids[mine] % kernels.TILE_ROWS, :k]
+        return out
+
     def matmul(self, x: np.ndarray) -> np.ndarray:
         return matmul(x, self)
 

@@ -1,0 +1,68 @@
+! Float16 arithmetic the format needs (FORMAT.md §4), done on float32 values and float16 bits.
+! gfortran has no half-precision type, so parameters are rounded in float32 (exactly, by powers
+! of two) and decoded from their 16-bit patterns.
+module q35_half
+    use iso_fortran_env, only: int16, int32, real32
+    implicit none
+    private
+    public :: f16_round_down, f16_round_up, f16_next_up, half_to_real
+
+    integer, parameter :: f16_min_exponent = -14  ! below it float16 numbers are subnormal
+    integer, parameter :: f16_mantissa_bits = 10
+
+contains
+
+    ! Spacing of float16 numbers around |x| (x /= 0): 2**(e - 10), e = max(exponent, -14).
+    pure elemental function f16_spacing(x) result(spacing)
+        real(real32), intent(in) :: x
+        real(real32) :: spacing
+        spacing = scale(1.0_real32, max(exponent(x) - 1, f16_min_exponent) - f16_mantissa_bits)
+    end function f16_spacing
+
+    !> Largest float16 value <= x (x finite, within the float16 range), as a float32.
+    pure elemental function f16_round_down(x) result(rounded)
+        real(real32), intent(in) :: x
+        real(real32) :: rounded, spacing
+        if (x == 0.0_real32) then
+            rounded = x  ! keeps the sign of zero, as numpy does
+            return
+        end if
+        spacing = f16_spacing(x)
+        ! x / spacing is exact (power of two) and below 2**11, so floor is exact too.
+        rounded = real(floor(x / spacing), real32) * spacing
+    end function f16_round_down
+
+    !> Smallest float16 value >= x, as a float32.
+    pure elemental function f16_round_up(x) result(rounded)
+        real(real32), intent(in) :: x
+        real(real32) :: rounded
+        rounded = -f16_round_down(-x)
+    end function f16_round_up
+
+    !> The float16 number after a non-negative float16 value s.
+    pure elemental function f16_next_up(s) result(next)
+        real(real32), intent(in) :: s
+        real(real32) :: next
+        if (s == 0.0_real32) then
+            next = scale(1.0_real32, f16_min_exponent - f16_mantissa_bits)
+        else
+            next = s + f16_spacing(s)
+        end if
+    end function f16_next_up
+
+    !> Exact float32 value of a finite float16 bit pattern; branch-free so it vectorises.
+    pure elemental function half_to_real(bits) result(value)
+        integer(int16), intent(in) :: bits
+        real(real32) :: value
+        integer(int32) :: word, exponent_field, mantissa, power_bits
+        word = iand(int(bits, int32), 65535)
+        exponent_field = iand(ishft(word, -10), 31)
+        mantissa = iand(word, 1023)
+        if (exponent_field > 0) mantissa = mantissa + 1024
+        ! 2**(max(e, 1) - 25) built from its float32 bit pattern; subnormals share e = 1.
+        power_bits = ishft(max(exponent_field, 1) - 25 + 127, 23)
+        value = real(mantissa, real32) * transfer(power_bits, 1.0_real32)
+        if (btest(word, 15)) value = -value
+    end function half_to_real
+
+end module q35_half

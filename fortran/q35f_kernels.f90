@@ -1,0 +1,117 @@
+! The f2py boundary: plain subroutines over explicit-shape arrays, nothing else. Each one checks
+! nothing and copies nothing; python/q35f/kernels.py validates arguments before calling them.
+! Array dimensions are in Fortran order: a numpy C-ordered (rows, cols) array arrives as (cols, rows).
+
+subroutine encode_pairs(n, n1, n2, codes)
+    use iso_fortran_env, only: int8, int32
+    use q35_blocks, only: encode_code
+    implicit none
+    integer(int32), intent(in) :: n
+    integer(int8), intent(in) :: n1(n), n2(n)
+    integer(int8), intent(out) :: codes(n)
+    codes = int(encode_code(int(n1, int32), int(n2, int32)), int8)
+end subroutine encode_pairs
+
+subroutine decode_pairs(n, codes, n1, n2)
+    use iso_fortran_env, only: int8, int32
+    use q35_blocks, only: decode_code
+    implicit none
+    integer(int32), intent(in) :: n
+    integer(int8), intent(in) :: codes(n)
+    integer(int8), intent(out) :: n1(n), n2(n)
+    integer(int32) :: wide1(n), wide2(n)
+    call decode_code(int(codes, int32), wide1, wide2)
+    n1 = int(wide1, int8)
+    n2 = int(wide2, int8)
+end subroutine decode_pairs
+
+! Eight 7-bit codes per 7-byte block, per row (§3).
+subroutine pack_code_rows(n_rows, n_blocks, codes, packed)
+    use iso_fortran_env, only: int8, int32, int64
+    use q35_blocks, only: to_int8
+    implicit none
+    integer(int32), intent(in) :: n_rows, n_blocks
+    integer(int8), intent(in) :: codes(8 * n_blocks, n_rows)
+    integer(int8), intent(out) :: packed(7 * n_blocks, n_rows)
+    integer(int64) :: stream
+    integer :: r, b, j
+    do r = 1, n_rows
+        do b = 0, n_blocks - 1
+            stream = 0
+            do j = 0, 7
+                stream = ior(stream, ishft(int(iand(int(codes(8 * b + j + 1, r), int32), 127), &
+                                               int64), 7 * j))
+            end do
+            do j = 0, 6
+                packed(7 * b + j + 1, r) = to_int8(int(iand(ishft(stream, -8 * j), 255_int64), &
+                                                       int32))
+            end do
+        end do
+    end do
+end subroutine pack_code_rows
+
+subroutine unpack_code_rows(n_rows, n_blocks, packed, codes)
+    use iso_fortran_env, only: int8, int32, int64
+    implicit none
+    integer(int32), intent(in) :: n_rows, n_blocks
+    integer(int8), intent(in) :: packed(7 * n_blocks, n_rows)
+    integer(int8), intent(out) :: codes(8 * n_blocks, n_rows)
+    integer(int64) :: stream
+    integer :: r, b, j
+    do r = 1, n_rows
+        do b = 0, n_blocks - 1
+            stream = 0
+            do j = 0, 6
+                stream = ior(stream, ishft(iand(int(packed(7 * b + j + 1, r), int64), 255_int64), &
+                                           8 * j))
+            end do
+            do j = 0, 7
+                codes(8 * b + j + 1, r) = int(iand(ishft(stream, -7 * j), 127_int64), int8)
+            end do
+        end do
+    end do
+end subroutine unpack_code_rows
+
+! float32 rows (k, n_rows) -> canonical packed rows and float16-exact parameters (§4, §6).
+subroutine quantize_rows(fmt, k, n_rows, group_size, row_bytes, n_groups, w, packed, scales, &
+                         offsets)
+    use iso_fortran_env, only: int8, int32, real32
+    use q35_quantize, only: quantize_row
+    implicit none
+    integer(int32), intent(in) :: fmt, k, n_rows, group_size, row_bytes, n_groups
+    real(real32), intent(in) :: w(k, n_rows)
+    integer(int8), intent(out) :: packed(row_bytes, n_rows)
+    real(real32), intent(out) :: scales(n_groups, n_rows), offsets(n_groups, n_rows)
+    integer :: r
+    !$omp parallel do schedule(dynamic, 16)
+    do r = 1, n_rows
+        call quantize_row(fmt, k, group_size, w(:, r), packed(:, r), scales(:, r), offsets(:, r))
+    end do
+    !$omp end parallel do
+end subroutine quantize_rows
+
+subroutine gemv(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m, tiles, scales, offsets, &
+                x, y)
+    use iso_fortran_env, only: int8, int16, int32, real32
+    use q35_blocks, only: tile_rows
+    use q35_matmul, only: gemv_tiles
+    implicit none
+    integer(int32), intent(in) :: fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m
+    integer(int8), intent(in) :: tiles(16, row_bytes, n_tiles)
+    integer(int16), intent(in) :: scales(16, n_groups, n_tiles), offsets(16, n_groups, n_tiles)
+    real(real32), intent(in) :: x(k_pad, m)
+    real(real32), intent(out) :: y(16, n_tiles, m)
+    call gemv_tiles(fmt, group_size, tiles, scales, offsets, x, y)
+end subroutine gemv
+
+subroutine dequantize(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, tiles, scales, &
+                      offsets, w)
+    use iso_fortran_env, only: int8, int16, int32, real32
+    use q35_matmul, only: dequantize_tiles
+    implicit none
+    integer(int32), intent(in) :: fmt, group_size, row_bytes, n_groups, n_tiles, k_pad
+    integer(int8), intent(in) :: tiles(16, row_bytes, n_tiles)
+    integer(int16), intent(in) :: scales(16, n_groups, n_tiles), offsets(16, n_groups, n_tiles)
+    real(real32), intent(inout) :: w(k_pad, 16 * n_tiles)
+    call dequantize_tiles(fmt, group_size, tiles, scales, offsets, w)
+end subroutine dequantize
