@@ -11,8 +11,8 @@ import importlib
 import sys
 
 # Add a module here when it defines a command.
-COMMAND_MODULES: tuple[str, ...] = ("q35f.sizing", "q35f.paper")
-BENCH_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("q35f.sizing", "q35f.paper", "q35f.serve")
+BENCH_MODULES: tuple[str, ...] = ("q35f.bench_serve",)
 
 
 def build_parser() -> argparse.ArgumentParser:
