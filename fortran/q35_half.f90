@@ -56,11 +56,11 @@ contains
         real(real32) :: value
         integer(int32) :: word, exponent_field, mantissa, power_bits
         word = iand(int(bits, int32), 65535)
-        exponent_field = iand(ishft(word, -10), 31)
+        exponent_field = iand(shiftr(word, 10), 31)
         mantissa = iand(word, 1023)
         if (exponent_field > 0) mantissa = mantissa + 1024
         ! 2**(max(e, 1) - 25) built from its float32 bit pattern; subnormals share e = 1.
-        power_bits = ishft(max(exponent_field, 1) - 25 + 127, 23)
+        power_bits = shiftl(max(exponent_field, 1) - 25 + 127, 23)
         value = real(mantissa, real32) * transfer(power_bits, 1.0_real32)
         if (btest(word, 15)) value = -value
     end function half_to_real
