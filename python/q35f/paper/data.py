@@ -1,0 +1,421 @@
+"""`q35f paper data`: the paper's four tables, measured on this machine (scalability: computed).
+
+Tables (paper columns first, then the honesty columns HONESTY):
+- performance.csv: each method on the embedded model (and any --model): memory, decode tok/s,
+  first-token latency, power (RAPL, only when readable);
+- accuracy.csv: perplexity and ΔPPL of each method, plus lm-evaluation-harness task scores from
+  bench/results/lm_eval/ when those runs exist (empty otherwise);
+- scalability.csv: exact memory of the Llama 7B..405B shapes in every format, the devices they
+  fit, a bandwidth-bound decode *estimate* (q35f.sizing);
+- ablation.csv: q35 design choices on the embedded model: dynamic per-group vs static scaling,
+  asymmetric vs symmetric grids, group size, which weight of a pair gets 4 bits.
+
+Performance and accuracy come from the model helpers (q35f.compare, q35f.benchmark,
+q35f.perplexity); the ablation runs the model directly with each variant's weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .machine import honesty, power_note
+
+HONESTY = ("model", "machine", "date", "q35f_version", "source", "formula", "note")
+PERFORMANCE_COLUMNS = (
+    "method", "memory_gb", "throughput_toks", "latency_ms", "power_w",
+    "bits_per_weight", "file_gb", "peak_rss_mb", "prompt_toks", "energy_j_per_token",
+)
+ACCURACY_COLUMNS = (
+    "method", "bits_per_weight", "model", "corpus", "tokens", "perplexity", "delta_ppl",
+    "delta_ppl_pct", "mmlu", "humaneval", "truthfulqa", "ctx",
+)
+ABLATION_COLUMNS = (
+    "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity", "delta_ppl",
+    "delta_ppl_pct", "corpus", "tokens", "ctx", "in_format",
+)
+LM_EVAL_TASKS = {"mmlu": ("mmlu",), "humaneval": ("humaneval",),
+                 "truthfulqa": ("truthfulqa_mc2", "truthfulqa_mc1", "truthfulqa")}
+METHODS = ("fp32", "int8", "int4", "q35", "int3")
+TRAP_NOTE = (
+    "trap (issue 8): the base weights were dequantized from a Q4_1 file with aligned 32-weight "
+    "asymmetric blocks, so 32-weight groups land close to the original grid; "
+    "not evidence of quality"
+)
+
+
+def columns(paper: tuple, extra=()) -> list[str]:
+    cols = list(paper) + [c for c in extra if c not in paper]
+    return cols + [c for c in HONESTY if c not in cols]
+
+
+def write_csv(path: Path, cols: list[str], rows: list[dict]) -> Path:
+    """Write rows with exactly `cols` (missing cells empty), via a temporary name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, cols, extrasaction="raise", lineterminator="\n")
+        w.writeheader()
+        for row in rows:
+            w.writerow({c: _cell(row.get(c)) for c in cols})
+    tmp.replace(path)
+    return path
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ""
+        return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.0f}"
+    return value
+
+
+# scalability (computed from the format)
+
+
+def write_scalability(out_dir, context: int = 2048) -> Path:
+    from ..sizing import scalability_rows
+
+    rows = []
+    for r in scalability_rows(context=context):
+        r = dict(r)
+        h = honesty(r["model"], "estimate", r.pop("formula"), r.pop("note"))
+        del h["model"]
+        rows.append({**r, **h})
+    cols = columns(("model", "method", "memory_gb", "hardware", "throughput_toks"),
+                   [k for k in rows[0] if k not in HONESTY])
+    return write_csv(Path(out_dir) / "scalability.csv", cols, rows)
+
+
+# lm-evaluation-harness results
+
+
+def _method_of(path: Path, config: dict) -> str:
+    """q35/int4/... from the harness's model_args (pretrained=PATH) or the folder name."""
+    args = str(config.get("model_args", ""))
+    for word in args.replace(",", " ").replace("=", " ").replace("/", " ").split()[::-1]:
+        for m in METHODS:
+            if word == m or word.endswith(("-" + m, "_" + m)):
+                return m
+    for part in path.parts[::-1]:
+        if part in METHODS:
+            return part
+    return path.parent.name
+
+
+def lm_eval_scores(directory) -> dict:
+    """{method: {mmlu|humaneval|truthfulqa: score}} from harness result JSON files found under
+    `directory` (e.g. bench/results/lm_eval/q35/results_*.json); {} when there are none."""
+    directory = Path(directory)
+    scores: dict = {}
+    if not directory.is_dir():
+        return scores
+    for path in sorted(directory.rglob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        results = doc.get("results") if isinstance(doc, dict) else None
+        if not isinstance(results, dict):
+            continue
+        method = _method_of(path, doc.get("config", {}) or {})
+        for column, tasks in LM_EVAL_TASKS.items():
+            for task in tasks:
+                metrics = results.get(task)
+                if not isinstance(metrics, dict):
+                    continue
+                for key in ("acc,none", "pass@1,create_test", "pass@1,none", "acc", "pass@1"):
+                    if isinstance(metrics.get(key), (int, float)):
+                        scores.setdefault(method, {})[column] = float(metrics[key])
+                        break
+                if column in scores.get(method, {}):
+                    break
+    return scores
+
+
+# the ablation: variants of the q35 grid on the embedded model
+
+
+def _pair_swap(k: int) -> np.ndarray:
+    """Column permutation exchanging the two weights of every pair (k even)."""
+    perm = np.arange(k)
+    perm[0::2], perm[1::2] = np.arange(1, k, 2), np.arange(0, k, 2)
+    return perm
+
+
+def mixed_grid(w, offset, scale, four_bit_even: bool = True):
+    """Dequantized q35 grid values of w (float32 (N, K)): 16 levels of `scale` on one parity,
+    8 levels of step3 = 15*scale/7 on the other, both from `offset` (FORMAT.md §4, in float32)."""
+    from .. import reference
+
+    w = np.asarray(w, dtype=np.float32)
+    offset = np.broadcast_to(np.asarray(offset, dtype=np.float32), w.shape)
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float32), w.shape)
+    out = np.empty_like(w)
+    four, three = (slice(0, None, 2), slice(1, None, 2))
+    if not four_bit_even:
+        four, three = three, four
+    for cols, step, levels in ((four, scale[:, four], 16),
+                               (three, reference.step3(scale[:, three]), 8)):
+        off = offset[:, cols]
+        lv = reference.to_levels(w[:, cols], off, step, levels)
+        out[:, cols] = off + step * lv.astype(np.float32)
+    return out
+
+
+def fake_per_tensor(w):
+    """One static range [min, max] for the whole tensor (float16 offset/scale as in §4)."""
+    from .. import reference
+
+    offset, scale = reference.group_params(np.float32(w.min()), np.float32(w.max()), 15)
+    return mixed_grid(w, offset, scale)
+
+
+def _group_reduce(w, group_size, fn):
+    n, k = w.shape
+    groups = -(-k // group_size)
+    padded = np.full((n, groups * group_size), np.nan, dtype=np.float32)
+    padded[:, :k] = w
+    return fn(padded.reshape(n, groups, group_size), axis=2), groups
+
+
+def fake_symmetric(w, group_size: int = 128):
+    """Symmetric grid per group: range [-7.5 s, 7.5 s] with only the float16 scale s stored
+    (s = smallest float16 with 7.5 s >= max |w| of the group); same 16/8 levels as q35."""
+    from .. import reference
+
+    w = np.asarray(w, dtype=np.float32)
+    m, _ = _group_reduce(np.abs(w), group_size, np.nanmax)
+    scale = reference.f16_round_up((np.float32(2) * m) / np.float32(15))
+    while True:
+        short = np.float32(7.5) * scale < m
+        if not short.any():
+            break
+        bumped = np.nextafter(scale.astype(np.float16), np.float16(np.inf)).astype(np.float32)
+        scale = np.where(short, bumped, scale)
+    k = w.shape[1]
+    scale_w = np.repeat(scale, group_size, axis=1)[:, :k]
+    return mixed_grid(w, np.float32(-7.5) * scale_w, scale_w)
+
+
+def fake_swapped(w, group_size: int = 128):
+    """q35 with the 4 bits on the odd weight of each pair: swap the pair, quantize, swap back."""
+    from ..tensor import quantize
+
+    perm = _pair_swap(w.shape[1])
+    deq = quantize(np.ascontiguousarray(w[:, perm]), group_size, "q35").dequantize()
+    return np.ascontiguousarray(deq[:, perm])  # the swap is its own inverse
+
+
+def _round16(k: int) -> int:
+    return -(-k // 16) * 16
+
+
+def ablation_variants(quick: bool) -> list[dict]:
+    """Each variant: how block linear weights are made, and the bits per weight it would cost."""
+    v = [
+        dict(factor="baseline", variant="dynamic asymmetric per-group, 4 bits on even weight",
+             kind="real", group_size=128),
+        dict(factor="scaling", variant="static per-output-channel (one group per row, G = K)",
+             kind="real", group_size="K"),
+        dict(factor="scaling", variant="static per-tensor (one range per tensor)", kind="tensor"),
+        dict(factor="grid", variant="symmetric per-group (scale only, offset = -7.5 scale)",
+             kind="symmetric", group_size=128),
+        dict(factor="pair", variant="4 bits on the odd weight of each pair", kind="swapped",
+             group_size=128),
+        dict(factor="group_size", variant="group size 32", kind="real", group_size=32),
+        dict(factor="group_size", variant="group size 64", kind="real", group_size=64),
+        dict(factor="group_size", variant="group size 256", kind="real", group_size=256),
+    ]
+    if quick:
+        keep = {"baseline", "static per-tensor (one range per tensor)", "group size 32"}
+        v = [x for x in v if x["factor"] in keep or x["variant"] in keep
+             or x["factor"] in ("grid", "pair")]
+    return v
+
+
+def variant_weight(w: np.ndarray, variant: dict):
+    """The weight a variant puts in a linear layer: a QuantizedTensor (real format) or float32
+    (fake-quantized), and the exact bytes it would take."""
+    from ..formats import n_groups, tensor_nbytes
+    from ..tensor import quantize
+
+    n, k = w.shape
+    payload = n * 7 * (-(-k // 16))
+    kind = variant["kind"]
+    if kind == "real":
+        g = _round16(k) if variant["group_size"] == "K" else variant["group_size"]
+        return quantize(np.ascontiguousarray(w), g, "q35"), tensor_nbytes(n, k, g, "q35")
+    if kind == "tensor":
+        return fake_per_tensor(w), payload + 4
+    if kind == "symmetric":
+        g = variant["group_size"]
+        return fake_symmetric(w, g), payload + 2 * n * n_groups(k, g)
+    if kind == "swapped":
+        g = variant["group_size"]
+        return fake_swapped(w, g), payload + 4 * n * n_groups(k, g)
+    raise ValueError(f"unknown ablation kind {kind!r}")
+
+
+LINEAR_FIELDS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def _load_float(path):
+    from ..checkpoint import open_checkpoint
+    from ..model import LlamaConfig, Weights
+
+    ckpt = open_checkpoint(path)
+    config = LlamaConfig.from_hf(ckpt.config)
+    return ckpt, config, Weights.from_checkpoint(ckpt, config)
+
+
+def _model_with(config, base, transform, embed, ctx):
+    """A Model whose block linear layers are transform(w); embedding/head = `embed`."""
+    from ..model import LayerWeights, Model, Weights
+
+    layers, nbytes, params = [], 0, 0
+    for lw in base.layers:
+        fields = {}
+        for name in LINEAR_FIELDS:
+            w = getattr(lw, name)
+            fields[name], size = transform(w)
+            nbytes += size
+            params += w.size
+        layers.append(LayerWeights(attn_norm=lw.attn_norm, mlp_norm=lw.mlp_norm, **fields))
+    weights = Weights(embed=embed, layers=layers, norm=base.norm, lm_head=None)
+    if base.lm_head is not None:
+        raise ValueError("the ablation expects a tied head (the embedded model)")
+    return Model(config, weights, max_seq_len=ctx), 8 * nbytes / params
+
+
+def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, quick: bool,
+                 head_bits: str = "int8") -> list[dict]:
+    from tqdm import tqdm
+
+    from ..perplexity import perplexity
+    from ..tensor import quantize
+
+    ckpt, config, base = _load_float(model_path)
+    model_name = _model_name(model_path)
+    if not config.tie_word_embeddings:
+        raise ValueError(f"{model_path}: the ablation runs on tied-embedding models (the "
+                         "embedded SmolLM2) only")
+    # The embedding/head is the same in every variant: the head policy of the real files.
+    embed = quantize(np.ascontiguousarray(base.embed), 128, head_bits)
+    variants = ablation_variants(quick)
+    rows = []
+    bar = tqdm(total=len(variants) + 1, desc="ablation", unit="variant")
+    ref_model, _ = _model_with(config, base, lambda w: (w, 4 * w.size), embed, ctx)
+    ref = perplexity(ref_model, token_ids, ctx=ctx, max_tokens=max_tokens)
+    del ref_model
+    bar.update()
+    ref_note = (f"block linear layers in float32, embedding/head {head_bits} G=128 as in every "
+                "row; the reference for delta_ppl")
+    rows.append({"factor": "reference", "variant": "float32 block linear layers", "method": "fp32",
+                 "group_size": "", "bits_per_weight": 32, "perplexity": ref["ppl"],
+                 "delta_ppl": 0.0, "delta_ppl_pct": 0.0, "corpus": corpus,
+                 "tokens": ref["tokens"], "ctx": ctx, "in_format": "yes",
+                 **honesty(model_name, "measured", note=ref_note)})
+    for var in variants:
+        t0 = time.perf_counter()
+        model, bpw = _model_with(config, base, lambda w, v=var: variant_weight(w, v), embed, ctx)
+        res = perplexity(model, token_ids, ctx=ctx, max_tokens=max_tokens)
+        del model
+        bar.update()
+        real = var["kind"] == "real"
+        notes = [("real q35 tensors (q35f.quantize; the bytes a q35f file holds), run with the "
+                  "Fortran kernels") if real else
+                 ("fake-quantized: not expressible in the q35 format; quantized then dequantized "
+                  "in numpy into float32 weights and run as a float model")]
+        if var["group_size"] == "K":
+            notes.append("group size = K rounded up to 16 (576 or 1536): one group per row")
+        if var["group_size"] == 32:
+            notes.append(TRAP_NOTE)
+        notes.append(f"embedding/head {head_bits} G=128; {time.perf_counter() - t0:.0f} s")
+        d = res["ppl"] - ref["ppl"]
+        rows.append({
+            "factor": var["factor"], "variant": var["variant"], "method": "q35",
+            "group_size": var.get("group_size", ""), "bits_per_weight": bpw,
+            "perplexity": res["ppl"], "delta_ppl": d, "delta_ppl_pct": 100 * d / ref["ppl"],
+            "corpus": corpus, "tokens": res["tokens"], "ctx": ctx,
+            "in_format": "yes" if real else "no (fake-quantized)",
+            **honesty(model_name, "measured", note="; ".join(notes)),
+        })
+    bar.close()
+    ckpt.close()
+    return rows
+
+
+def write_ablation(out_dir, rows) -> Path:
+    return write_csv(Path(out_dir) / "ablation.csv", columns(ABLATION_COLUMNS), rows)
+
+
+# performance and accuracy (through the model helpers)
+
+
+def _model_name(path) -> str:
+    from ..checkpoint import default_model_path
+
+    path = Path(path)
+    try:
+        if path.resolve() == default_model_path().resolve():
+            return "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized)"
+    except FileNotFoundError:
+        pass
+    return path.name
+
+
+def corpus_ids(model_path, corpus: str) -> np.ndarray:
+    from .. import corpora
+    from ..checkpoint import open_checkpoint
+
+    with open_checkpoint(model_path) as ckpt:
+        ids = ckpt.tokenizer.encode(corpora.text(corpus)).ids
+    return np.asarray(ids, dtype=np.int64)
+
+
+def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="prideprejudice",
+              max_tokens=None, skip=()) -> list[Path]:
+    """Measure and write every table not in `skip`; returns the paths written."""
+    from ..checkpoint import default_model_path
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if "scalability" not in skip:
+        paths.append(write_scalability(out_dir))
+    model_paths = [default_model_path()] + [Path(m) for m in models]
+    for m in model_paths:
+        if not Path(m).exists():
+            raise FileNotFoundError(f"--model {m}: not found")
+    ctx = 512
+    acc_tokens = max_tokens or (1024 if quick else 16384)
+    abl_tokens = max_tokens or (512 if quick else 8192)
+    if not {"performance", "accuracy"} <= set(skip):
+        perf, acc = [], []
+        for m in model_paths:
+            p, a = measure_methods(m, corpus, ctx, acc_tokens, quick, work_dir, out_dir)
+            perf += p
+            acc += a
+        if "performance" not in skip:
+            paths.append(write_csv(out_dir / "performance.csv", columns(PERFORMANCE_COLUMNS), perf))
+        if "accuracy" not in skip:
+            paths.append(write_csv(out_dir / "accuracy.csv", columns(ACCURACY_COLUMNS), acc))
+    if "ablation" not in skip:
+        ids = corpus_ids(model_paths[0], corpus)
+        rows = run_ablation(model_paths[0], ids, corpus, ctx, abl_tokens, quick)
+        paths.append(write_ablation(out_dir, rows))
+    return paths
+
+
+def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_dir):
+    """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model."""
+    raise NotImplementedError("waiting for q35f.compare")

@@ -1,0 +1,254 @@
+"""`q35f paper`: figures follow their CSVs, the supplementary zip rebuilds byte for byte and
+refuses what it must, and the CSV writers keep the paper's columns first."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from q35f import reference
+from q35f.paper import data, figures, supplementary
+from q35f.paper.machine import EnergyMeter, power_note
+from q35f.sizing import scalability_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def performance_rows():
+    # Shaped like data.performance rows; the numbers only need to be distinct.
+    return [
+        {"method": m, "memory_gb": mem, "throughput_toks": tok, "latency_ms": lat, "power_w": "",
+         "model": "tiny", "machine": "test cpu", "source": "measured"}
+        for m, mem, tok, lat in [("fp32", 0.54, 20.0, 300.0), ("int8", 0.16, 30.0, 250.0),
+                                 ("q35", 0.08, 40.0, 200.0), ("int3", 0.07, 41.0, 190.0)]
+    ]
+
+
+def accuracy_rows():
+    return [
+        {"method": m, "bits_per_weight": b, "model": "tiny", "corpus": "text", "tokens": 1000,
+         "perplexity": p, "delta_ppl": "", "source": "measured"}
+        for m, b, p in [("fp32", 32, 20.0), ("int8", 8.25, 20.1), ("int4", 4.25, 22.0),
+                        ("q35", 3.75, 23.0), ("int3", 3.25, 30.0)]
+    ]
+
+
+@pytest.fixture
+def results(tmp_path):
+    d = tmp_path / "results"
+    write_csv(d / "performance.csv", performance_rows())
+    write_csv(d / "accuracy.csv", accuracy_rows())
+    write_csv(d / "scalability.csv", scalability_rows(shapes=("llama-2-7b", "llama-3-70b")))
+    return d
+
+
+def edit_csv(path: Path, row: int, column: str, value) -> None:
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[row][column] = value
+    write_csv(path, rows)
+
+
+# figures
+
+
+def test_encoding_example_is_in_range_and_matches_reference():
+    ex = figures.encoding_example()
+    w = ex["w"]
+    top = ex["offset"] + 15 * ex["scale"]
+    assert ex["offset"] <= w.min() and w.max() <= top  # the example lies inside the group's grid
+    assert np.array_equal(ex["codes"], reference.encode(ex["n1"], ex["n2"]))
+    assert np.array_equal(ex["packed"], reference.pack_codes(ex["codes"][None, :])[0])
+    assert len(ex["packed"]) == 7 and len(ex["codes"]) == 8
+    err = np.abs(ex["dequantized"] - w)
+    assert np.all(err[0::2] <= ex["scale"] / 2 + 1e-6)
+    assert np.all(err[1::2] <= ex["step3"] / 2 + 1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,csv_name,draw,row,column,value",
+    [
+        ("performance", "performance.csv", figures.draw_performance, 2, "throughput_toks", "55.5"),
+        ("perplexity_vs_bits", "accuracy.csv", figures.draw_perplexity, 3, "perplexity", "25.5"),
+        ("memory_vs_size", "scalability.csv", figures.draw_memory, 0, "memory_gb", "99.0"),
+    ],
+)
+def test_figure_follows_its_csv(results, tmp_path, name, csv_name, draw, row, column, value):
+    out = tmp_path / "figs"
+    before_data = draw(results / csv_name, out)
+    before_png = (out / f"{name}.png").read_bytes()
+    assert (out / f"{name}.pdf").stat().st_size > 0
+    # drawing again from the same CSV gives the same bytes: nothing but the CSV goes in
+    draw(results / csv_name, out)
+    assert (out / f"{name}.png").read_bytes() == before_png
+    edit_csv(results / csv_name, row, column, value)
+    after_data = draw(results / csv_name, out)
+    assert (out / f"{name}.png").read_bytes() != before_png
+    assert after_data != before_data
+    flat = repr(after_data)
+    assert str(float(value)) in flat  # the edited value is what was plotted
+
+
+def test_draw_all_writes_every_figure(results, tmp_path):
+    out = tmp_path / "figs"
+    figures.draw_all(results, out)
+    for name in figures.FIGURES:
+        for ext in ("pdf", "png"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000
+    assert (out / "encoding.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_csv_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="performance.csv"):
+        figures.draw_performance(tmp_path / "performance.csv", tmp_path)
+
+
+# supplementary archive
+
+
+@pytest.fixture
+def fake_repo(tmp_path, results):
+    root = tmp_path / "repo"
+    (root / "lean" / "Q35").mkdir(parents=True)
+    (root / "lean" / "Q35" / "Code.lean").write_text(
+        "-- no sorry here, nor an axiom: comments do not count\n"
+        "/- admit /- nested native_decide -/ -/\n"
+        'theorem t : 1 + 1 = 2 := by decide\ndef s := "sorry"\n'
+    )
+    (root / "lean" / ".lake" / "build").mkdir(parents=True)
+    (root / "lean" / ".lake" / "build" / "Code.olean").write_bytes(b"\0" * 10)
+    (root / "fortran").mkdir()
+    (root / "fortran" / "k.f90").write_text("module k\nend module k\n")
+    (root / "python" / "q35f" / "__pycache__").mkdir(parents=True)
+    (root / "python" / "q35f" / "__init__.py").write_text("")
+    (root / "python" / "q35f" / "__pycache__" / "x.pyc").write_bytes(b"cache")
+    (root / "python" / "q35f" / "_kernels.cpython-311-x86_64-linux-gnu.so").write_bytes(b"so")
+    (root / "pyproject.toml").write_text('[project]\nname = "q35f"\n')
+    (root / "supplementary").mkdir()
+    (root / "supplementary" / "README_supplementary.md").write_text("# reproduce\n")
+    bench = root / "bench"
+    for name in supplementary.CSVS:
+        (bench / "results").mkdir(parents=True, exist_ok=True)
+        src = results / f"{name}.csv"
+        (bench / "results" / f"{name}.csv").write_bytes(
+            src.read_bytes() if src.exists() else b"method,bits_per_weight\nq35,3.75\n")
+    (bench / "figures").mkdir()
+    for name in supplementary.FIGURES:
+        for ext in ("pdf", "png"):
+            (bench / "figures" / f"{name}.{ext}").write_bytes(f"{name}.{ext}".encode())
+    (bench / "run.sh").write_text("q35f paper all\n")
+    return root
+
+
+def test_two_builds_are_byte_identical(fake_repo, tmp_path):
+    a, digests = supplementary.build(fake_repo, tmp_path / "a.zip")
+    # different timestamps and a different output path must not change a byte
+    for path in fake_repo.rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    b, _ = supplementary.build(fake_repo, tmp_path / "sub" / "b.zip")
+    assert a.read_bytes() == b.read_bytes()
+    with zipfile.ZipFile(a) as zf:
+        names = zf.namelist()
+        assert names == sorted(names)
+        assert all(n.startswith("q35f-supplementary/") and ".." not in n for n in names)
+        assert all(zi.date_time == (1980, 1, 1, 0, 0, 0) for zi in zf.infolist())
+        short = {n.split("/", 1)[1] for n in names}
+        assert {"lean/Q35/Code.lean", "fortran/k.f90", "bench/run.sh", "README_supplementary.md",
+                "bench/results/accuracy.csv", "bench/figures/encoding.png",
+                "MANIFEST.sha256"} <= short
+        assert not any(".lake" in n or "__pycache__" in n or n.endswith(".so") for n in short)
+        manifest = zf.read("q35f-supplementary/MANIFEST.sha256").decode().splitlines()
+        assert len(manifest) == len(names) - 1
+        for line in manifest:
+            digest, name = line.split("  ")
+            assert hashlib.sha256(zf.read(name)).hexdigest() == digest
+    assert str(tmp_path) not in a.read_bytes().decode("latin-1")
+
+
+@pytest.mark.parametrize("word", supplementary.FORBIDDEN_LEAN)
+def test_refuses_unproved_lean(fake_repo, tmp_path, word):
+    (fake_repo / "lean" / "Q35" / "Bad.lean").write_text(f"theorem t : False := by\n  {word}\n")
+    with pytest.raises(ValueError, match=word):
+        supplementary.build(fake_repo, tmp_path / "x.zip")
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_refuses_missing_csv(fake_repo, tmp_path):
+    (fake_repo / "bench" / "results" / "ablation.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="ablation.csv"):
+        supplementary.build(fake_repo, tmp_path / "x.zip")
+
+
+def test_refuses_oversized_archive(fake_repo, tmp_path):
+    (fake_repo / "bench" / "blob.bin").write_bytes(np.random.default_rng(0).bytes(20_000))
+    with pytest.raises(ValueError, match="limit"):
+        supplementary.build(fake_repo, tmp_path / "x.zip", max_bytes=10_000)
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_strip_lean_comments_keeps_code():
+    code = supplementary.strip_lean_comments('a -- sorry\n/- x /- y -/ z -/b "axiom" c')
+    assert "sorry" not in code and "axiom" not in code
+    assert code.split() == ["a", "b", '""', "c"]
+
+
+# data tables
+
+
+def test_scalability_csv_schema(tmp_path):
+    path = data.write_scalability(tmp_path)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0])
+    assert header[:5] == ["model", "method", "memory_gb", "hardware", "throughput_toks"]
+    for col in data.HONESTY:
+        assert col in header
+    assert {r["source"] for r in rows} == {"estimate"}
+    q35_70b = next(r for r in rows if r["model"] == "llama-3-70b" and r["method"] == "q35")
+    assert float(q35_70b["memory_gb"]) == pytest.approx(34.259, abs=1e-3)
+
+
+def test_lm_eval_results_fill_task_columns(tmp_path):
+    d = tmp_path / "lm_eval" / "q35"
+    d.mkdir(parents=True)
+    (d / "results_2026-01-01.json").write_text(
+        '{"results": {"mmlu": {"acc,none": 0.25, "acc_stderr,none": 0.01},'
+        ' "truthfulqa_mc2": {"acc,none": 0.4}},'
+        ' "config": {"model": "q35f", "model_args": "pretrained=/m/q35"}}'
+    )
+    scores = data.lm_eval_scores(tmp_path / "lm_eval")
+    assert scores["q35"]["mmlu"] == 0.25
+    assert scores["q35"]["truthfulqa"] == 0.4
+    assert "humaneval" not in scores["q35"]
+    assert data.lm_eval_scores(tmp_path / "none") == {}
+
+
+def test_power_is_never_guessed(tmp_path):
+    # No RAPL here (tmp_path has no zones): the meter reads nothing and the note says why.
+    with EnergyMeter(tmp_path) as meter:
+        pass
+    assert meter.watts is None
+    assert "power not measured" in power_note(tmp_path)
+    zone = tmp_path / "intel-rapl:0"
+    zone.mkdir()
+    (zone / "energy_uj").write_text("1000000\n")
+    (zone / "max_energy_range_uj").write_text("262143328850\n")
+    assert power_note(tmp_path) == ""
+    with EnergyMeter(tmp_path) as meter:
+        (zone / "energy_uj").write_text("3000000\n")
+    assert meter.joules == pytest.approx(2.0)
