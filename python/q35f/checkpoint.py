@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import mmap
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,11 @@ class Checkpoint:
     def get(self, name: str):
         """float32 ndarray, or QuantizedTensor for a quantized weight of a q35f directory."""
         raise NotImplementedError
+
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of a float (not quantized) 2-D tensor as float32, reading only those
+        where the storage allows; lets a converter hold a band of a huge matrix at a time."""
+        return self.get(name)[start:stop]
 
     def __contains__(self, name) -> bool:
         return name in self._infos
@@ -321,18 +327,13 @@ class SafetensorsCheckpoint(Checkpoint):
         return files, None
 
     def _open_files(self, files, where):
-        from safetensors import SafetensorError, safe_open
-
         stored = {}  # raw safetensors name -> (file, dtype, shape)
         file_meta = {}
         for file in files:
-            try:
-                handle = safe_open(str(file), framework="numpy")
-            except (SafetensorError, OSError) as err:
-                raise ValueError(f"{file}: corrupt or truncated safetensors file ({err})") from None
+            handle = SafetensorsFile(file)
             self._handles[file] = handle
-            file_meta[file] = handle.metadata() or {}
-            for name in handle.keys():
+            file_meta[file] = handle.metadata
+            for name, (dtype, shape, _, _) in handle.entries.items():
                 if name in stored:
                     raise ValueError(f"{file}: tensor {name} is also in {stored[name][0]}")
                 if where is not None and where.get(name) != file:
@@ -340,8 +341,7 @@ class SafetensorsCheckpoint(Checkpoint):
                         f"{file}: holds tensor {name}, which the index places in "
                         f"{where.get(name, 'no file')}"
                     )
-                piece = handle.get_slice(name)
-                stored[name] = (file, piece.get_dtype(), tuple(piece.get_shape()))
+                stored[name] = (file, dtype, shape)
         if where is not None:
             for name, file in where.items():
                 if name not in stored:
@@ -411,22 +411,18 @@ class SafetensorsCheckpoint(Checkpoint):
 
     # tensors
 
-    def _read(self, raw: str, source: str) -> np.ndarray:
-        import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy for safetensors)
-
-        try:
-            return self._handles[Path(source)].get_tensor(raw)
-        except Exception as err:  # the Rust reader raises its own error types
-            raise ValueError(f"{source}: cannot read tensor {raw} ({err})") from None
+    def _read(self, raw: str, source: str, start=None, stop=None, as_float32=True):
+        return self._handles[Path(source)].read(raw, start, stop, as_float32)
 
     def get(self, name: str):
         info = self._infos[self._check_name(name)]
         if not info.quantized:
-            return np.ascontiguousarray(self._read(name, info.source), dtype=np.float32)
+            return self._read(name, info.source)
         from .tensor import QuantizedTensor
 
         base = name[: -len(".weight")]
-        parts = [self._read(base + s, info.source) for s in (QWEIGHT, SCALES, OFFSETS)]
+        parts = [self._read(base + s, info.source, as_float32=False)
+                 for s in (QWEIGHT, SCALES, OFFSETS)]
         bits, group_size = info.meta
         try:
             return QuantizedTensor.from_packed(*parts, info.shape, group_size, bits)
@@ -444,10 +440,107 @@ class SafetensorsCheckpoint(Checkpoint):
         except Exception as err:
             raise ValueError(f"{file}: cannot load tokenizer ({err})") from None
 
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        info = self._infos[self._check_name(name)]
+        if info.quantized:
+            raise ValueError(f"{info.source}: tensor {name} is quantized; use get()")
+        return self._read(name, info.source, start, stop)
+
     def close(self):
         for handle in getattr(self, "_handles", {}).values():
-            handle.__exit__(None, None, None)
+            handle.close()
         self._handles = {}
+
+
+class SafetensorsFile:
+    """One safetensors file read with positioned reads, one tensor (or band of rows) at a time.
+
+    Not memory-mapped on purpose: pages of a mapping count toward resident memory until the
+    kernel drops them, so quantizing (or loading) a model through a mapping would look like it
+    held the whole file. Reads go to fresh arrays; the file's bytes stay in the page cache only.
+    The header is checked against the file size, so a truncated file names its first cut tensor.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        size = self.path.stat().st_size
+        self._file = open(self.path, "rb")
+        try:
+            self.metadata, self.entries = self._parse(size)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _parse(self, size):
+        bad = f"{self.path}: corrupt or truncated safetensors file"
+        head = self._file.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{bad} (only {size} bytes)")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > 100_000_000:
+            raise ValueError(f"{bad} (header of {n} bytes in a file of {size} bytes)")
+        try:
+            header = json.loads(self._file.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{bad} (header is not JSON: {err})") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{bad} (header is not a JSON object)")
+        metadata = header.pop("__metadata__", None) or {}
+        entries = {}
+        for name, entry in header.items():
+            try:
+                dtype = entry["dtype"]
+                shape = tuple(int(v) for v in entry["shape"])
+                begin, end = (int(v) for v in entry["data_offsets"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{bad} (tensor {name} has a malformed header entry)") from None
+            itemsize = _SAFETENSORS_ITEMSIZE.get(dtype)
+            if itemsize is None:
+                raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
+            nbytes = itemsize * int(np.prod(shape, dtype=np.int64))
+            if end - begin != nbytes or begin < 0:
+                raise ValueError(
+                    f"{bad} (tensor {name}: {dtype}{list(shape)} needs {nbytes} bytes, the header "
+                    f"gives {end - begin})"
+                )
+            if 8 + n + end > size:
+                raise ValueError(
+                    f"{bad} (tensor {name} ends at byte {8 + n + end}, the file has {size} bytes)"
+                )
+            entries[name] = (dtype, shape, 8 + n + begin, nbytes)
+        return metadata, entries
+
+    def read(self, name, start=None, stop=None, as_float32=True) -> np.ndarray:
+        """The tensor (or its rows start:stop): floats widened to float32 unless as_float32 is
+        False; other dtypes as stored."""
+        dtype, shape, offset, nbytes = self.entries[name]
+        if start is not None or stop is not None:
+            start, stop, _ = slice(start, stop).indices(shape[0])
+            row = nbytes // shape[0] if shape[0] else 0
+            offset, nbytes = offset + start * row, (stop - start) * row
+            shape = (stop - start,) + shape[1:]
+        raw = np.empty(nbytes, dtype=np.uint8)
+        view = memoryview(raw)
+        done = 0
+        self._file.seek(offset)
+        while done < nbytes:
+            got = self._file.readinto(view[done:])
+            if not got:
+                raise ValueError(f"{self.path}: tensor {name} is cut short (file truncated?)")
+            done += got
+        if not as_float32 and dtype == "F16":
+            return raw.view("<f2").reshape(shape)
+        if dtype == "BF16":  # bfloat16 is the high half of a float32
+            return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        if dtype in ("F32", "F16", "F64"):
+            numpy_dtype = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}[dtype]
+            return raw.view(numpy_dtype).astype(np.float32, copy=False).reshape(shape)
+        numpy_dtype = {"U8": np.uint8, "I8": np.int8, "I16": "<i2", "I32": "<i4", "I64": "<i8",
+                       "BOOL": np.bool_}[dtype]
+        return raw.view(numpy_dtype).reshape(shape)
+
+    def close(self):
+        self._file.close()
 
 
 def _read_chat_template(path: Path):
@@ -547,6 +640,7 @@ def _gguf_reader_class():
 
         @data.setter
         def data(self, value):
+            self.mapping = getattr(value, "_mmap", None)  # the mmap.mmap, to drop read pages
             self._plain_data = value.view(np.ndarray) if isinstance(value, np.memmap) else value
 
         def _build_tensors(self, start_offs, fields):
@@ -661,20 +755,40 @@ class GGUFCheckpoint(Checkpoint):
         return config
 
     def get(self, name: str) -> np.ndarray:
-        import gguf
-
         info = self._infos[self._check_name(name)]
-        tensor = self._tensors[name]
-        try:
-            w = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-        except Exception as err:
-            raise ValueError(f"{self.path}: cannot dequantize tensor {tensor.name} ({err})") from None
-        w = np.array(w, dtype=np.float32, order="C", copy=True).reshape(info.shape)
+        w = self._dequantize(name, self._tensors[name].data).reshape(info.shape)
         if name.endswith("self_attn.q_proj.weight"):
             w = unpermute_rotary(w, self.config["num_attention_heads"])
         elif name.endswith("self_attn.k_proj.weight"):
             w = unpermute_rotary(w, self.config["num_key_value_heads"])
         return w
+
+    def get_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        info = self._infos[self._check_name(name)]
+        if len(info.shape) != 2 or name.endswith(("q_proj.weight", "k_proj.weight")):
+            return self.get(name)[start:stop]  # q/k rows move within heads: take them whole
+        return self._dequantize(name, self._tensors[name].data[start:stop])
+
+    def _dequantize(self, name, data) -> np.ndarray:
+        import gguf
+
+        tensor = self._tensors[name]
+        try:
+            w = gguf.quants.dequantize(data, tensor.tensor_type)
+        except Exception as err:
+            raise ValueError(f"{self.path}: cannot dequantize tensor {tensor.name} ({err})") from None
+        w = np.array(w, dtype=np.float32, order="C", copy=True)
+        self._drop_pages()
+        return w
+
+    def _drop_pages(self):
+        """Let the kernel drop the file pages just read, so they stop counting as resident."""
+        mapping = getattr(self._reader, "mapping", None)
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mapping.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):
+                pass
 
     def _load_tokenizer(self):
         try:
