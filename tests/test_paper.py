@@ -252,3 +252,68 @@ def test_power_is_never_guessed(tmp_path):
     with EnergyMeter(tmp_path) as meter:
         (zone / "energy_uj").write_text("3000000\n")
     assert meter.joules == pytest.approx(2.0)
+
+
+# ablation variants
+
+
+def _w(seed=0, shape=(8, 200)):
+    return np.random.default_rng(seed).normal(0, 0.05, shape).astype(np.float32)
+
+
+def test_mixed_grid_with_format_parameters_is_the_format():
+    w = _w()
+    packed, scale, offset = reference.quantize(w, 64, "q35")
+    expand = lambda p: np.repeat(p.astype(np.float32), 64, axis=1)[:, :200]  # noqa: E731
+    ours = data.mixed_grid(w, expand(offset), expand(scale))
+    assert np.array_equal(ours, reference.dequantize(packed, scale, offset, 200, 64, "q35"))
+
+
+def test_swapped_pairs_put_16_levels_on_odd_weights():
+    w = _w(1, (4, 128))
+    deq = data.fake_swapped(w, 128)
+    perm = data._pair_swap(128)
+    packed, scale, offset = reference.quantize(np.ascontiguousarray(w[:, perm]), 128, "q35")
+    expect = reference.dequantize(packed, scale, offset, 128, 128, "q35")[:, perm]
+    assert np.array_equal(deq, expect)
+    for row in deq:
+        assert len(np.unique(row[1::2])) > 8 >= len(np.unique(row[0::2]))
+
+
+def test_symmetric_grid_is_centred_and_covers_the_group():
+    w = _w(2)
+    deq = data.fake_symmetric(w, 128)
+    for g in range(2):
+        cols = slice(128 * g, min(200, 128 * (g + 1)))
+        m = np.abs(w[:, cols]).max(axis=1)
+        span = np.abs(deq[:, cols]).max(axis=1)
+        assert np.all(span <= m * (1 + 1e-2) + 1e-3)  # nothing outside [-7.5 s, 7.5 s]
+        s = (2 * m / 15)
+        err = np.abs(deq[:, cols] - w[:, cols])
+        assert np.all(err[:, 0::2].max(axis=1) <= s * 0.51 + 1e-4)  # half a 4-bit step
+        assert np.all(err[:, 1::2].max(axis=1) <= s * 15 / 7 * 0.51 + 1e-4)
+
+
+def test_per_tensor_uses_one_range():
+    w = _w(3)
+    deq = data.fake_per_tensor(w)
+    assert len(np.unique(deq[:, 0::2])) <= 16 and len(np.unique(deq[:, 1::2])) <= 8
+
+
+def test_variant_sizes_follow_the_format():
+    from q35f.formats import tensor_nbytes
+
+    w = _w(4, (32, 576))
+    for var in data.ablation_variants(quick=False):
+        weight, nbytes = data.variant_weight(w, var)
+        assert weight.shape == w.shape
+        payload = 32 * 7 * 36
+        if var["kind"] == "real":
+            g = 576 if var["group_size"] == "K" else var["group_size"]
+            assert nbytes == tensor_nbytes(32, 576, g, "q35") == weight.nbytes
+        elif var["kind"] == "tensor":
+            assert nbytes == payload + 4
+        elif var["kind"] == "symmetric":
+            assert nbytes == payload + 2 * 32 * 5  # one float16 per group, 5 groups per row
+        else:
+            assert nbytes == payload + 4 * 32 * 5
