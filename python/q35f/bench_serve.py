@@ -236,7 +236,6 @@ def register_bench(subparsers) -> None:
         "(median and p90), plus the server's x_groq.usage timings. Without --base-url it measures "
         f"Groq's cloud ({GROQ_DEFAULT_URL}, needs GROQ_API_KEY, default model "
         f"{GROQ_DEFAULT_MODEL}).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--base-url", default=None,
                         help="server root, e.g. http://127.0.0.1:8000 (the SDK appends "
@@ -248,15 +247,15 @@ def register_bench(subparsers) -> None:
                         help="bearer token (default: $GROQ_API_KEY; for --base-url also "
                         "$Q35F_API_KEY)")
     parser.add_argument("-n", "--requests", type=int, default=20,
-                        help="measured requests per concurrency level")
+                        help="measured requests per concurrency level (default: %(default)s)")
     parser.add_argument("--concurrency", default="1,4",
-                        help="comma-separated numbers of requests in flight at once")
-    parser.add_argument("--max-tokens", type=int, default=256, help="max_tokens per request")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user message")
+                        help="comma-separated numbers of requests in flight at once (default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=256, help="max_tokens per request (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user message (default: a fixed question about CPU caches)")
     parser.add_argument("--warmup", type=int, default=1,
-                        help="unmeasured requests first (the first also checks the endpoint)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+                        help="unmeasured requests first (the first also checks the endpoint; default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: %(default)s)")
     parser.add_argument("--method", default=None,
                         help="label for the CSV's method column (default: 'groq-cloud' or "
                         "'q35f-serve')")

@@ -230,7 +230,8 @@ def parse_chat_request(raw_body: bytes, generator, max_tokens_limit: int) -> Cha
 
 
 class StopFilter:
-    """Cuts the output at the first stop string; holds back text that may begin one."""
+    """Cuts the output before the first stop string to complete; holds back text that may begin
+    one. Works character by character, so the result does not depend on how text is chunked."""
 
     def __init__(self, stops: list[str]):
         self.stops = stops
@@ -240,16 +241,19 @@ class StopFilter:
         """Text that is safe to send now, and whether a stop string was reached."""
         if not self.stops:
             return text, False
-        buffer = self.pending + text
-        hits = [buffer.find(s) for s in self.stops if s in buffer]
-        if hits:
-            self.pending = ""
-            return buffer[:min(hits)], True
+        buffer = self.pending
+        for char in text:
+            buffer += char
+            ending = [len(s) for s in self.stops if buffer.endswith(s)]
+            if ending:  # of the stops completed here, the longest starts first
+                self.pending = ""
+                return buffer[:len(buffer) - max(ending)], True
+        # Earlier text cannot be part of a stop: only the longest suffix that begins one is kept.
         hold = 0
         for s in self.stops:
-            for k in range(min(len(s) - 1, len(buffer)), 0, -1):
+            for k in range(min(len(s) - 1, len(buffer)), hold, -1):
                 if buffer.endswith(s[:k]):
-                    hold = max(hold, k)
+                    hold = k
                     break
         self.pending = buffer[len(buffer) - hold:] if hold else ""
         return buffer[:len(buffer) - hold], False
@@ -629,25 +633,24 @@ def register(subparsers) -> None:
         "streaming and Groq's x_groq.usage timings. Use it from the groq SDK with "
         "groq.Groq(base_url='http://HOST:PORT', api_key=KEY). One request runs at a time; "
         "others wait in a bounded queue (429 when full).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", nargs="?", default=None, metavar="MODEL",
                         help="a GGUF file or a q35f-quantized directory (default: the embedded "
                         "SmolLM2-135M-Instruct)")
     parser.add_argument("--host", default=DEFAULT_HOST,
-                        help="address to bind; the default is loopback only")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port")
+                        help="address to bind (default: %(default)s, loopback only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; "
                         "unset means no auth)")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                        help="requests that may wait while one runs; more get 429")
+                        help="requests that may wait while one runs; more get 429 (default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="largest max_tokens a request may ask for, and the value used when "
                         "it gives none (default: the model's context length)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"],
-                        help="uvicorn log level")
+                        help="uvicorn log level (default: %(default)s)")
     parser.set_defaults(func=_serve_command)
 
 
