@@ -80,16 +80,18 @@ def unpack_codes(packed):
 def f16_round_down(x):
     """Largest float16 <= x, returned as float32."""
     x = np.asarray(x, dtype=np.float32)
-    h = x.astype(np.float16)
-    h = np.where(h.astype(np.float32) > x, np.nextafter(h, np.float16(-np.inf)), h)
+    with np.errstate(over="ignore"):  # the unselected branch may step past +-65504
+        h = x.astype(np.float16)
+        h = np.where(h.astype(np.float32) > x, np.nextafter(h, np.float16(-np.inf)), h)
     return h.astype(np.float32)
 
 
 def f16_round_up(x):
     """Smallest float16 >= x, returned as float32."""
     x = np.asarray(x, dtype=np.float32)
-    h = x.astype(np.float16)
-    h = np.where(h.astype(np.float32) < x, np.nextafter(h, np.float16(np.inf)), h)
+    with np.errstate(over="ignore"):
+        h = x.astype(np.float16)
+        h = np.where(h.astype(np.float32) < x, np.nextafter(h, np.float16(np.inf)), h)
     return h.astype(np.float32)
 
 
