@@ -1,0 +1,8 @@
+#!/usr/bin/env python3
+"""Kernel benchmark; same as `q35f bench kernels` (see --help)."""
+
+import sys
+
+from q35f.bench_kernels import main
+
+sys.exit(main())
