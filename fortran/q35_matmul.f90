@@ -86,15 +86,21 @@ contains
         integer(int8), intent(in) :: bytes(tile_rows, 7, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer(int32) :: code(tile_rows)
-        integer :: b, c
+        integer(int32) :: code
+        real(real32) :: x_even, x_odd
+        integer :: b, c, r
         do b = 1, count
             do c = 0, 7
-                code = iand(shiftr(ior(widen(bytes(:, q35_low(c) + 1, b)), &
-                                       shiftl(widen(bytes(:, q35_high(c) + 1, b)), 8)), &
-                                   q35_shift(c)), 127)
-                acc_even = acc_even + real(ieor(shiftr(code, 3), 8), real32) * x(2 * c + 1, b)
-                acc_odd = acc_odd + real(ieor(iand(code, 7), 4), real32) * x(2 * c + 2, b)
+                x_even = x(2 * c + 1, b)
+                x_odd = x(2 * c + 2, b)
+                !$omp simd private(code)
+                do r = 1, tile_rows
+                    code = iand(shiftr(ior(unsigned_byte(bytes(r, q35_low(c) + 1, b)), &
+                                           shiftl(unsigned_byte(bytes(r, q35_high(c) + 1, b)), 8)), &
+                                       q35_shift(c)), 127)
+                    acc_even(r) = acc_even(r) + real(ieor(shiftr(code, 3), 8), real32) * x_even
+                    acc_odd(r) = acc_odd(r) + real(ieor(iand(code, 7), 4), real32) * x_odd
+                end do
             end do
         end do
     end subroutine group_dot_q35
@@ -104,11 +110,19 @@ contains
         integer(int8), intent(in) :: bytes(tile_rows, 16, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer :: b, c
+        real(real32) :: x_even, x_odd
+        integer :: b, c, r
         do b = 1, count
             do c = 0, 7
-                acc_even = acc_even + real(widen(bytes(:, 2 * c + 1, b)), real32) * x(2 * c + 1, b)
-                acc_odd = acc_odd + real(widen(bytes(:, 2 * c + 2, b)), real32) * x(2 * c + 2, b)
+                x_even = x(2 * c + 1, b)
+                x_odd = x(2 * c + 2, b)
+                !$omp simd
+                do r = 1, tile_rows
+                    acc_even(r) = acc_even(r) &
+                        + real(unsigned_byte(bytes(r, 2 * c + 1, b)), real32) * x_even
+                    acc_odd(r) = acc_odd(r) &
+                        + real(unsigned_byte(bytes(r, 2 * c + 2, b)), real32) * x_odd
+                end do
             end do
         end do
     end subroutine group_dot_int8
@@ -118,13 +132,19 @@ contains
         integer(int8), intent(in) :: bytes(tile_rows, 8, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer(int32) :: byte(tile_rows)
-        integer :: b, c
+        integer(int32) :: byte
+        real(real32) :: x_even, x_odd
+        integer :: b, c, r
         do b = 1, count
             do c = 0, 7
-                byte = widen(bytes(:, c + 1, b))
-                acc_even = acc_even + real(iand(byte, 15), real32) * x(2 * c + 1, b)
-                acc_odd = acc_odd + real(shiftr(byte, 4), real32) * x(2 * c + 2, b)
+                x_even = x(2 * c + 1, b)
+                x_odd = x(2 * c + 2, b)
+                !$omp simd private(byte)
+                do r = 1, tile_rows
+                    byte = unsigned_byte(bytes(r, c + 1, b))
+                    acc_even(r) = acc_even(r) + real(iand(byte, 15), real32) * x_even
+                    acc_odd(r) = acc_odd(r) + real(shiftr(byte, 4), real32) * x_odd
+                end do
             end do
         end do
     end subroutine group_dot_int4
@@ -134,27 +154,34 @@ contains
         integer(int8), intent(in) :: bytes(tile_rows, 6, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer(int32) :: level(tile_rows)
-        integer :: b, c
+        integer(int32) :: even, odd
+        real(real32) :: x_even, x_odd
+        integer :: b, c, r
         do b = 1, count
-            do c = 0, 15
-                level = iand(shiftr(ior(widen(bytes(:, int3_low(c) + 1, b)), &
-                                        shiftl(widen(bytes(:, int3_high(c) + 1, b)), 8)), &
-                                    int3_shift(c)), 7)
-                if (mod(c, 2) == 0) then
-                    acc_even = acc_even + real(level, real32) * x(c + 1, b)
-                else
-                    acc_odd = acc_odd + real(level, real32) * x(c + 1, b)
-                end if
+            do c = 0, 14, 2
+                x_even = x(c + 1, b)
+                x_odd = x(c + 2, b)
+                !$omp simd private(even, odd)
+                do r = 1, tile_rows
+                    even = iand(shiftr(ior(unsigned_byte(bytes(r, int3_low(c) + 1, b)), &
+                                           shiftl(unsigned_byte(bytes(r, int3_high(c) + 1, b)), 8)), &
+                                       int3_shift(c)), 7)
+                    odd = iand(shiftr(ior(unsigned_byte(bytes(r, int3_low(c + 1) + 1, b)), &
+                                          shiftl(unsigned_byte(bytes(r, int3_high(c + 1) + 1, b)), 8)), &
+                                      int3_shift(c + 1)), 7)
+                    acc_even(r) = acc_even(r) + real(even, real32) * x_even
+                    acc_odd(r) = acc_odd(r) + real(odd, real32) * x_odd
+                end do
             end do
         end do
     end subroutine group_dot_int3
 
-    !> int8 bytes as unsigned 0..255 int32 lanes.
-    pure elemental integer(int32) function widen(byte)
+    !> A byte's bits read as 0..255.
+    pure elemental integer(int32) function unsigned_byte(byte)
         integer(int8), intent(in) :: byte
-        widen = iand(int(byte, int32), 255)
-    end function widen
+        unsigned_byte = iand(int(byte, int32), 255)
+    end function unsigned_byte
+
 
     !> Dequantize whole tiles into w(k_pad, rows): row-major rows for a BLAS GEMM (§4 formulas).
     subroutine dequantize_tiles(fmt, group_size, tiles, scales, offsets, w)
