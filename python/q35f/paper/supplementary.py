@@ -24,8 +24,9 @@ FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 README = "README_supplementary.md"
 
 # What goes in, relative to the repository root: directories walked, single files copied.
-INCLUDE_DIRS = ("lean", "fortran", "bench", "python", "docs", "tests")
-INCLUDE_FILES = ("README.md", "pyproject.toml", "meson.build", "meson.options", "LICENSE")
+INCLUDE_DIRS = ("lean", "fortran", "bench", "python", "docs", "tests", "scripts")
+INCLUDE_FILES = ("README.md", "Makefile", "pyproject.toml", "meson.build", "meson.options",
+                 "LICENSE", ".gitignore")
 EXCLUDE_DIRS = {
     ".git", ".lake", "lake-packages", "build", "builddir", "dist", "__pycache__", ".hypothesis",
     ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", "venv", ".ipynb_checkpoints",
