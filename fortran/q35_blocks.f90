@@ -1,6 +1,6 @@
-! One 16-weight block of each packed format (FORMAT.md §2, §3, §6): grid levels <-> bytes.
+! One 16-weight block of each packed format (FORMAT.md sec. 2, sec. 3, sec. 6): grid levels <-> bytes.
 ! Encoding works on one row; decoding works on a tile of TILE_ROWS rows at once, one row per
-! SIMD lane, which is what the matmul kernels read (FORMAT.md §7).
+! SIMD lane, which is what the matmul kernels read (FORMAT.md sec. 7).
 module q35_blocks
     use iso_fortran_env, only: int8, int32, int64, real32
     implicit none
@@ -56,13 +56,13 @@ contains
         end if
     end function odd_top_level
 
-    !> 7-bit code of a pair of signed values n1 in [-8, 7], n2 in [-4, 3] (§2).
+    !> 7-bit code of a pair of signed values n1 in [-8, 7], n2 in [-4, 3] (sec. 2).
     pure elemental integer(int32) function encode_code(n1, n2)
         integer(int32), intent(in) :: n1, n2
         encode_code = ior(ishft(iand(n1, 15), 3), iand(n2, 7))
     end function encode_code
 
-    !> Sign-extended fields of a 7-bit code (§2).
+    !> Sign-extended fields of a 7-bit code (sec. 2).
     pure elemental subroutine decode_code(code, n1, n2)
         integer(int32), intent(in) :: code
         integer(int32), intent(out) :: n1, n2

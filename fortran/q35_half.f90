@@ -1,4 +1,4 @@
-! Float16 arithmetic the format needs (FORMAT.md §4), done on float32 values and float16 bits.
+! Float16 arithmetic the format needs (FORMAT.md sec. 4), done on float32 values and float16 bits.
 ! gfortran has no half-precision type, so parameters are rounded in float32 (exactly, by powers
 ! of two) and decoded from their 16-bit patterns.
 module q35_half

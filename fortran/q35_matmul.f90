@@ -1,4 +1,4 @@
-! Fused dequantize-matmul on the tiled layout (FORMAT.md §7): y = x @ W.T without ever forming
+! Fused dequantize-matmul on the tiled layout (FORMAT.md sec. 7): y = x @ W.T without ever forming
 ! W. Rows are processed TILE_ROWS at a time, one row per SIMD lane, so decoding a byte column is
 ! the same instruction for every lane. Per group the kernel sums level*x separately for the even
 ! and odd grids and applies the group's parameters once:
@@ -79,7 +79,7 @@ contains
 
     ! The group dot products: for `count` blocks of a tile, sum level * x over the even and the
     ! odd positions separately. Bytes are widened to int32 lanes, fields cut out with constant
-    ! shifts (FORMAT.md §3, §6), and each lane (row) does the same work.
+    ! shifts (FORMAT.md sec. 3, sec. 6), and each lane (row) does the same work.
 
     pure subroutine group_dot_q35(count, bytes, x, acc_even, acc_odd)
         integer, intent(in) :: count
@@ -183,7 +183,7 @@ contains
     end function unsigned_byte
 
 
-    !> Dequantize whole tiles into w(k_pad, rows): row-major rows for a BLAS GEMM (§4 formulas).
+    !> Dequantize whole tiles into w(k_pad, rows): row-major rows for a BLAS GEMM (sec. 4 formulas).
     subroutine dequantize_tiles(fmt, group_size, tiles, scales, offsets, w)
         integer, intent(in) :: fmt, group_size
         integer(int8), intent(in), contiguous :: tiles(:, :, :)

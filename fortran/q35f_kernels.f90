@@ -25,7 +25,7 @@ subroutine decode_pairs(n, codes, n1, n2)
     n2 = int(wide2, int8)
 end subroutine decode_pairs
 
-! Eight 7-bit codes per 7-byte block, per row (§3).
+! Eight 7-bit codes per 7-byte block, per row (sec. 3).
 subroutine pack_code_rows(n_rows, n_blocks, codes, packed)
     use iso_fortran_env, only: int8, int32, int64
     use q35_blocks, only: to_int8
@@ -72,7 +72,7 @@ subroutine unpack_code_rows(n_rows, n_blocks, packed, codes)
     end do
 end subroutine unpack_code_rows
 
-! float32 rows (k, n_rows) -> canonical packed rows and float16-exact parameters (§4, §6).
+! float32 rows (k, n_rows) -> canonical packed rows and float16-exact parameters (sec. 4, sec. 6).
 subroutine quantize_rows(fmt, k, n_rows, group_size, row_bytes, n_groups, w, packed, scales, &
                          offsets)
     use iso_fortran_env, only: int8, int32, real32
@@ -115,3 +115,30 @@ subroutine dequantize(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, tile
     real(real32), intent(inout) :: w(k_pad, 16 * n_tiles)
     call dequantize_tiles(fmt, group_size, tiles, scales, offsets, w)
 end subroutine dequantize
+
+! Quantize rows with given (search = 0) or clip-searched (search = 1) float16-exact parameters:
+! scales/offsets are read in the first case, written in the second (q35_clip, FORMAT.md sec. 4).
+subroutine quantize_rows_clip(fmt, k, n_rows, group_size, row_bytes, n_groups, search, n_grid, &
+                              n_steps, w, packed, scales, offsets)
+    use iso_fortran_env, only: int8, int32, real32
+    use q35_clip, only: clip_group_params, quantize_row_params
+    implicit none
+    integer(int32), intent(in) :: fmt, k, n_rows, group_size, row_bytes, n_groups, search
+    integer(int32), intent(in) :: n_grid, n_steps
+    real(real32), intent(in) :: w(k, n_rows)
+    integer(int8), intent(out) :: packed(row_bytes, n_rows)
+    real(real32), intent(inout) :: scales(n_groups, n_rows), offsets(n_groups, n_rows)
+    integer :: r, g
+    !$omp parallel do schedule(dynamic, 4) private(g)
+    do r = 1, n_rows
+        if (search /= 0) then
+            do g = 1, n_groups
+                call clip_group_params(fmt, w((g - 1) * group_size + 1:min(g * group_size, k), r), &
+                                       n_grid, n_steps, offsets(g, r), scales(g, r))
+            end do
+        end if
+        call quantize_row_params(fmt, k, group_size, w(:, r), scales(:, r), offsets(:, r), &
+                                 packed(:, r))
+    end do
+    !$omp end parallel do
+end subroutine quantize_rows_clip

@@ -15,8 +15,11 @@ def _check(x, qt):
     w = qt.dequantize().astype(np.float64)
     exact = x.astype(np.float64) @ w.T
     assert y.dtype == np.float32 and y.shape == exact.shape
-    # 1e-5 relative to the size of the terms summed (cancellation makes |y| itself meaningless).
-    magnitude = np.abs(x.astype(np.float64)) @ np.abs(w).T
+    # 1e-5 relative to the size of the terms the fused kernel sums, offset*sum(x) and
+    # step*sum(x*level) (FORMAT.md §4); cancellation makes |y| itself meaningless.
+    n, k = qt.shape
+    offset = np.repeat(qt.offset.astype(np.float64), qt.group_size, axis=1)[:, :k]
+    magnitude = np.abs(x.astype(np.float64)) @ (np.abs(offset) + np.abs(w - offset)).T
     assert np.all(np.abs(y - exact) <= 1e-5 * magnitude + 1e-30)
 
 
