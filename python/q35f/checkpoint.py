@@ -531,7 +531,9 @@ class SafetensorsFile:
         if not as_float32 and dtype == "F16":
             return raw.view("<f2").reshape(shape)
         if dtype == "BF16":  # bfloat16 is the high half of a float32
-            return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            wide = np.empty(raw.size // 2, dtype=np.uint32)
+            np.left_shift(raw.view("<u2"), 16, out=wide, dtype=np.uint32)
+            return wide.view(np.float32).reshape(shape)
         if dtype in ("F32", "F16", "F64"):
             numpy_dtype = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}[dtype]
             return raw.view(numpy_dtype).astype(np.float32, copy=False).reshape(shape)
