@@ -163,3 +163,27 @@ def dequantize_tiles(qt, first: int, count: int, out: np.ndarray | None = None) 
     return band
 
 
+
+
+def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
+                       n_grid: int = 32, n_steps: int = 8, scale=None, offset=None):
+    """Like quantize_rows, with clip-searched (search) or given float16 parameters (q35_clip)."""
+    fmt = get_format(bits)
+    n, k = w.shape
+    w = np.ascontiguousarray(w)
+    groups = n_groups(k, group_size)
+    if search:
+        scales = np.zeros((groups, n), dtype=np.float32, order="F")
+        offsets = np.zeros((groups, n), dtype=np.float32, order="F")
+    else:
+        scales = np.asfortranarray(np.asarray(scale, dtype=np.float32).T)
+        offsets = np.asfortranarray(np.asarray(offset, dtype=np.float32).T)
+    packed = _kernels.quantize_rows_clip(
+        FORMAT_IDS[fmt.name], group_size, row_bytes(k, bits), int(bool(search)),
+        n_grid, n_steps, w.T, scales, offsets,
+    )
+    return (
+        tile_rows(packed.T.view(np.uint8)),
+        tile_rows(scales.T.astype(np.float16).view(np.int16)),
+        tile_rows(offsets.T.astype(np.float16).view(np.int16)),
+    )

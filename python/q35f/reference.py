@@ -213,3 +213,72 @@ def matmul(x, packed, scale, offset, k: int, group_size: int = 128, bits: str = 
     """y = x @ W.T computed in float64 from the dequantized matrix: the accuracy yardstick."""
     w = dequantize(packed, scale, offset, k, group_size, bits).astype(np.float64)
     return np.asarray(x, dtype=np.float64) @ w.T
+
+
+# Clip search and given parameters (fortran/q35_clip.f90)
+
+
+def quantize_with_params(w, offset, scale, group_size: int = 128, bits: str = "q35"):
+    """Packed stream of w on the given float16 (N, groups) parameters; levels clamped (§4)."""
+    fmt = get_format(bits)
+    w = np.asarray(w, dtype=np.float32)
+    rows, k = w.shape
+    off = _expand_groups(np.asarray(offset, dtype=np.float32), k, group_size)
+    step, level_counts = _grid_steps(
+        _expand_groups(np.asarray(scale, dtype=np.float32), k, group_size), fmt, k)
+    levels = np.zeros((rows, k), dtype=np.int64)
+    for count in np.unique(level_counts):
+        cols = np.flatnonzero(level_counts == count)
+        levels[:, cols] = to_levels(w[:, cols], off[:, cols], step[:, cols], int(count))
+    return pack_levels(levels, k, bits)
+
+
+def group_error(w, offset, scale, bits: str = "q35"):
+    """Squared error of each group w[..., :] (first weight even) on its grid, float64, summed
+    weight by weight in order (the kernel's order, so both pick the same candidate)."""
+    fmt = get_format(bits)
+    w = np.asarray(w, dtype=np.float32)
+    offset = np.asarray(offset, dtype=np.float32)
+    scale = np.asarray(scale, dtype=np.float32)
+    odd_step = step3(scale) if fmt.name == "q35" else scale
+    err = np.zeros(w.shape[:-1], dtype=np.float64)
+    for i in range(w.shape[-1]):
+        step, count = (odd_step, fmt.odd_levels) if i % 2 else (scale, fmt.even_levels)
+        q = offset + step * to_levels(w[..., i], offset, step, count).astype(np.float32)
+        diff = q.astype(np.float64) - w[..., i].astype(np.float64)
+        err += diff * diff
+    return err
+
+
+def clip_params(w, group_size: int = 128, bits: str = "q35", n_grid: int = 32, n_steps: int = 8):
+    """Per group, the §4 parameters of the shrunken range [lo + i*d, hi - j*d], d = (hi-lo)/n_grid,
+    0 <= i, j < n_steps, with the least group_error; (0, 0) = min/max wins ties.
+    Returns offset, scale float32 (N, groups), exact float16 values."""
+    fmt = get_format(bits)
+    w = np.asarray(w, dtype=np.float32)
+    rows, k = w.shape
+    top = fmt.even_levels - 1
+    offset = np.empty((rows, n_groups(k, group_size)), dtype=np.float32)
+    scale = np.empty_like(offset)
+    for g in range(offset.shape[1]):
+        block = w[:, g * group_size:(g + 1) * group_size]
+        lo, hi = block.min(axis=1), block.max(axis=1)
+        best_off, best_scale = group_params(lo, hi, top)
+        best = group_error(block, best_off, best_scale, bits)
+        delta = (hi - lo) / np.float32(n_grid)
+        for i in range(n_steps):
+            low = lo + np.float32(i) * delta
+            for j in range(n_steps):
+                if i == 0 and j == 0:
+                    continue
+                high = hi - np.float32(j) * delta
+                valid = high > low
+                cand_off, cand_scale = group_params(np.where(valid, low, lo),
+                                                    np.where(valid, high, hi), top)
+                err = group_error(block, cand_off, cand_scale, bits)
+                better = valid & (err < best)
+                best = np.where(better, err, best)
+                best_off = np.where(better, cand_off, best_off)
+                best_scale = np.where(better, cand_scale, best_scale)
+        offset[:, g], scale[:, g] = best_off, best_scale
+    return offset, scale

@@ -144,8 +144,14 @@ def _expect(array, name, dtype, shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
 
 
-def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35") -> QuantizedTensor:
-    """Quantize a float32 (N, K) matrix row by row in groups of `group_size` (FORMAT.md §4, §6)."""
+def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_search: bool = False,
+             params=None) -> QuantizedTensor:
+    """Quantize a float32 (N, K) matrix row by row in groups of `group_size` (FORMAT.md §4, §6).
+
+    clip_search: choose each group's parameters among shrunken ranges by least squared error
+    (q35_clip) instead of raw min/max. params: (offset, scale) float16 (N, groups) to use as
+    given; levels are then computed per §4 from them, clamped (for error feedback, q35f.gptq).
+    """
     get_format(bits)
     check_group_size(group_size)
     if not isinstance(w, np.ndarray):
@@ -160,7 +166,17 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35") -> Quantiz
         raise ValueError("w contains NaN or Inf")
     if np.abs(w).max() > FLOAT16_MAX:
         raise ValueError(f"w has |values| above {FLOAT16_MAX}, the float16 range of offsets")
-    tiles, scales, offsets = kernels.quantize_rows(w, group_size, bits)
+    if params is not None:
+        offset, scale = params
+        groups = (w.shape[0], n_groups(w.shape[1], group_size))
+        _expect(offset, "params offset", np.float16, groups)
+        _expect(scale, "params scale", np.float16, groups)
+        tiles, scales, offsets = kernels.quantize_rows_clip(
+            w, group_size, bits, False, scale=scale, offset=offset)
+    elif clip_search:
+        tiles, scales, offsets = kernels.quantize_rows_clip(w, group_size, bits, True)
+    else:
+        tiles, scales, offsets = kernels.quantize_rows(w, group_size, bits)
     return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits)
 
 

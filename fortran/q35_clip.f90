@@ -1,0 +1,112 @@
+! Clip search and quantization with given group parameters (FORMAT.md sec. 4, sec. 6).
+!
+! The clip search replaces a group's raw [min, max] by the shrunken range [lo + i*d, hi - j*d],
+! d = (hi - lo)/n_grid, 0 <= i, j < n_steps, whose float16 parameters (the sec. 4 rule applied to
+! the shrunken range) give the smallest squared reconstruction error of the group, both grids
+! counted. Candidate (0, 0) is plain min/max and wins ties, so the search is never worse.
+! Levels always follow sec. 4 from the stored float16 parameters, clamped on both sides (a clipped
+! weight lies outside the grid). Bit-identical to reference.clip_params / quantize_with_params:
+! same float32 operations, errors summed in float64 in weight order (built without FMA).
+module q35_clip
+    use iso_fortran_env, only: int8, int32, real32, real64
+    use q35_quantize, only: group_params, odd_step
+    use q35_blocks, only: block_weights, block_bytes, top_level, odd_top_level, encode_block
+    implicit none
+    private
+    public :: clamped_level, group_error, clip_group_params, quantize_row_params
+
+contains
+
+    !> clamp(floor((w - offset)/step + 1/2), 0, top); 0 when step == 0.
+    pure elemental integer(int32) function clamped_level(w, offset, step, top)
+        real(real32), intent(in) :: w, offset, step
+        integer, intent(in) :: top
+        real(real32) :: t
+        if (step == 0.0_real32) then
+            clamped_level = 0
+            return
+        end if
+        t = (w - offset) / step + 0.5_real32
+        ! aint differs from floor only on (-1, 0), which clamps to 0 either way.
+        clamped_level = int(min(max(aint(t), 0.0_real32), real(top, real32)), int32)
+    end function clamped_level
+
+    !> Squared error of a group (first weight even) on the grid (offset, scale), in float64.
+    pure function group_error(fmt, w, offset, scale) result(err)
+        integer, intent(in) :: fmt
+        real(real32), intent(in) :: w(:), offset, scale
+        real(real64) :: err, diff
+        real(real32) :: step_odd, q
+        integer :: i, top_even, top_odd
+        top_even = top_level(fmt)
+        top_odd = odd_top_level(fmt)
+        step_odd = odd_step(fmt, scale)
+        err = 0.0_real64
+        do i = 1, size(w)
+            if (mod(i, 2) == 1) then
+                q = offset + scale * real(clamped_level(w(i), offset, scale, top_even), real32)
+            else
+                q = offset + step_odd * real(clamped_level(w(i), offset, step_odd, top_odd), real32)
+            end if
+            diff = real(q, real64) - real(w(i), real64)
+            err = err + diff * diff
+        end do
+    end function group_error
+
+    !> float16 offset, scale of the best shrunken range of group w (see the module comment).
+    pure subroutine clip_group_params(fmt, w, n_grid, n_steps, offset, scale)
+        integer, intent(in) :: fmt, n_grid, n_steps
+        real(real32), intent(in) :: w(:)
+        real(real32), intent(out) :: offset, scale
+        real(real32) :: lo, hi, delta, low, high, cand_offset, cand_scale
+        real(real64) :: best, err
+        integer :: i, j
+        lo = minval(w)
+        hi = maxval(w)
+        call group_params(lo, hi, top_level(fmt), offset, scale)
+        best = group_error(fmt, w, offset, scale)
+        delta = (hi - lo) / real(n_grid, real32)
+        do i = 0, n_steps - 1
+            low = lo + real(i, real32) * delta
+            do j = 0, n_steps - 1
+                if (i == 0 .and. j == 0) cycle
+                high = hi - real(j, real32) * delta
+                if (high <= low) cycle
+                call group_params(low, high, top_level(fmt), cand_offset, cand_scale)
+                err = group_error(fmt, w, cand_offset, cand_scale)
+                if (err < best) then
+                    best = err
+                    offset = cand_offset
+                    scale = cand_scale
+                end if
+            end do
+        end do
+    end subroutine clip_group_params
+
+    !> Quantize one row with per-group float16-exact parameters scales/offsets (given).
+    pure subroutine quantize_row_params(fmt, k, group_size, w, scales, offsets, packed)
+        integer, intent(in) :: fmt, k, group_size
+        real(real32), intent(in) :: w(k), scales(:), offsets(:)
+        integer(int8), intent(out) :: packed(:)
+        integer(int32) :: levels(0:block_weights - 1)
+        integer :: g, i, b, n_blocks, bytes
+        n_blocks = (k + block_weights - 1) / block_weights
+        bytes = block_bytes(fmt)
+        do b = 0, n_blocks - 1
+            levels = 0
+            do i = 0, min(block_weights, k - b * block_weights) - 1
+                g = (b * block_weights + i) / group_size + 1
+                if (mod(i, 2) == 0) then
+                    levels(i) = clamped_level(w(b * block_weights + i + 1), offsets(g), &
+                                              scales(g), top_level(fmt))
+                else
+                    levels(i) = clamped_level(w(b * block_weights + i + 1), offsets(g), &
+                                              odd_step(fmt, scales(g)), odd_top_level(fmt))
+                end if
+            end do
+            call encode_block(fmt, levels, k - b * block_weights, &
+                              packed(b * bytes + 1:(b + 1) * bytes))
+        end do
+    end subroutine quantize_row_params
+
+end module q35_clip
