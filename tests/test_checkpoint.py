@@ -363,3 +363,16 @@ def test_default_model_path_missing_package_says_how_to_install(monkeypatch):
 def test_open_accepts_str_and_default():
     with open_checkpoint("default") as ck, open_checkpoint(str(default_model_path())) as ck2:
         assert ck.path == ck2.path == default_model_path()
+
+
+def test_get_rows_reads_a_band_equal_to_the_whole(tmp_path, smollm):
+    weights = tiny_weights(TINY_CONFIG, seed=2)
+    write_hf(tmp_path / "m", weights, dtype=ml_dtypes.bfloat16, shards=2)
+    with open_checkpoint(tmp_path / "m") as ck:
+        for name in ("model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"):
+            whole = ck.get(name)
+            for start, stop in ((0, 1), (3, 17), (10, whole.shape[0])):
+                np.testing.assert_array_equal(ck.get_rows(name, start, stop), whole[start:stop])
+    for name in ("model.embed_tokens.weight", "model.layers.4.mlp.gate_proj.weight",
+                 "model.layers.4.self_attn.k_proj.weight"):  # k rows move within heads
+        np.testing.assert_array_equal(smollm.get_rows(name, 65, 130), smollm.get(name)[65:130])
