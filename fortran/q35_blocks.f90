@@ -1,4 +1,4 @@
-! One 16-weight block of each packed format (FORMAT.md sec. 2, sec. 3, sec. 6): grid levels <-> bytes.
+! One 16-weight block of each packed format (FORMAT.md sec. 2, 3, 6): grid levels <-> bytes.
 ! Encoding works on one row; decoding works on a tile of TILE_ROWS rows at once, one row per
 ! SIMD lane, which is what the matmul kernels read (FORMAT.md sec. 7).
 module q35_blocks

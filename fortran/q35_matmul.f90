@@ -19,11 +19,11 @@ contains
     !> y(:, t, j) = rows of tile t times column j of x, for m (a few) activation columns.
     subroutine gemv_tiles(fmt, group_size, tiles, scales, offsets, x, y)
         integer, intent(in) :: fmt, group_size
-        integer(int8), intent(in), contiguous :: tiles(:, :, :)     ! (tile_rows, row_bytes, n_tiles)
-        integer(int16), intent(in), contiguous :: scales(:, :, :)   ! (tile_rows, n_groups, n_tiles)
+        integer(int8), intent(in), contiguous :: tiles(:, :, :) ! (tile_rows, row_bytes, n_tiles)
+        integer(int16), intent(in), contiguous :: scales(:, :, :) ! (tile_rows, n_groups, n_tiles)
         integer(int16), intent(in), contiguous :: offsets(:, :, :)
-        real(real32), intent(in), contiguous :: x(:, :)             ! (16 * n_blocks, m), zero-padded
-        real(real32), intent(out), contiguous :: y(:, :, :)         ! (tile_rows, n_tiles, m)
+        real(real32), intent(in), contiguous :: x(:, :)  ! (16 * n_blocks, m), zero-padded
+        real(real32), intent(out), contiguous :: y(:, :, :)  ! (tile_rows, n_tiles, m)
         real(real32) :: acc_even(tile_rows), acc_odd(tile_rows), acc(tile_rows)
         real(real32) :: x_sum(size(scales, 2), size(x, 2)), scale(tile_rows)
         integer :: t, g, j, nb, n_blocks, blocks_per_group, first, count
@@ -79,7 +79,7 @@ contains
 
     ! The group dot products: for `count` blocks of a tile, sum level * x over the even and the
     ! odd positions separately. Bytes are widened to int32 lanes, fields cut out with constant
-    ! shifts (FORMAT.md sec. 3, sec. 6), and each lane (row) does the same work.
+    ! shifts (FORMAT.md sec. 3, 6), and each lane (row) does the same work.
 
     pure subroutine group_dot_q35(count, bytes, x, acc_even, acc_odd)
         integer, intent(in) :: count
@@ -95,9 +95,9 @@ contains
                 x_odd = x(2 * c + 2, b)
                 !$omp simd private(code)
                 do r = 1, tile_rows
-                    code = iand(shiftr(ior(unsigned_byte(bytes(r, q35_low(c) + 1, b)), &
-                                           shiftl(unsigned_byte(bytes(r, q35_high(c) + 1, b)), 8)), &
-                                       q35_shift(c)), 127)
+                    code = ior(unsigned_byte(bytes(r, q35_low(c) + 1, b)), &
+                               shiftl(unsigned_byte(bytes(r, q35_high(c) + 1, b)), 8))
+                    code = iand(shiftr(code, q35_shift(c)), 127)
                     acc_even(r) = acc_even(r) + real(ieor(shiftr(code, 3), 8), real32) * x_even
                     acc_odd(r) = acc_odd(r) + real(ieor(iand(code, 7), 4), real32) * x_odd
                 end do
@@ -163,12 +163,12 @@ contains
                 x_odd = x(c + 2, b)
                 !$omp simd private(even, odd)
                 do r = 1, tile_rows
-                    even = iand(shiftr(ior(unsigned_byte(bytes(r, int3_low(c) + 1, b)), &
-                                           shiftl(unsigned_byte(bytes(r, int3_high(c) + 1, b)), 8)), &
-                                       int3_shift(c)), 7)
-                    odd = iand(shiftr(ior(unsigned_byte(bytes(r, int3_low(c + 1) + 1, b)), &
-                                          shiftl(unsigned_byte(bytes(r, int3_high(c + 1) + 1, b)), 8)), &
-                                      int3_shift(c + 1)), 7)
+                    even = ior(unsigned_byte(bytes(r, int3_low(c) + 1, b)), &
+                               shiftl(unsigned_byte(bytes(r, int3_high(c) + 1, b)), 8))
+                    even = iand(shiftr(even, int3_shift(c)), 7)
+                    odd = ior(unsigned_byte(bytes(r, int3_low(c + 1) + 1, b)), &
+                              shiftl(unsigned_byte(bytes(r, int3_high(c + 1) + 1, b)), 8))
+                    odd = iand(shiftr(odd, int3_shift(c + 1)), 7)
                     acc_even(r) = acc_even(r) + real(even, real32) * x_even
                     acc_odd(r) = acc_odd(r) + real(odd, real32) * x_odd
                 end do
@@ -188,7 +188,7 @@ contains
         integer, intent(in) :: fmt, group_size
         integer(int8), intent(in), contiguous :: tiles(:, :, :)
         integer(int16), intent(in), contiguous :: scales(:, :, :), offsets(:, :, :)
-        real(real32), intent(out), contiguous :: w(:, :)            ! (16 * n_blocks, tile_rows * n_tiles)
+        real(real32), intent(out), contiguous :: w(:, :)  ! (16 * n_blocks, 16 * n_tiles)
         integer(int32) :: bytes(tile_rows, 0:block_weights - 1)
         real(real32) :: levels(tile_rows, 0:block_weights - 1)
         real(real32) :: scale(tile_rows), offset(tile_rows), step(tile_rows)

@@ -1,4 +1,4 @@
-! Dynamic asymmetric group quantization (FORMAT.md sec. 4, sec. 6): float32 rows -> packed bytes and
+! Dynamic asymmetric group quantization (FORMAT.md sec. 4, 6): float32 rows -> packed bytes and
 ! float16-exact parameters. Bit-identical to python/q35f/reference.py by construction: every
 ! float operation is the same IEEE float32 operation in the same order (built without FMA
 ! contraction, see meson.build).

@@ -1,6 +1,7 @@
 ! The f2py boundary: plain subroutines over explicit-shape arrays, nothing else. Each one checks
 ! nothing and copies nothing; python/q35f/kernels.py validates arguments before calling them.
-! Array dimensions are in Fortran order: a numpy C-ordered (rows, cols) array arrives as (cols, rows).
+! Array dimensions are in Fortran order: a numpy C-ordered (rows, cols) array arrives as
+! (cols, rows).
 
 subroutine encode_pairs(n, n1, n2, codes)
     use iso_fortran_env, only: int8, int32
@@ -72,7 +73,7 @@ subroutine unpack_code_rows(n_rows, n_blocks, packed, codes)
     end do
 end subroutine unpack_code_rows
 
-! float32 rows (k, n_rows) -> canonical packed rows and float16-exact parameters (sec. 4, sec. 6).
+! float32 rows (k, n_rows) -> canonical packed rows and float16-exact parameters (sec. 4, 6).
 subroutine quantize_rows(fmt, k, n_rows, group_size, row_bytes, n_groups, w, packed, scales, &
                          offsets)
     use iso_fortran_env, only: int8, int32, real32
