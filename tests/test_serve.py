@@ -336,7 +336,7 @@ def test_full_queue_gets_429_and_a_dropped_stream_frees_the_model(server, model_
     # The slot is free: a new request runs at once.
     later = client.chat.completions.create(model=model_name, messages=PROMPT, max_tokens=1)
     assert later.usage.completion_tokens == 1
-    assert later.usage.queue_time < 1.0
+    assert server.health()["completed"] == after["completed"] + 1
 
 
 def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(server, model_name):

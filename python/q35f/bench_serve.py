@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 GROQ_DEFAULT_MODEL = "llama-3.3-70b-versatile"
-GROQ_DEFAULT_URL = "https://api.groq.com"
+GROQ_HOST = "api.groq.com"
+GROQ_DEFAULT_URL = f"https://{GROQ_HOST}"
 DEFAULT_PROMPT = ("Explain in a few paragraphs how a CPU cache works and why it makes programs "
                   "faster.")
 
@@ -244,8 +246,8 @@ def register_bench(subparsers) -> None:
                         help=f"model name (default: {GROQ_DEFAULT_MODEL} on Groq's cloud, else "
                         "the first model the endpoint lists)")
     parser.add_argument("--api-key", default=None,
-                        help="bearer token (default: $GROQ_API_KEY; for --base-url also "
-                        "$Q35F_API_KEY)")
+                        help="bearer token (default: $GROQ_API_KEY for Groq's cloud, "
+                        "$Q35F_API_KEY for --base-url)")
     parser.add_argument("-n", "--requests", type=int, default=20,
                         help="measured requests per concurrency level (default: %(default)s)")
     parser.add_argument("--concurrency", default="1,4",
@@ -280,7 +282,7 @@ def _bench_serve_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--warmup must be >= 0, got {args.warmup}")
 
     base_url = args.base_url or os.environ.get("GROQ_BASE_URL")
-    cloud = base_url is None
+    cloud = base_url is None or urlparse(base_url.strip()).hostname == GROQ_HOST
     if cloud:
         api_key = args.api_key or os.environ.get("GROQ_API_KEY")
         if not api_key:
@@ -288,12 +290,16 @@ def _bench_serve_command(args: argparse.Namespace) -> int:
                   "API key (or give --base-url for another endpoint); nothing was measured",
                   file=sys.stderr)
             return 1
-        endpoint = GROQ_DEFAULT_URL
+        endpoint = normalize_base_url(base_url) if base_url else GROQ_DEFAULT_URL
     else:
         endpoint = normalize_base_url(base_url)
-        api_key = (args.api_key or os.environ.get("Q35F_API_KEY")
-                   or os.environ.get("GROQ_API_KEY") or "none")
-    client = groq.Groq(api_key=api_key, base_url=endpoint, max_retries=0, timeout=args.timeout)
+        # Never $GROQ_API_KEY here: a Groq key is not sent to some other server unasked.
+        api_key = args.api_key or os.environ.get("Q35F_API_KEY") or "none"
+    import httpx
+
+    # No retries: a retried request would hide its first failure inside a longer latency.
+    client = groq.Groq(api_key=api_key, base_url=endpoint, max_retries=0,
+                       timeout=httpx.Timeout(args.timeout, connect=min(args.timeout, 15.0)))
 
     def fail(message: str) -> int:
         print(f"q35f bench serve: {endpoint}: {message}; nothing was measured", file=sys.stderr)
