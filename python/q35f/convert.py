@@ -156,7 +156,7 @@ def _band_rows(k: int) -> int:
     return max(1, BAND_FLOATS // max(1, k))
 
 
-def _write_tensor(src, p: _Planned, writer: _ShardWriter, group_size, bar):
+def _write_tensor(src, p: _Planned, writer: _ShardWriter, group_size, bar, quantizer=None):
     """Read, convert and write one tensor, a band of rows at a time."""
     from .tensor import quantize
 
@@ -178,7 +178,8 @@ def _write_tensor(src, p: _Planned, writer: _ShardWriter, group_size, bar):
             writer.write(p.name, out, start * k * itemsize)
         else:
             try:
-                qt = quantize(w, group_size, p.bits)
+                qt = (quantize(w, group_size, p.bits) if quantizer is None
+                      else quantizer(p.name, w, group_size, p.bits))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"{src.path}: tensor {p.name} (rows {start}:{stop}): {err}") from None
             qweight, scales, offsets = (e[0] for e in p.entries)
@@ -231,7 +232,9 @@ def _write_side_files(src, tmp: Path, config: dict):
 
 
 def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", force=False,
-                        progress=True, max_shard_bytes=DEFAULT_SHARD_BYTES) -> dict:
+                        progress=True, max_shard_bytes=DEFAULT_SHARD_BYTES, clip_search=False,
+                        pairing="none", gptq=False, calibration=None,
+                        calibration_tokens=None) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight."""
     from tqdm import tqdm
@@ -261,6 +264,14 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             "group_size": group_size,
             "head_bits": head_bits,
         }
+        improver = None  # clip search, pairing, error feedback (q35f.improve)
+        if clip_search or gptq or pairing != "none" or calibration is not None:
+            from .improve import DEFAULT_CALIBRATION_TOKENS, Improver
+
+            improver = Improver(ck, clip_search, pairing, gptq, calibration,
+                                calibration_tokens or DEFAULT_CALIBRATION_TOKENS,
+                                progress=progress)
+            config["quantization_config"].update(improver.describe())
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -276,7 +287,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                     writer = _ShardWriter(tmp / file, shard, _tensor_metadata(shard, group_size))
                     try:
                         for p in shard:
-                            _write_tensor(ck, p, writer, group_size, bar)
+                            _write_tensor(improver.source if improver else ck, p, writer,
+                                          group_size, bar, improver and improver.quantize)
                     except BaseException:
                         writer.abort()
                         raise
@@ -402,6 +414,21 @@ def register(subparsers):
     p.add_argument("--head-bits", default="int8", choices=list(HEAD_CHOICES),
                    help="format of the token embedding and output head (default int8; fp16/fp32 "
                    "keep them float)")
+    p.add_argument("--clip-search", action="store_true",
+                   help="per group, float16 offset/scale of the shrunken range with the least "
+                   "squared error instead of raw min/max (no data needed)")
+    p.add_argument("--pairing", default="none", choices=["none", "weight", "activation"],
+                   help="order input channels so the important half gets the 4-bit positions: "
+                   "by weight column norms or by calibration activations (folded into the "
+                   "model; the file format does not change)")
+    p.add_argument("--gptq", action="store_true",
+                   help="error feedback: push each column's rounding error onto later columns "
+                   "with the inverse Hessian of the calibration inputs")
+    p.add_argument("--calibration", default=None, metavar="FILE|CORPUS",
+                   help="calibration text for --gptq / --pairing activation: a text file or a "
+                   "corpus name (pydoc, emma, ...; default emma)")
+    p.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
+                   help="calibration tokens, in sequences of 128 (default 8192)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--max-shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 1024**3,
                    help="largest safetensors file before sharding (default 2)")
@@ -426,7 +453,9 @@ def _quantize_command(args) -> int:
     summary = quantize_checkpoint(
         args.src, args.output, bits=args.bits, group_size=args.group_size,
         head_bits=args.head_bits, force=args.force, progress=not args.no_progress,
-        max_shard_bytes=int(args.max_shard_gb * 1024**3),
+        max_shard_bytes=int(args.max_shard_gb * 1024**3), clip_search=args.clip_search,
+        pairing=args.pairing, gptq=args.gptq, calibration=args.calibration,
+        calibration_tokens=args.calibration_tokens,
     )
     if args.json:
         print(json.dumps(summary))
