@@ -348,6 +348,89 @@ def test_odd_levels_clamp_to_the_range(case):
     _check_clamp(w, quantized(w, group_size), "odd")
 
 
+@st.composite
+def weights_around_given_grids(draw):
+    """Weights well outside and inside grids given as float16 (offset, scale): quantize(params=)."""
+    rows = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 90))
+    group_size = draw(st.sampled_from([16, 32]))
+    groups = -(-k // group_size)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    magnitude = 10.0 ** draw(st.integers(-3, 2))
+    offset = (rng.uniform(-1000, 1000, (rows, groups)) * magnitude / 100).astype(np.float16)
+    scale = (rng.uniform(0.01, 10, (rows, groups)) * magnitude).astype(np.float16)
+    scale = np.maximum(scale, np.float16(1e-3)).astype(np.float16)
+    lo = offset.astype(np.float64)
+    width = 15 * scale.astype(np.float64)
+    # per weight: a position in units of the grid's width, from far below to far above
+    where = rng.uniform(-2.0, 3.0, (rows, groups * group_size))[:, :k]
+    lo_w = np.repeat(lo, group_size, axis=1)[:, :k]
+    width_w = np.repeat(width, group_size, axis=1)[:, :k]
+    w = np.clip(lo_w + where * width_w, -65504, 65504).astype(np.float32)
+    return w, group_size, offset, scale
+
+
+def _check_clamp_given_params(w, group_size, offset16, scale16, parity):
+    """Out of range, a weight gets the end level and dequantizes to the end of the range."""
+    qt = q35f.quantize(w, group_size=group_size, bits="q35", params=(offset16, scale16))
+    assert np.array_equal(qt.offset, offset16) and np.array_equal(qt.scale, scale16)
+    levels = kernel_levels(qt)
+    offset, step, top, odd = grids(qt)
+    mask = odd if parity == "odd" else ~odd
+    w64, o, s, tp, lv = w.astype(np.float64)[:, mask], offset[:, mask], step[:, mask], \
+        top[:, mask], levels[:, mask]
+    deq = qt.dequantize().astype(np.float64)[:, mask]
+    top_value = (o.astype(np.float32) + s.astype(np.float32) * tp.astype(np.float32))
+    top_value = top_value.astype(np.float64)  # the grid's last point, as the kernels compute it
+    below, above = w64 < o, w64 > top_value
+    assert (lv[below] == 0).all() and (deq[below] == o[below]).all()
+    assert (lv[above] == tp[above]).all() and (deq[above] == top_value[above]).all()
+    # so the error is exactly the distance to the range (Q35.even_clamp / Q35.odd_clamp) ...
+    assert np.array_equal(np.abs(w64 - deq)[below], (o - w64)[below])
+    assert np.array_equal(np.abs(w64 - deq)[above], (w64 - top_value)[above])
+    # ... and inside the range the error stays within half a step (the in-range theorems).
+    inside = ~below & ~above
+    bound = s / 2 + rounding_allowance(w64, o, s)
+    assert (np.abs(w64 - deq)[inside] <= bound[inside]).all()
+
+
+@pytest.mark.lean("Q35.even_clamp")
+@given(weights_around_given_grids())
+def test_even_weights_outside_given_grids_clamp_to_the_ends(case):
+    w, group_size, offset, scale = case
+    _check_clamp_given_params(w, group_size, offset, scale, "even")
+
+
+@pytest.mark.lean("Q35.odd_clamp")
+@given(weights_around_given_grids())
+def test_odd_weights_outside_given_grids_clamp_to_the_ends(case):
+    w, group_size, offset, scale = case
+    if w.shape[1] < 2:  # one group of one weight: give it an odd neighbour
+        w = np.concatenate([w, w], axis=1)
+    _check_clamp_given_params(w, group_size, offset, scale, "odd")
+
+
+@pytest.mark.lean("Q35.even_clamp")
+@pytest.mark.lean("Q35.odd_clamp")
+@given(q35_matrices())
+def test_clip_search_error_is_half_step_or_distance_to_range(case):
+    """With clip search the grid may be narrower than the group: Q35.*_clamp then applies."""
+    w, group_size = case
+    qt = q35f.quantize(w, group_size=group_size, bits="q35", clip_search=True)
+    levels = kernel_levels(qt)
+    offset, step, top, _ = grids(qt)
+    w64 = w.astype(np.float64)
+    top_value = (offset.astype(np.float32) + step.astype(np.float32) * top.astype(np.float32))
+    top_value = top_value.astype(np.float64)
+    assert ((levels >= 0) & (levels <= top)).all()
+    assert (levels[w64 < offset] == 0).all()
+    assert (levels[w64 > top_value] == top[w64 > top_value]).all()
+    distance = np.maximum(np.maximum(offset - w64, w64 - top_value), 0)
+    error = np.abs(w64 - qt.dequantize().astype(np.float64))
+    allowance = rounding_allowance(w64, offset, step)
+    assert (error <= np.maximum(step / 2, distance) + allowance).all()
+
+
 @pytest.mark.lean("Q35.zero_step_level")
 @given(
     value=st.floats(-65504, 65504, width=16),

@@ -36,14 +36,25 @@ theorem unpack_pack : ∀ (cs : List Nat), (∀ c ∈ cs, c < 128) →
     have hcs : ∀ x ∈ cs, x < 128 := fun x hx => h x (by simp [hx])
     cases j with
     | zero =>
-      show (c + 128 * pack cs) % 128 = c
-      omega
+      first
+        | (show (c + 128 * pack cs) % 128 = c
+           omega)
+        | (simp only [pack, codeAt, List.getElem_cons_zero]
+           omega)
     | succ j =>
-      have hj' : j < cs.length := Nat.lt_of_succ_lt_succ hj
+      have hj' : j < cs.length := by
+        first
+          | exact Nat.lt_of_succ_lt_succ hj
+          | (simp only [List.length_cons] at hj
+             omega)
       have hdiv : (c + 128 * pack cs) / 128 = pack cs := by omega
-      show codeAt ((c + 128 * pack cs) / 128) j = cs[j]
-      rw [hdiv]
-      exact ih hcs j hj'
+      first
+        | (show codeAt ((c + 128 * pack cs) / 128) j = cs[j]
+           rw [hdiv]
+           exact ih hcs j hj')
+        | (simp only [pack, codeAt, List.getElem_cons_succ]
+           rw [hdiv]
+           exact ih hcs j hj')
 
 /-- n packed 7-bit codes fit in 7·n bits: the packed integer is below 128^n, so no bit is wasted or lost. -/
 theorem pack_lt : ∀ (cs : List Nat), (∀ c ∈ cs, c < 128) → pack cs < 128 ^ cs.length := by
@@ -60,15 +71,21 @@ theorem pack_lt : ∀ (cs : List Nat), (∀ c ∈ cs, c < 128) → pack cs < 128
     have hp := ih hcs
     show c + 128 * pack cs < 128 ^ (cs.length + 1)
     rw [Nat.pow_succ]
-    omega
+    first
+      | omega
+      | (generalize 128 ^ cs.length = m at hp ⊢
+         omega)
 
 /-- A block of eight 7-bit codes fits in 56 bits, i.e. exactly 7 bytes. -/
 theorem block_fits_56_bits (cs : List Nat) (h : ∀ c ∈ cs, c < 128) (hlen : cs.length = 8) :
     pack cs < 2 ^ 56 := by
   have hp := pack_lt cs h
   rw [hlen] at hp
-  have e : (128 : Nat) ^ 8 = 2 ^ 56 := by decide
-  rw [e] at hp
-  exact hp
+  first
+    | (have e : (128 : Nat) ^ 8 = 2 ^ 56 := by decide
+       rw [e] at hp
+       exact hp)
+    | omega
+    | exact hp
 
 end Q35

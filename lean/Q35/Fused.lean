@@ -65,6 +65,10 @@ theorem fused_eq_dot (o s : Int) : ∀ ps : List Pair, fused7 o s ps = dot7 o s 
     have f8 := Int.mul_comm p.xo (7 * o)
     have f9 := Int.mul_left_comm p.xe (7 * s) (p.n1 + 8)
     have f10 := Int.mul_left_comm p.xo (15 * s) (p.n2 + 4)
-    omega
+    first
+      | omega
+      | (simp only [Int.mul_add, Int.add_mul, Int.mul_assoc, Int.mul_comm, Int.mul_left_comm]
+           at ih ⊢
+         omega)
 
 end Q35

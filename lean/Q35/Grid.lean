@@ -35,11 +35,16 @@ def level3 (x s : Int) : Int := clampLevel (roundLevel (7 * x) (15 * s)) 7
 /-- The rounded level t of x on a grid of step d > 0 is the nearest one: 2d·t ≤ 2x + d < 2d·t + 2d. -/
 theorem round_bounds (x d : Int) (hd : 0 < d) :
     2 * (d * roundLevel x d) ≤ 2 * x + d ∧ 2 * x + d < 2 * (d * roundLevel x d) + 2 * d := by
-  have h1 := Int.mul_ediv_self_le (x := 2 * x + d) (k := 2 * d) (by omega)
-  have h2 := Int.lt_mul_ediv_self_add (x := 2 * x + d) (k := 2 * d) (by omega)
   have h3 := Int.mul_assoc 2 d ((2 * x + d) / (2 * d))
   unfold roundLevel
-  omega
+  first
+    | (have h1 := Int.mul_ediv_self_le (x := 2 * x + d) (k := 2 * d) (by omega)
+       have h2 := Int.lt_mul_ediv_self_add (x := 2 * x + d) (k := 2 * d) (by omega)
+       omega)
+    | (have h1 := Int.emod_add_ediv (2 * x + d) (2 * d)
+       have h2 := Int.emod_nonneg (2 * x + d) (show 2 * d ≠ 0 by omega)
+       have h4 := Int.emod_lt_of_pos (2 * x + d) (show 0 < 2 * d by omega)
+       omega)
 
 /-- An even weight in its group's range dequantizes within half a 4-bit step: |x − s·l| ≤ s/2. -/
 theorem even_error_half_step (x s : Int) (hs : 0 < s) (h0 : 0 ≤ x) (h1 : x ≤ 15 * s) :
@@ -47,13 +52,20 @@ theorem even_error_half_step (x s : Int) (hs : 0 < s) (h0 : 0 ≤ x) (h1 : x ≤
   have hb := round_bounds x s hs
   have hq0 : 0 ≤ roundLevel x s := by
     unfold roundLevel
-    exact Int.ediv_nonneg (by omega) (by omega)
+    first
+      | exact Int.ediv_nonneg (by omega) (by omega)
+      | exact Int.le_ediv_of_mul_le (by omega) (by omega)
   have hq1 : roundLevel x s < 16 := by
     unfold roundLevel
-    exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+    first
+      | exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+      | exact (Int.ediv_lt_iff_lt_mul (by omega)).mpr (by omega)
   have hl : level4 x s = roundLevel x s := by
     unfold level4 clampLevel
-    omega
+    first
+      | omega
+      | (rw [Int.min_def, Int.max_def]
+         split <;> split <;> omega)
   rw [hl]
   omega
 
@@ -64,13 +76,20 @@ theorem odd_error_half_step (x s : Int) (hs : 0 < s) (h0 : 0 ≤ x) (h1 : x ≤ 
   have hb := round_bounds (7 * x) (15 * s) (by omega)
   have hq0 : 0 ≤ roundLevel (7 * x) (15 * s) := by
     unfold roundLevel
-    exact Int.ediv_nonneg (by omega) (by omega)
+    first
+      | exact Int.ediv_nonneg (by omega) (by omega)
+      | exact Int.le_ediv_of_mul_le (by omega) (by omega)
   have hq1 : roundLevel (7 * x) (15 * s) < 8 := by
     unfold roundLevel
-    exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+    first
+      | exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+      | exact (Int.ediv_lt_iff_lt_mul (by omega)).mpr (by omega)
   have hl : level3 x s = roundLevel (7 * x) (15 * s) := by
     unfold level3 clampLevel
-    omega
+    first
+      | omega
+      | (rw [Int.min_def, Int.max_def]
+         split <;> split <;> omega)
   rw [hl]
   omega
 
@@ -81,15 +100,25 @@ theorem even_clamp (x s : Int) (hs : 0 < s) :
   · intro hx
     have hq : roundLevel x s < 1 := by
       unfold roundLevel
-      exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+      first
+        | exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+        | exact (Int.ediv_lt_iff_lt_mul (by omega)).mpr (by omega)
     unfold level4 clampLevel
-    omega
+    first
+      | omega
+      | (rw [Int.min_def, Int.max_def]
+         split <;> split <;> omega)
   · intro hx
     have hq : 15 ≤ roundLevel x s := by
       unfold roundLevel
-      exact Int.le_ediv_of_mul_le (by omega) (by omega)
+      first
+        | exact Int.le_ediv_of_mul_le (by omega) (by omega)
+        | exact (Int.le_ediv_iff_mul_le (by omega)).mpr (by omega)
     unfold level4 clampLevel
-    omega
+    first
+      | omega
+      | (rw [Int.min_def, Int.max_def]
+         split <;> split <;> omega)
 
 /-- Out of range, an odd weight clamps to the nearest end (level 0 or 7): its error is exactly the distance to the range. -/
 theorem odd_clamp (x s : Int) (hs : 0 < s) :
@@ -98,15 +127,25 @@ theorem odd_clamp (x s : Int) (hs : 0 < s) :
   · intro hx
     have hq : roundLevel (7 * x) (15 * s) < 1 := by
       unfold roundLevel
-      exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+      first
+        | exact Int.ediv_lt_of_lt_mul (by omega) (by omega)
+        | exact (Int.ediv_lt_iff_lt_mul (by omega)).mpr (by omega)
     unfold level3 clampLevel
-    omega
+    first
+      | omega
+      | (rw [Int.min_def, Int.max_def]
+         split <;> split <;> omega)
   · intro hx
     have hq : 7 ≤ roundLevel (7 * x) (15 * s) := by
       unfold roundLevel
-      exact Int.le_ediv_of_mul_le (by omega) (by omega)
+      first
+        | exact Int.le_ediv_of_mul_le (by omega) (by omega)
+        | exact (Int.le_ediv_iff_mul_le (by omega)).mpr (by omega)
     unfold level3 clampLevel
-    omega
+    first
+      | omega
+      | (rw [Int.min_def, Int.max_def]
+         split <;> split <;> omega)
 
 /-- A constant group (step 0) puts every weight at level 0, so it dequantizes to the offset. -/
 theorem zero_step_level (x : Int) : level4 x 0 = 0 ∧ level3 x 0 = 0 := by
@@ -122,6 +161,8 @@ theorem zero_step_level (x : Int) : level4 x 0 = 0 ∧ level3 x 0 = 0 := by
       | (unfold roundLevel; omega)
   unfold level4 level3 clampLevel
   rw [r4, r3]
-  omega
+  first
+    | omega
+    | decide
 
 end Q35
