@@ -281,3 +281,28 @@ def test_quantize_peak_memory_stays_near_one_band(tmp_path):
     assert r["source_bytes"] > 5 * r["largest_tensor_f32_bytes"]  # the test can tell
     assert r["excess_rss_bytes"] < 2 * r["largest_tensor_f32_bytes"], r
     assert r["excess_rss_bytes"] < 0.4 * r["source_bytes"], r
+
+
+def test_killed_run_leaves_only_a_hidden_partial_directory(tmp_path):
+    """SIGKILL while tensors are being written: nothing named like the output exists."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "q35f", "quantize", "-o", str(out), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        shard = None
+        while proc.poll() is None and shard is None:
+            partial = [p for p in tmp_path.glob(".out.partial-*/model.safetensors")]
+            shard = partial[0] if partial and partial[0].stat().st_size > 0 else None
+            time.sleep(0.01)
+        assert shard is not None, f"the run ended first: {proc.communicate()[1][-2000:]!r}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not out.exists()
+    assert all(p.name.startswith(".out.partial-") for p in tmp_path.iterdir())
