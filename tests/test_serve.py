@@ -374,8 +374,9 @@ def test_bench_serve_appends_measured_rows(server, model_name, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "ttft" in done.stdout
     rows = list(csv.DictReader(out.open()))
-    assert [r["concurrency"] for r in rows] == ["1", "2"]
+    assert [r["concurrency"] for r in rows] == ["1", "2"], (done.stdout, done.stderr)
     for row in rows:
+        print(row, done.stdout, done.stderr)  # shown by pytest if an assertion below fails
         assert list(row) == CSV_COLUMNS
         assert row["model"] == model_name and row["endpoint"] == server.url
         assert row["method"] == "q35f-serve" and row["source"] == "measured"
@@ -391,7 +392,7 @@ def test_bench_serve_appends_measured_rows(server, model_name, tmp_path):
                                           "0", "--csv", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert len(list(csv.DictReader(out.open()))) == 3
+    assert len(list(csv.DictReader(out.open()))) == 3, (done.stdout, done.stderr)
 
 
 def test_bench_serve_without_groq_key_measures_nothing(monkeypatch, capsys, tmp_path):
