@@ -81,6 +81,7 @@ def measure_request(client, model: str, messages: list[dict], max_tokens: int,
                     temperature: float) -> RequestResult:
     """One streamed completion, timed from the client."""
     import groq
+    import httpx
 
     start = time.perf_counter()
     first = last = None
@@ -101,7 +102,7 @@ def measure_request(client, model: str, messages: list[dict], max_tokens: int,
                 usage = chunk.x_groq.usage
             elif getattr(chunk, "usage", None) is not None:
                 usage = chunk.usage
-    except groq.APIError as err:
+    except (groq.APIError, httpx.HTTPError) as err:  # httpx: a stream broken mid-way
         return RequestResult(ok=False, error=_describe(err))
     end = time.perf_counter()
     if first is None:
@@ -251,13 +252,19 @@ def register_bench(subparsers) -> None:
     parser.add_argument("-n", "--requests", type=int, default=20,
                         help="measured requests per concurrency level (default: %(default)s)")
     parser.add_argument("--concurrency", default="1,4",
-                        help="comma-separated numbers of requests in flight at once (default: %(default)s)")
-    parser.add_argument("--max-tokens", type=int, default=256, help="max_tokens per request (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default: %(default)s)")
-    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the user message (default: a fixed question about CPU caches)")
+                        help="comma-separated numbers of requests in flight at once "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-tokens", type=int, default=256,
+                        help="max_tokens per request (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sampling temperature (default: %(default)s)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT,
+                        help="the user message (default: a fixed question about CPU caches)")
     parser.add_argument("--warmup", type=int, default=1,
-                        help="unmeasured requests first (the first also checks the endpoint; default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (default: %(default)s)")
+                        help="unmeasured requests first (the first also checks the endpoint; "
+                        "default: %(default)s)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds per request (default: %(default)s)")
     parser.add_argument("--method", default=None,
                         help="label for the CSV's method column (default: 'groq-cloud' or "
                         "'q35f-serve')")
@@ -347,7 +354,8 @@ def _bench_serve_command(args: argparse.Namespace) -> int:
               f"{_fmt(summary['throughput_toks']):>9} {_fmt(summary['throughput_p90_toks']):>7} | "
               f"{_fmt(summary['latency_ms']):>14} {_fmt(summary['latency_p90_ms']):>8} | "
               f"{_fmt(summary['aggregate_toks']):>9} | "
-              f"{_fmt(summary['server_prompt_ms']):>13} {_fmt(summary['server_completion_ms']):>12}",
+              f"{_fmt(summary['server_prompt_ms']):>13} "
+              f"{_fmt(summary['server_completion_ms']):>12}",
               flush=True)
         errors = sorted({r.error for r in results if not r.ok})
         for message in errors[:3]:

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import hmac
 import json
+import logging
 import os
 import sys
 import threading
@@ -328,7 +329,7 @@ class Engine:
                     "max_queue": self.max_queue, **self.counters}
 
     def submit(self, job: Job) -> None:
-        """Queue a job, or raise QueueFull when `max_queue` jobs already wait behind a running one."""
+        """Queue a job; raise QueueFull when `max_queue` jobs already wait behind a running one."""
         with self._lock:
             in_system = len(self._waiting) + (self._running is not None)
             if self._closed or in_system >= 1 + self.max_queue:
@@ -366,6 +367,8 @@ class Engine:
                 error = None
             except Exception as err:  # the model failed: fail this request, keep serving
                 result, error = None, f"{type(err).__name__}: {err}"
+                logging.getLogger("q35f.serve").error("request failed in the model",
+                                                      exc_info=True)
             with self._lock:
                 self._running = None
                 job.state = "done"
@@ -639,12 +642,14 @@ def register(subparsers) -> None:
                         "SmolLM2-135M-Instruct)")
     parser.add_argument("--host", default=DEFAULT_HOST,
                         help="address to bind (default: %(default)s, loopback only)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="TCP port (default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                         help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}; "
                         "unset means no auth)")
     parser.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                        help="requests that may wait while one runs; more get 429 (default: %(default)s)")
+                        help="requests that may wait while one runs; more get 429 "
+                        "(default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=None,
                         help="largest max_tokens a request may ask for, and the value used when "
                         "it gives none (default: the model's context length)")
