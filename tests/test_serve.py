@@ -17,16 +17,15 @@ import threading
 import time
 from pathlib import Path
 
+import groq
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-groq = pytest.importorskip("groq")
-httpx = pytest.importorskip("httpx")
-
-from q35f import cli  # noqa: E402
-from q35f.bench_serve import CSV_COLUMNS, append_csv, normalize_base_url  # noqa: E402
-from q35f.serve import StopFilter  # noqa: E402
+from q35f import cli
+from q35f.bench_serve import CSV_COLUMNS, append_csv, normalize_base_url
+from q35f.serve import StopFilter
 
 API_KEY = "test-key-q35f"
 MAX_TOKENS_LIMIT = 64
@@ -364,6 +363,7 @@ def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(server, mod
 # --- the benchmark harness ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_serve_appends_measured_rows(server, model_name, tmp_path):
     out = tmp_path / "performance.csv"
     command = [sys.executable, "-m", "q35f", "bench", "serve", "--base-url", server.url,
