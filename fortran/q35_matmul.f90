@@ -14,6 +14,11 @@ module q35_matmul
     private
     public :: gemv_tiles, dequantize_tiles
 
+    ! Below this many packed bytes a matrix is done by one thread: starting and joining a parallel
+    ! region costs microseconds on an idle machine and a scheduler time slice (milliseconds) on a
+    ! busy one, while a 576x576 q35 GEMV (145 KiB) takes tens of microseconds on one core.
+    integer, parameter :: parallel_min_bytes = 256 * 1024
+
 contains
 
     !> y(:, t, j) = rows of tile t times column j of x, for m (a few) activation columns.
@@ -40,7 +45,7 @@ contains
             end do
         end do
 
-        !$omp parallel do schedule(static) default(shared) &
+        !$omp parallel do schedule(static) default(shared) if (size(tiles) >= parallel_min_bytes) &
         !$omp private(t, g, j, base, acc, acc_even, acc_odd, scale, first, count)
         do t = 1, size(tiles, 3)
             do j = 1, size(x, 2)
@@ -82,105 +87,169 @@ contains
     ! shifts (FORMAT.md sec. 3, 6), and each lane (row) does the same work.
 
     pure subroutine group_dot_q35(count, bytes, x, acc_even, acc_odd)
+        ! f(j) = code j at its bits 7j..; l1 = its bits 3..6 xor 8, l2 = its bits 0..2 xor 4
         integer, intent(in) :: count
         integer(int8), intent(in) :: bytes(tile_rows, 7, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer(int32) :: code
-        real(real32) :: x_even, x_odd
-        integer :: b, c, r
+        integer(int32) :: wide(tile_rows, 7), f(0:7)
+        integer :: b, r
         do b = 1, count
-            do c = 0, 7
-                x_even = x(2 * c + 1, b)
-                x_odd = x(2 * c + 2, b)
-                !$omp simd private(code)
-                do r = 1, tile_rows
-                    code = ior(unsigned_byte(bytes(r, q35_low(c) + 1, b)), &
-                               shiftl(unsigned_byte(bytes(r, q35_high(c) + 1, b)), 8))
-                    code = iand(shiftr(code, q35_shift(c)), 127)
-                    acc_even(r) = acc_even(r) + real(ieor(shiftr(code, 3), 8), real32) * x_even
-                    acc_odd(r) = acc_odd(r) + real(ieor(iand(code, 7), 4), real32) * x_odd
-                end do
+            ! Widening first keeps the lane loop in 32-bit lanes (full-width vectors).
+            wide = iand(int(bytes(:, :, b), int32), 255)
+            !$omp simd private(f)
+            do r = 1, tile_rows
+                f(0) = wide(r, 1)
+                f(1) = shiftr(ior(wide(r, 1), shiftl(wide(r, 2), 8)), 7)
+                f(2) = shiftr(ior(wide(r, 2), shiftl(wide(r, 3), 8)), 6)
+                f(3) = shiftr(ior(wide(r, 3), shiftl(wide(r, 4), 8)), 5)
+                f(4) = shiftr(ior(wide(r, 4), shiftl(wide(r, 5), 8)), 4)
+                f(5) = shiftr(ior(wide(r, 5), shiftl(wide(r, 6), 8)), 3)
+                f(6) = shiftr(ior(wide(r, 6), shiftl(wide(r, 7), 8)), 2)
+                f(7) = shiftr(wide(r, 7), 1)
+                acc_even(r) = acc_even(r) &
+                    + real(ieor(iand(shiftr(f(0), 3), 15), 8), real32) * x(1, b) &
+                    + real(ieor(iand(shiftr(f(1), 3), 15), 8), real32) * x(3, b) &
+                    + real(ieor(iand(shiftr(f(2), 3), 15), 8), real32) * x(5, b) &
+                    + real(ieor(iand(shiftr(f(3), 3), 15), 8), real32) * x(7, b) &
+                    + real(ieor(iand(shiftr(f(4), 3), 15), 8), real32) * x(9, b) &
+                    + real(ieor(iand(shiftr(f(5), 3), 15), 8), real32) * x(11, b) &
+                    + real(ieor(iand(shiftr(f(6), 3), 15), 8), real32) * x(13, b) &
+                    + real(ieor(iand(shiftr(f(7), 3), 15), 8), real32) * x(15, b)
+                acc_odd(r) = acc_odd(r) &
+                    + real(ieor(iand(f(0), 7), 4), real32) * x(2, b) &
+                    + real(ieor(iand(f(1), 7), 4), real32) * x(4, b) &
+                    + real(ieor(iand(f(2), 7), 4), real32) * x(6, b) &
+                    + real(ieor(iand(f(3), 7), 4), real32) * x(8, b) &
+                    + real(ieor(iand(f(4), 7), 4), real32) * x(10, b) &
+                    + real(ieor(iand(f(5), 7), 4), real32) * x(12, b) &
+                    + real(ieor(iand(f(6), 7), 4), real32) * x(14, b) &
+                    + real(ieor(iand(f(7), 7), 4), real32) * x(16, b)
             end do
         end do
     end subroutine group_dot_q35
 
     pure subroutine group_dot_int8(count, bytes, x, acc_even, acc_odd)
+        ! level j = byte j
         integer, intent(in) :: count
         integer(int8), intent(in) :: bytes(tile_rows, 16, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        real(real32) :: x_even, x_odd
-        integer :: b, c, r
+        integer(int32) :: wide(tile_rows, 16)
+        integer :: b, r
         do b = 1, count
-            do c = 0, 7
-                x_even = x(2 * c + 1, b)
-                x_odd = x(2 * c + 2, b)
-                !$omp simd
-                do r = 1, tile_rows
-                    acc_even(r) = acc_even(r) &
-                        + real(unsigned_byte(bytes(r, 2 * c + 1, b)), real32) * x_even
-                    acc_odd(r) = acc_odd(r) &
-                        + real(unsigned_byte(bytes(r, 2 * c + 2, b)), real32) * x_odd
-                end do
+            ! Widening first keeps the lane loop in 32-bit lanes (full-width vectors).
+            wide = iand(int(bytes(:, :, b), int32), 255)
+            !$omp simd
+            do r = 1, tile_rows
+                acc_even(r) = acc_even(r) &
+                    + real(wide(r, 1), real32) * x(1, b) &
+                    + real(wide(r, 3), real32) * x(3, b) &
+                    + real(wide(r, 5), real32) * x(5, b) &
+                    + real(wide(r, 7), real32) * x(7, b) &
+                    + real(wide(r, 9), real32) * x(9, b) &
+                    + real(wide(r, 11), real32) * x(11, b) &
+                    + real(wide(r, 13), real32) * x(13, b) &
+                    + real(wide(r, 15), real32) * x(15, b)
+                acc_odd(r) = acc_odd(r) &
+                    + real(wide(r, 2), real32) * x(2, b) &
+                    + real(wide(r, 4), real32) * x(4, b) &
+                    + real(wide(r, 6), real32) * x(6, b) &
+                    + real(wide(r, 8), real32) * x(8, b) &
+                    + real(wide(r, 10), real32) * x(10, b) &
+                    + real(wide(r, 12), real32) * x(12, b) &
+                    + real(wide(r, 14), real32) * x(14, b) &
+                    + real(wide(r, 16), real32) * x(16, b)
             end do
         end do
     end subroutine group_dot_int8
 
     pure subroutine group_dot_int4(count, bytes, x, acc_even, acc_odd)
+        ! level 2j = low nibble of byte j, 2j+1 = high
         integer, intent(in) :: count
         integer(int8), intent(in) :: bytes(tile_rows, 8, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer(int32) :: byte
-        real(real32) :: x_even, x_odd
-        integer :: b, c, r
+        integer(int32) :: wide(tile_rows, 8)
+        integer :: b, r
         do b = 1, count
-            do c = 0, 7
-                x_even = x(2 * c + 1, b)
-                x_odd = x(2 * c + 2, b)
-                !$omp simd private(byte)
-                do r = 1, tile_rows
-                    byte = unsigned_byte(bytes(r, c + 1, b))
-                    acc_even(r) = acc_even(r) + real(iand(byte, 15), real32) * x_even
-                    acc_odd(r) = acc_odd(r) + real(shiftr(byte, 4), real32) * x_odd
-                end do
+            ! Widening first keeps the lane loop in 32-bit lanes (full-width vectors).
+            wide = iand(int(bytes(:, :, b), int32), 255)
+            !$omp simd
+            do r = 1, tile_rows
+                acc_even(r) = acc_even(r) &
+                    + real(iand(wide(r, 1), 15), real32) * x(1, b) &
+                    + real(iand(wide(r, 2), 15), real32) * x(3, b) &
+                    + real(iand(wide(r, 3), 15), real32) * x(5, b) &
+                    + real(iand(wide(r, 4), 15), real32) * x(7, b) &
+                    + real(iand(wide(r, 5), 15), real32) * x(9, b) &
+                    + real(iand(wide(r, 6), 15), real32) * x(11, b) &
+                    + real(iand(wide(r, 7), 15), real32) * x(13, b) &
+                    + real(iand(wide(r, 8), 15), real32) * x(15, b)
+                acc_odd(r) = acc_odd(r) &
+                    + real(shiftr(wide(r, 1), 4), real32) * x(2, b) &
+                    + real(shiftr(wide(r, 2), 4), real32) * x(4, b) &
+                    + real(shiftr(wide(r, 3), 4), real32) * x(6, b) &
+                    + real(shiftr(wide(r, 4), 4), real32) * x(8, b) &
+                    + real(shiftr(wide(r, 5), 4), real32) * x(10, b) &
+                    + real(shiftr(wide(r, 6), 4), real32) * x(12, b) &
+                    + real(shiftr(wide(r, 7), 4), real32) * x(14, b) &
+                    + real(shiftr(wide(r, 8), 4), real32) * x(16, b)
             end do
         end do
     end subroutine group_dot_int4
 
     pure subroutine group_dot_int3(count, bytes, x, acc_even, acc_odd)
+        ! f(j) = level j at its bits 3j..
         integer, intent(in) :: count
         integer(int8), intent(in) :: bytes(tile_rows, 6, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer(int32) :: even, odd
-        real(real32) :: x_even, x_odd
-        integer :: b, c, r
+        integer(int32) :: wide(tile_rows, 6), f(0:15)
+        integer :: b, r
         do b = 1, count
-            do c = 0, 14, 2
-                x_even = x(c + 1, b)
-                x_odd = x(c + 2, b)
-                !$omp simd private(even, odd)
-                do r = 1, tile_rows
-                    even = ior(unsigned_byte(bytes(r, int3_low(c) + 1, b)), &
-                               shiftl(unsigned_byte(bytes(r, int3_high(c) + 1, b)), 8))
-                    even = iand(shiftr(even, int3_shift(c)), 7)
-                    odd = ior(unsigned_byte(bytes(r, int3_low(c + 1) + 1, b)), &
-                              shiftl(unsigned_byte(bytes(r, int3_high(c + 1) + 1, b)), 8))
-                    odd = iand(shiftr(odd, int3_shift(c + 1)), 7)
-                    acc_even(r) = acc_even(r) + real(even, real32) * x_even
-                    acc_odd(r) = acc_odd(r) + real(odd, real32) * x_odd
-                end do
+            ! Widening first keeps the lane loop in 32-bit lanes (full-width vectors).
+            wide = iand(int(bytes(:, :, b), int32), 255)
+            !$omp simd private(f)
+            do r = 1, tile_rows
+                f(0) = wide(r, 1)
+                f(1) = shiftr(wide(r, 1), 3)
+                f(2) = shiftr(ior(wide(r, 1), shiftl(wide(r, 2), 8)), 6)
+                f(3) = shiftr(wide(r, 2), 1)
+                f(4) = shiftr(wide(r, 2), 4)
+                f(5) = shiftr(ior(wide(r, 2), shiftl(wide(r, 3), 8)), 7)
+                f(6) = shiftr(wide(r, 3), 2)
+                f(7) = shiftr(wide(r, 3), 5)
+                f(8) = wide(r, 4)
+                f(9) = shiftr(wide(r, 4), 3)
+                f(10) = shiftr(ior(wide(r, 4), shiftl(wide(r, 5), 8)), 6)
+                f(11) = shiftr(wide(r, 5), 1)
+                f(12) = shiftr(wide(r, 5), 4)
+                f(13) = shiftr(ior(wide(r, 5), shiftl(wide(r, 6), 8)), 7)
+                f(14) = shiftr(wide(r, 6), 2)
+                f(15) = shiftr(wide(r, 6), 5)
+                acc_even(r) = acc_even(r) &
+                    + real(iand(f(0), 7), real32) * x(1, b) &
+                    + real(iand(f(2), 7), real32) * x(3, b) &
+                    + real(iand(f(4), 7), real32) * x(5, b) &
+                    + real(iand(f(6), 7), real32) * x(7, b) &
+                    + real(iand(f(8), 7), real32) * x(9, b) &
+                    + real(iand(f(10), 7), real32) * x(11, b) &
+                    + real(iand(f(12), 7), real32) * x(13, b) &
+                    + real(iand(f(14), 7), real32) * x(15, b)
+                acc_odd(r) = acc_odd(r) &
+                    + real(iand(f(1), 7), real32) * x(2, b) &
+                    + real(iand(f(3), 7), real32) * x(4, b) &
+                    + real(iand(f(5), 7), real32) * x(6, b) &
+                    + real(iand(f(7), 7), real32) * x(8, b) &
+                    + real(iand(f(9), 7), real32) * x(10, b) &
+                    + real(iand(f(11), 7), real32) * x(12, b) &
+                    + real(iand(f(13), 7), real32) * x(14, b) &
+                    + real(iand(f(15), 7), real32) * x(16, b)
             end do
         end do
     end subroutine group_dot_int3
 
-    !> A byte's bits read as 0..255.
-    pure elemental integer(int32) function unsigned_byte(byte)
-        integer(int8), intent(in) :: byte
-        unsigned_byte = iand(int(byte, int32), 255)
-    end function unsigned_byte
 
 
     !> Dequantize whole tiles into w(k_pad, rows): row-major rows for a BLAS GEMM (sec. 4 formulas).
@@ -198,7 +267,7 @@ contains
         nb = block_bytes(fmt)
         n_blocks = size(w, 1) / block_weights
         bytes = 0
-        !$omp parallel do schedule(static) default(shared) &
+        !$omp parallel do schedule(static) default(shared) if (size(tiles) >= parallel_min_bytes) &
         !$omp private(t, b, g, i, r, row, base, bytes, levels, scale, offset, step)
         do t = 1, size(tiles, 3)
             do b = 0, n_blocks - 1
