@@ -389,10 +389,12 @@ def test_bench_serve_appends_measured_rows(server, model_name, tmp_path):
         assert row["q35f_version"] and row["date"] and row["machine"]
     # A second run appends under the same header.
     done = subprocess.run(command[:-6] + ["--concurrency", "1", "--max-tokens", "2", "--warmup",
-                                          "0", "--csv", str(out)],
+                                          "0", "--unique-prompts", "--csv", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert len(list(csv.DictReader(out.open()))) == 3, (done.stdout, done.stderr)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3, (done.stdout, done.stderr)
+    assert "unique prompts" in rows[-1]["note"] and "identical prompts" in rows[0]["note"]
 
 
 def test_bench_serve_without_groq_key_measures_nothing(monkeypatch, capsys, tmp_path):

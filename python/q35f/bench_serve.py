@@ -260,6 +260,9 @@ def register_bench(subparsers) -> None:
                         help="sampling temperature (default: %(default)s)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT,
                         help="the user message (default: a fixed question about CPU caches)")
+    parser.add_argument("--unique-prompts", action="store_true",
+                        help="start each request's message with its own number, so no server can "
+                        "reuse a cached prompt (TTFT then includes the whole prefill)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="unmeasured requests first (the first also checks the endpoint; "
                         "default: %(default)s)")
@@ -325,7 +328,13 @@ def _bench_serve_command(args: argparse.Namespace) -> int:
                 return fail("the endpoint lists no models; give --model")
             model = listed[0].id
 
-    messages = [{"role": "user", "content": args.prompt}]
+    def messages_for(index: int) -> list[dict]:
+        # --unique-prompts: a different first line per request defeats server-side prompt
+        # caching, so TTFT includes a full prefill.
+        prefix = f"[request {index}]\n" if args.unique_prompts else ""
+        return [{"role": "user", "content": prefix + args.prompt}]
+
+    messages = messages_for(-1)
     for _ in range(args.warmup):
         result = measure_request(client, model, messages, args.max_tokens, args.temperature)
         if not result.ok:
@@ -344,8 +353,9 @@ def _bench_serve_command(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=level) as pool:
             results = list(pool.map(
-                lambda _: measure_request(client, model, messages, args.max_tokens,
-                                          args.temperature), range(args.requests)))
+                lambda i: measure_request(client, model, messages_for(level * 100000 + i),
+                                          args.max_tokens, args.temperature),
+                range(args.requests)))
         wall = time.perf_counter() - started
         summary = summarize(results, wall)
         any_ok = any_ok or summary["requests"] > 0
@@ -369,6 +379,7 @@ def _bench_serve_command(args: argparse.Namespace) -> int:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "q35f_version": __version__, "source": "measured",
             "note": "client-side timings with the groq SDK (streaming); server_* from x_groq.usage"
+                    + ("; unique prompts" if args.unique_prompts else "; identical prompts")
                     + (f"; {summary['errors']} failed requests" if summary["errors"] else ""),
         })
     if not any_ok:
