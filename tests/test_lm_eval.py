@@ -99,10 +99,15 @@ def evaluated(lm):
     os.chdir(DATA)  # the YAMLs name their JSON files relative to this folder
     try:
         return lm_eval.simple_evaluate(model=lm, tasks=TASKS,
-                                       task_manager=TaskManager(include_path=str(DATA)),
+                                       task_manager=local_tasks(),
                                        log_samples=True, verbosity="WARNING")
     finally:
         os.chdir(cwd)
+
+
+def local_tasks() -> TaskManager:
+    """Only the tasks in tests/data/lm_eval (indexing the harness's own thousands takes ~15 s)."""
+    return TaskManager(include_path=str(DATA), include_defaults=False)
 
 
 def direct_loglikelihood(model, context_ids, continuation_ids) -> tuple[float, bool]:
@@ -174,27 +179,48 @@ def rolling_windows(tokens, prefix, length):
         yield inputs[:len(inputs) - (end - first) + 1], seq[first + 1:end + 1]
 
 
-def test_rolling_loglikelihood_equals_windowed_forward_passes(lm, evaluated):
+def perplexity_loglikelihood(model, context, targets) -> float:
+    """log p(targets | context) from q35f.perplexity: a window scores every token but its first,
+    so the window context + targets minus the window context leaves the targets."""
+    from q35f.perplexity import perplexity
+
+    def scored_logp(window):
+        if len(window) < 2:
+            return 0.0
+        r = perplexity(model, window, ctx=len(window))
+        assert r["windows"] == 1 and r["tokens"] == len(window) - 1
+        return -r["nll"] * r["tokens"]
+
+    return scored_logp(list(context) + list(targets)) - scored_logp(list(context))
+
+
+def test_rolling_loglikelihood_equals_q35f_perplexity(lm, q35_dir, evaluated):
+    """The harness's perplexity task on q35f equals q35f's own perplexity code on the same
+    windows: each harness window (max_length tokens in, one fresh cache) is a perplexity window."""
+    from q35f.model import load_model
+
+    model, _ = load_model(q35_dir, max_seq_len=MAX_LENGTH + 1)
     samples = evaluated["samples"]["q35f_tiny_ppl"]
     texts = [d["text"] for d in json.loads((DATA / "ppl.json").read_text())]
     assert [s["doc"]["text"] for s in samples] == texts
+    totals = []
     for sample, text in zip(samples, texts):
         tokens = lm.tok_encode(text)
         windows = list(rolling_windows(tokens, lm.prefix_token_id, MAX_LENGTH))
-        if text == texts[0]:
-            assert len(windows) >= 3  # long enough to roll over several windows
-        want = 0.0
-        for context, targets in windows:
-            want += direct_loglikelihood(lm.model, context, targets)[0]
+        assert sum(len(t) for _, t in windows) == len(tokens)  # every token scored once
+        if len(tokens) <= MAX_LENGTH:  # one window: q35f perplexity over [prefix] + tokens
+            assert len(windows) == 1
+        else:
+            assert len(windows) >= 3  # rolls over several windows, the last one partial
+        want = sum(perplexity_loglikelihood(model, c, t) for c, t in windows)
         got = sample["resps"][0][0]
         got = got[0] if isinstance(got, (list, tuple)) else got
         assert got == pytest.approx(want, rel=1e-5, abs=1e-3)
+        totals.append(got)
     # the harness's word perplexity is exp(-sum loglikelihood / words) over the documents
     words = sum(len(t.split()) for t in texts)
-    total = sum((s["resps"][0][0][0] if isinstance(s["resps"][0][0], (list, tuple))
-                 else s["resps"][0][0]) for s in samples)
     ppl = evaluated["results"]["q35f_tiny_ppl"]["word_perplexity,none"]
-    assert ppl == pytest.approx(np.exp(-total / words), rel=1e-6)
+    assert ppl == pytest.approx(np.exp(-sum(totals) / words), rel=1e-6)
 
 
 def test_generate_until_equals_greedy_generator(lm, evaluated):
@@ -260,22 +286,51 @@ def test_bad_model_args_are_named(tmp_path):
         lm_eval_adapter.Q35fLM(pretrained=str(tmp_path / "missing"))
 
 
+def test_embedded_smollm2_answers_multiple_choice_like_its_own_forward_pass():
+    """The real default model (SmolLM2-135M-Instruct GGUF, its BPE tokenizer) through the
+    harness: scores equal a fresh forward pass over the harness's own token split."""
+    model_lm = lm_eval_adapter.Q35fLM(max_length=128)
+    cwd = os.getcwd()
+    os.chdir(DATA)
+    try:
+        out = lm_eval.simple_evaluate(model=model_lm, tasks=["q35f_tiny_mc"], limit=1,
+                                      task_manager=local_tasks(), log_samples=True,
+                                      verbosity="WARNING")
+    finally:
+        os.chdir(cwd)
+    samples = out["samples"]["q35f_tiny_mc"]
+    assert len(samples) == 1 and len(samples[0]["resps"]) == 4  # one question, four choices
+    for sample in samples:
+        for args, resp in zip(sample["arguments"], sample["resps"]):
+            context, continuation = args[0], args[1]
+            assert continuation.startswith(" ")  # the choice follows "Answer:" after a space
+            ctx_ids, cont_ids = model_lm._encode_pair(context, continuation)
+            want = direct_loglikelihood(model_lm.model, ctx_ids, cont_ids)
+            assert resp[0][0] == pytest.approx(want[0], rel=1e-5, abs=1e-3)
+            assert resp[0][1] == want[1]
+    assert 0.0 <= out["results"]["q35f_tiny_mc"]["acc,none"] <= 1.0
+
+
 @pytest.mark.slow
-def test_cli_runs_embedded_model_and_writes_results(tmp_path):
-    """`python -m q35f.lm_eval_adapter` is lm-eval's CLI with q35f registered: the embedded
-    SmolLM2-135M answers the local multiple-choice task and the result JSON is written."""
+def test_cli_runs_a_q35_model_and_writes_results(q35_dir, tmp_path):
+    """`python -m q35f.lm_eval_adapter` is lm-eval's CLI with q35f registered: it runs the local
+    tasks on a q35 directory and writes the harness's result JSON."""
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "q35f.lm_eval_adapter", "--model", "q35f",
-         "--model_args", "max_length=256", "--tasks", "q35f_tiny_mc",
-         "--include_path", str(DATA), "--output_path", str(out)],
+         "--model_args", f"pretrained={q35_dir},max_length={MAX_LENGTH}",
+         "--tasks", "q35f_tiny_mc,q35f_tiny_ppl", "--include_path", str(DATA),
+         "--output_path", str(out)],
         cwd=DATA, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = list(out.rglob("results_*.json"))
     assert len(files) == 1
     doc = json.loads(files[0].read_text())
-    acc = doc["results"]["q35f_tiny_mc"]["acc,none"]
-    assert 0.0 <= acc <= 1.0
     assert doc["config"]["model"] == "q35f"
+    args = doc["config"]["model_args"]  # a dict in lm-eval 0.4.13, a string in older ones
+    assert (args["pretrained"] if isinstance(args, dict) else args) in (
+        str(q35_dir), f"pretrained={q35_dir},max_length={MAX_LENGTH}")
+    assert 0.0 <= doc["results"]["q35f_tiny_mc"]["acc,none"] <= 1.0
+    assert doc["results"]["q35f_tiny_ppl"]["word_perplexity,none"] > 1.0
     assert "q35f_tiny_mc" in proc.stdout
