@@ -24,7 +24,7 @@ contains
         real(real32), intent(in) :: x
         real(real32) :: rounded, spacing
         if (x == 0.0_real32) then
-            rounded = x  ! keeps the sign of zero, as numpy does
+            rounded = 0.0_real32  ! always +0: min/max of a group may see -0 or +0 first
             return
         end if
         spacing = f16_spacing(x)
@@ -32,11 +32,12 @@ contains
         rounded = real(floor(x / spacing), real32) * spacing
     end function f16_round_down
 
-    !> Smallest float16 value >= x, as a float32.
+    !> Smallest float16 value >= x, as a float32 (+0 for a zero).
     pure elemental function f16_round_up(x) result(rounded)
         real(real32), intent(in) :: x
         real(real32) :: rounded
         rounded = -f16_round_down(-x)
+        if (rounded == 0.0_real32) rounded = 0.0_real32
     end function f16_round_up
 
     !> The float16 number after a non-negative float16 value s.

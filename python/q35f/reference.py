@@ -78,21 +78,21 @@ def unpack_codes(packed):
 
 
 def f16_round_down(x):
-    """Largest float16 <= x, returned as float32."""
+    """Largest float16 <= x, returned as float32; a zero result is +0."""
     x = np.asarray(x, dtype=np.float32)
     with np.errstate(over="ignore"):  # the unselected branch may step past +-65504
         h = x.astype(np.float16)
         h = np.where(h.astype(np.float32) > x, np.nextafter(h, np.float16(-np.inf)), h)
-    return h.astype(np.float32)
+    return h.astype(np.float32) + np.float32(0)  # -0 + 0 = +0
 
 
 def f16_round_up(x):
-    """Smallest float16 >= x, returned as float32."""
+    """Smallest float16 >= x, returned as float32; a zero result is +0."""
     x = np.asarray(x, dtype=np.float32)
     with np.errstate(over="ignore"):
         h = x.astype(np.float16)
         h = np.where(h.astype(np.float32) < x, np.nextafter(h, np.float16(np.inf)), h)
-    return h.astype(np.float32)
+    return h.astype(np.float32) + np.float32(0)
 
 
 def group_params(lo, hi, top_level: int):
