@@ -141,14 +141,27 @@ def _check_positions(model, ids, start, length):
         raise ValueError(f"token ids must lie in [0, {model.config.vocab_size})")
 
 
-def log_softmax_at(logits: np.ndarray, targets) -> tuple[np.ndarray, np.ndarray]:
-    """(log p(target) per row, whether target is the argmax per row), in float64."""
-    z = logits.astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    logz = np.log(np.exp(z).sum(axis=-1))
-    rows = np.arange(z.shape[0])
+def head_scores(model, hidden: np.ndarray, targets, chunk: int = 256):
+    """Output head over hidden (R, hidden) in chunks of rows. Returns the float64 log-partition
+    of every row, its argmax, the logit of targets[r] (rows with target < 0 get 0), and row 0's
+    full logits (float64) for callers that score several tokens there."""
     targets = np.asarray(targets, dtype=np.int64)
-    return z[rows, targets] - logz, logits.argmax(axis=-1) == targets
+    n = hidden.shape[0]
+    logz = np.empty(n)
+    best = np.empty(n, dtype=np.int64)
+    target_logit = np.zeros(n)
+    row0 = None
+    for a in range(0, n, chunk):
+        logits = model.head(np.ascontiguousarray(hidden[a:a + chunk], dtype=np.float32))
+        if a == 0:
+            row0 = logits[0].astype(np.float64)
+        rows = np.arange(logits.shape[0])
+        t = targets[a:a + chunk]
+        target_logit[a:a + chunk] = np.where(t >= 0, logits[rows, np.maximum(t, 0)], 0.0)
+        best[a:a + chunk] = logits.argmax(axis=1)
+        top = logits.max(axis=1, keepdims=True)
+        logz[a:a + chunk] = np.log(np.exp(logits - top).sum(axis=1, dtype=np.float64)) + top[:, 0]
+    return row0, logz, best, target_logit
 
 
 def _common_prefix(a, b) -> int:
@@ -347,12 +360,21 @@ class Q35fLM(TemplateLM):
             batch_tokens += len(branch)
         flush()
 
+        # The output head once over the scored rows of the whole group: row 0 is the last
+        # context token (it predicts every continuation's first token), then each branch's rows,
+        # each predicting the next token of its own continuation.
+        first_row, targets = [], [-1]
+        for (_, _, cont, _), h in zip(group, hidden):
+            first_row.append(len(targets))
+            targets.extend(cont[1:])
+        stacked = np.concatenate([last_ctx[None, :]] + [h for h in hidden if h is not None])
+        row0, logz, best, target_logit = head_scores(self.model, stacked, targets)
         answers = []
         for j, (_, _, cont, _) in enumerate(group):
-            rows = last_ctx[None, :] if hidden[j] is None else np.concatenate(
-                [last_ctx[None, :], hidden[j]])
-            logp, greedy = log_softmax_at(self.model.head(np.ascontiguousarray(rows)), cont)
-            answers.append((float(logp.sum()), bool(greedy.all())))
+            rows = slice(first_row[j], first_row[j] + len(cont) - 1)
+            logp = row0[cont[0]] - logz[0] + (target_logit[rows] - logz[rows]).sum()
+            greedy = best[0] == cont[0] and bool((best[rows] == np.asarray(cont[1:])).all())
+            answers.append((float(logp), bool(greedy)))
         return answers
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
