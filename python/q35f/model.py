@@ -431,6 +431,8 @@ class Model:
 
     def hidden_states(self, ids: np.ndarray, pos: int) -> np.ndarray:
         """Final-normed hidden states (T, hidden) of tokens at positions pos..pos+T-1."""
+        if ids.size == 1:
+            return self.decode_step(int(ids[0]), pos)[None, :]
         c = self.config
         eps = c.rms_norm_eps
         t = ids.size
@@ -478,6 +480,49 @@ class Model:
             hidden *= up
             x = x + layer.down(hidden)
         return rms_norm(x, self.weights.norm, eps)
+
+    def decode_step(self, token: int, pos: int) -> np.ndarray:
+        """hidden_states for one token: the same equations with the fewest numpy calls.
+
+        Decoding runs this once per token per layer, so Python overhead counts here: RMSNorm
+        folds into one scale, q and k are rotated together, no causal mask is needed.
+        """
+        c = self.config
+        eps = np.float32(c.rms_norm_eps)
+        n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        half, group, end = d // 2, n_heads // n_kv, pos + 1
+        qk_size, q_size = (n_heads + n_kv) * d, n_heads * d
+        inv_h = np.float32(1.0 / c.hidden_size)
+        cos, sin = self.cos[pos], self.sin[pos]
+        x = self.embed(np.array([token]))  # (1, hidden)
+        for li, layer in enumerate(self.layers):
+            h = x * (layer.attn_norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps))
+            qkv = layer.qkv(h)[0]
+            qk = qkv[:qk_size].reshape(n_heads + n_kv, d)  # rotate q and k heads together
+            x1, x2 = qk[:, :half], qk[:, half:]
+            rotated1 = x1 * cos - x2 * sin
+            x2 *= cos
+            x2 += x1 * sin
+            x1[...] = rotated1
+            k_cache, v_cache = self.k_cache[li], self.v_cache[li]
+            k_cache[:, pos] = qk[n_heads:]
+            v_cache[:, pos] = qkv[qk_size:].reshape(n_kv, d)
+            q = qk[:n_heads].reshape(n_kv, group, d)
+            scores = np.matmul(q * self.scale, k_cache[:, :end].transpose(0, 2, 1))
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            out = np.matmul(scores, v_cache[:, :end])  # (n_kv, group, d)
+            x = x + layer.wo(out.reshape(1, q_size))
+            h = x * (layer.mlp_norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps))
+            gate_up = layer.gate_up(h)[0]
+            f = gate_up.shape[0] // 2
+            gate = gate_up[:f]
+            with np.errstate(over="ignore"):
+                hidden = gate / (1 + np.exp(-gate))
+            hidden *= gate_up[f:]
+            x = x + layer.down(hidden[None, :])
+        return (x * (self.weights.norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps)))[0]
 
 
 def load_model(path=None, max_seq_len: int | None = None):
