@@ -493,6 +493,10 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
     async def chat_completions(request: Request):
         try:
             check_auth(request)
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refuse before reading
+                raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
+                                   "request_too_large")
             chat = parse_chat_request(await request.body(), generator, max_tokens_limit)
             job = Job(chat, asyncio.get_running_loop())
             try:
