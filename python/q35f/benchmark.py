@@ -33,6 +33,18 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory.
+
+    VmHWM belongs to the address space made by exec, whereas getrusage's ru_maxrss also counts
+    the parent's memory at fork time (so a worker started by a big process would inherit it).
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
