@@ -30,6 +30,9 @@ How requests run on the one KV cache of the numpy/Fortran model (q35f.model):
 - generate_until: greedy (or sampled, when the task asks) decoding one token at a time after a
   prompt prefilled with the same cache reuse; stops at the task's `until` strings, an EOS token,
   max_gen_toks or the context end. Requests run one after another (one KV cache).
+
+The harness's own tasks (mmlu, truthfulqa_mc2, humaneval, ...) download their datasets from the
+Hugging Face Hub when first run; on a machine without it only local tasks (--include_path) run.
 """
 
 from __future__ import annotations
