@@ -73,7 +73,7 @@ def _data_args(p) -> None:
     p.add_argument("--corpus", default="prideprejudice",
                    help="evaluation text from q35f.corpora (default prideprejudice)")
     p.add_argument("--max-tokens", type=int, default=None,
-                   help="tokens scored for perplexity (default 16384 for the methods and 8192 for "
+                   help="tokens scored for perplexity (default 6144 for the methods and 3072 for "
                    "the ablation; 1024 and 512 with --quick)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["performance", "accuracy", "scalability", "ablation"],

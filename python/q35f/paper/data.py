@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -29,11 +30,13 @@ from .machine import honesty, power_note
 HONESTY = ("model", "machine", "date", "q35f_version", "source", "formula", "note")
 PERFORMANCE_COLUMNS = (
     "method", "memory_gb", "throughput_toks", "latency_ms", "power_w",
-    "bits_per_weight", "file_gb", "peak_rss_mb", "prompt_toks", "energy_j_per_token",
+    "bits_per_weight", "file_gb", "peak_rss_mb", "prompt_toks", "runs", "prompt_tokens",
+    "decode_tokens", "cpu_load_1m", "group_size", "head_bits",
 )
 ACCURACY_COLUMNS = (
     "method", "bits_per_weight", "model", "corpus", "tokens", "perplexity", "delta_ppl",
-    "delta_ppl_pct", "mmlu", "humaneval", "truthfulqa", "ctx",
+    "delta_ppl_pct", "mmlu", "humaneval", "truthfulqa", "ctx", "file_bits_per_weight",
+    "group_size", "head_bits",
 )
 ABLATION_COLUMNS = (
     "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity", "delta_ppl",
@@ -42,6 +45,13 @@ ABLATION_COLUMNS = (
 LM_EVAL_TASKS = {"mmlu": ("mmlu",), "humaneval": ("humaneval",),
                  "truthfulqa": ("truthfulqa_mc2", "truthfulqa_mc1", "truthfulqa")}
 METHODS = ("fp32", "int8", "int4", "q35", "int3")
+# Sized so the full run takes under an hour on a shared 2-core machine: 12 and 6 windows of 512
+# tokens; speed as medians of 2 runs.
+ACCURACY_TOKENS = 6144
+ABLATION_TOKENS = 3072
+QUICK_TOKENS = 1024
+BENCH = {"runs": 2, "prompt_tokens": 256, "decode_tokens": 64}
+QUICK_BENCH = {"runs": 1, "prompt_tokens": 128, "decode_tokens": 32}
 TRAP_NOTE = (
     "trap (issue 8): the base weights were dequantized from a Q4_1 file with aligned 32-weight "
     "asymmetric blocks, so 32-weight groups land close to the original grid; "
@@ -335,9 +345,9 @@ def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, 
                   "Fortran kernels") if real else
                  ("fake-quantized: not expressible in the q35 format; quantized then dequantized "
                   "in numpy into float32 weights and run as a float model")]
-        if var["group_size"] == "K":
+        if var.get("group_size") == "K":
             notes.append("group size = K rounded up to 16 (576 or 1536): one group per row")
-        if var["group_size"] == 32:
+        if var.get("group_size") == 32:
             notes.append(TRAP_NOTE)
         notes.append(f"embedding/head {head_bits} G=128; {time.perf_counter() - t0:.0f} s")
         d = res["ppl"] - ref["ppl"]
@@ -374,11 +384,12 @@ def _model_name(path) -> str:
 
 
 def corpus_ids(model_path, corpus: str) -> np.ndarray:
-    from .. import corpora
     from ..checkpoint import open_checkpoint
+    from ..perplexity import load_text, tokenize
 
+    text, _ = load_text(corpus=corpus)
     with open_checkpoint(model_path) as ckpt:
-        ids = ckpt.tokenizer.encode(corpora.text(corpus)).ids
+        ids = tokenize(ckpt.tokenizer, text)  # as q35f perplexity/compare do: no BOS
     return np.asarray(ids, dtype=np.int64)
 
 
@@ -397,8 +408,8 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
         if not Path(m).exists():
             raise FileNotFoundError(f"--model {m}: not found")
     ctx = 512
-    acc_tokens = max_tokens or (1024 if quick else 16384)
-    abl_tokens = max_tokens or (512 if quick else 8192)
+    acc_tokens = max_tokens or (QUICK_TOKENS if quick else ACCURACY_TOKENS)
+    abl_tokens = max_tokens or (QUICK_TOKENS // 2 if quick else ABLATION_TOKENS)
     if not {"performance", "accuracy"} <= set(skip):
         perf, acc = [], []
         for m in model_paths:
@@ -416,6 +427,72 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
     return paths
 
 
-def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_dir):
-    """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model."""
-    raise NotImplementedError("waiting for q35f.compare")
+def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_dir,
+                    group_size: int = 128, head_bits: str = "int8"):
+    """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model.
+
+    Perplexity through q35f.compare (the same token ids for every method, quantized files made
+    by q35f.convert); speed and memory through q35f.benchmark in a fresh process per method,
+    with RAPL energy read around it when the machine exposes it.
+    """
+    from ..benchmark import bench_model
+    from ..compare import compare
+    from .machine import EnergyMeter
+
+    bench = QUICK_BENCH if quick else BENCH
+    rows = compare(model_path, METHODS, group_size=group_size, corpus=corpus, ctx=ctx,
+                   max_tokens=max_tokens, head_bits=head_bits, out_dir=work_dir, speed=False,
+                   progress=True)
+    name = _model_name(model_path)
+    scores = lm_eval_scores(Path(out_dir) / "lm_eval")
+    no_power = power_note()
+    base = next(r["ppl"] for r in rows if r["variant"] == "fp32")
+    perf, acc = [], []
+    for r in rows:
+        method = r["variant"]
+        with EnergyMeter() as meter:
+            b = bench_model(r["path"], **bench)
+        watts = meter.watts
+        load = os.getloadavg()[0]  # other work on the machine during the benchmark
+        fp32 = method == "fp32"
+        layout = "float32 weights" if fp32 else \
+            f"block linear layers {method} G={group_size}, embedding/head {head_bits}"
+        notes = [layout, f"memory_gb = weights held in memory; peak RSS of the benchmark process "
+                 f"in peak_rss_mb; decode = {b['decode_tokens']} greedy tokens after a 16-token "
+                 f"prompt, latency = time to first token of a {b['prompt_tokens']}-token prompt; "
+                 f"medians of {b['runs']} run(s)"]
+        if fp32 and str(r["path"]).endswith(".gguf"):
+            notes.append("source file is the Q4_1 GGUF, dequantized to float32 when loaded")
+        notes.append(f"1-minute load average after the run: {load:.2f} on "
+                     f"{os.cpu_count()} logical CPUs (shared machine)")
+        notes.append(no_power if watts is None else
+                     "power = RAPL package energy over the whole benchmark process / its time")
+        perf.append({
+            "method": method, "memory_gb": b["weight_mb"] * 2**20 / 1e9,
+            "throughput_toks": b["decode_tok_s"], "latency_ms": b["ttft_ms"], "power_w": watts,
+            "bits_per_weight": b["bits_per_weight"],
+            "file_gb": None if fp32 else b["file_bytes"] / 1e9,
+            "peak_rss_mb": b["peak_rss_mb"], "prompt_toks": b["prompt_tok_s"],
+            "runs": b["runs"], "prompt_tokens": b["prompt_tokens"],
+            "decode_tokens": b["decode_tokens"], "cpu_load_1m": load,
+            "group_size": None if fp32 else group_size,
+            "head_bits": None if fp32 else head_bits,
+            **honesty(name, "measured", note="; ".join(notes)),
+        })
+        task = scores.get(method, {})
+        d = r["ppl"] - base
+        acc.append({
+            "method": method, "bits_per_weight": r["bits_per_weight"], "model": name,
+            "corpus": r["text"], "tokens": r["tokens"], "perplexity": r["ppl"], "delta_ppl": d,
+            "delta_ppl_pct": 100 * d / base, "ctx": r["ctx"],
+            "mmlu": task.get("mmlu"), "humaneval": task.get("humaneval"),
+            "truthfulqa": task.get("truthfulqa"),
+            "file_bits_per_weight": r["file_bits_per_weight"],
+            "group_size": r["group_size"], "head_bits": r["head_bits"],
+            **{k: v for k, v in honesty(name, "measured", note="; ".join(
+                [layout, "bits_per_weight = block linear layers incl. fp16 scales/offsets",
+                 "lm-eval task columns: " + ("from bench/results/lm_eval/" if task else
+                                             "empty: no harness results for this method")]
+            )).items() if k != "model"},
+        })
+    return perf, acc
