@@ -99,6 +99,7 @@ def tiny_hf_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_compare_measures_every_variant_on_the_same_tokens(tiny_hf_dir, tmp_path):
     from q35f.compare import compare, format_table, to_csv
 

@@ -113,7 +113,8 @@ class Generator:
     # tokenization
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        """A plain prompt's ids, with BOS if the model's tokenizer adds one (Llama 2/3 do)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -131,7 +132,8 @@ class Generator:
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
                 raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
-        return self.encode(self.render_chat(messages))
+        # the template writes any BOS itself, so the tokenizer adds nothing
+        return list(self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids)
 
     # generation
 
