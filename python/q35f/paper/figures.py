@@ -259,8 +259,18 @@ def draw_perplexity(csv_path, out_dir) -> dict:
         label_tokens = pts[0].get("tokens", "")
         ax.plot([], [], marker=marker, color="#555555", linestyle="-",
                 label=f"{model}, {corpus} ({label_tokens} tokens)")
-    ax.set_xlabel("bits per weight (whole quantized layers, incl. fp16 scales/offsets)")
-    ax.set_ylabel("perplexity (lower is better)")
+    ax.set_xlabel("bits per weight of the block linear layers (incl. fp16 scales/offsets)")
+    values = [_num(r["perplexity"]) for r in rows]
+    log = max(values) / min(values) > 5
+    if log:
+        from matplotlib.ticker import FuncFormatter
+
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=8)
+    ax.set_ylabel("perplexity (lower is better" + (", log scale)" if log else ")"))
     ax.set_title("Perplexity vs storage cost, measured points only")
     ax.grid(alpha=0.3)
     ax.margins(x=0.12, y=0.12)
