@@ -317,3 +317,63 @@ def test_variant_sizes_follow_the_format():
             assert nbytes == payload + 2 * 32 * 5  # one float16 per group, 5 groups per row
         else:
             assert nbytes == payload + 4 * 32 * 5
+
+
+# CSV schemas of the measured tables (the measuring functions are replaced by stubs returning the
+# documented keys, so this checks only how rows are laid out, never a number)
+
+
+def test_performance_and_accuracy_schemas(monkeypatch, tmp_path):
+    import q35f.benchmark
+    import q35f.compare
+
+    def fake_compare(model, bits, **kw):
+        return [{"variant": b, "path": f"/m/{b}", "bits_per_weight": 32 if b == "fp32" else 3.75,
+                 "file_bits_per_weight": 4.7, "ppl": 20.0 + i, "tokens": 1023, "ctx": 512,
+                 "text": "prideprejudice", "group_size": None if b == "fp32" else 128,
+                 "head_bits": None if b == "fp32" else "int8"} for i, b in enumerate(bits)]
+
+    def fake_bench(path, **kw):
+        return {"decode_tok_s": 10.0, "prompt_tok_s": 50.0, "ttft_ms": 100.0,
+                "peak_rss_mb": 500.0, "weight_mb": 80.0, "file_bytes": 83_000_000,
+                "bits_per_weight": 3.75, **kw}
+
+    monkeypatch.setattr(q35f.compare, "compare", fake_compare)
+    monkeypatch.setattr(q35f.benchmark, "bench_model", fake_bench)
+    d = tmp_path / "lm_eval" / "q35"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text('{"results": {"mmlu": {"acc,none": 0.3}}}')
+    perf, acc = data.measure_methods("model.gguf", "prideprejudice", 512, 1024, True, None,
+                                     tmp_path)
+    p = data.write_csv(tmp_path / "performance.csv", data.columns(data.PERFORMANCE_COLUMNS), perf)
+    a = data.write_csv(tmp_path / "accuracy.csv", data.columns(data.ACCURACY_COLUMNS), acc)
+    perf_rows, acc_rows = figures.read_csv(p), figures.read_csv(a)
+    assert list(perf_rows[0])[:5] == ["method", "memory_gb", "throughput_toks", "latency_ms",
+                                      "power_w"]
+    assert list(acc_rows[0])[:7] == ["method", "bits_per_weight", "model", "corpus", "tokens",
+                                     "perplexity", "delta_ppl"]
+    for rows in (perf_rows, acc_rows):
+        assert [r["method"] for r in rows] == list(data.METHODS)
+        for col in data.HONESTY:
+            assert col in rows[0]
+        assert {r["source"] for r in rows} == {"measured"}
+    # power is empty unless RAPL was read, and the note says why
+    if power_note():
+        assert all(r["power_w"] == "" and "power not measured" in r["note"] for r in perf_rows)
+    q35 = next(r for r in acc_rows if r["method"] == "q35")
+    assert float(q35["delta_ppl"]) == pytest.approx(3.0) and q35["mmlu"] == "0.3"
+    assert next(r for r in acc_rows if r["method"] == "int4")["mmlu"] == ""
+
+
+def test_cli_figures_and_supplementary(fake_repo, results, tmp_path, capsys):
+    from q35f import cli
+
+    figs = tmp_path / "figs"
+    assert cli.main(["paper", "figures", "--results", str(results), "--figures", str(figs)]) == 0
+    assert (figs / "memory_vs_size.png").exists()
+    out = tmp_path / "s.zip"
+    assert cli.main(["paper", "supplementary", "--root", str(fake_repo), "-o", str(out)]) == 0
+    assert zipfile.is_zipfile(out)
+    (fake_repo / "bench" / "results" / "accuracy.csv").unlink()
+    assert cli.main(["paper", "supplementary", "--root", str(fake_repo), "-o", str(out)]) == 2
+    assert "accuracy.csv" in capsys.readouterr().err
