@@ -87,44 +87,37 @@ contains
     ! shifts (FORMAT.md sec. 3, 6), and each lane (row) does the same work.
 
     pure subroutine group_dot_q35(count, bytes, x, acc_even, acc_odd)
-        ! f(j) = code j at its bits 7j..; l1 = its bits 3..6 xor 8, l2 = its bits 0..2 xor 4
+        ! The planar kernel layout (q35_block_to_planar): nibbles of l1, then 24 bits of l2.
         integer, intent(in) :: count
         integer(int8), intent(in) :: bytes(tile_rows, 7, count)
         real(real32), intent(in) :: x(block_weights, count)
         real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
-        integer(int32) :: wide(tile_rows, 7), f(0:7)
+        integer(int32) :: wide(tile_rows, 7), odd
         integer :: b, r
         do b = 1, count
             ! Widening first keeps the lane loop in 32-bit lanes (full-width vectors).
             wide = iand(int(bytes(:, :, b), int32), 255)
-            !$omp simd private(f)
+            !$omp simd private(odd)
             do r = 1, tile_rows
-                f(0) = wide(r, 1)
-                f(1) = shiftr(ior(wide(r, 1), shiftl(wide(r, 2), 8)), 7)
-                f(2) = shiftr(ior(wide(r, 2), shiftl(wide(r, 3), 8)), 6)
-                f(3) = shiftr(ior(wide(r, 3), shiftl(wide(r, 4), 8)), 5)
-                f(4) = shiftr(ior(wide(r, 4), shiftl(wide(r, 5), 8)), 4)
-                f(5) = shiftr(ior(wide(r, 5), shiftl(wide(r, 6), 8)), 3)
-                f(6) = shiftr(ior(wide(r, 6), shiftl(wide(r, 7), 8)), 2)
-                f(7) = shiftr(wide(r, 7), 1)
+                odd = ior(ior(wide(r, 5), shiftl(wide(r, 6), 8)), shiftl(wide(r, 7), 16))
                 acc_even(r) = acc_even(r) &
-                    + real(ieor(iand(shiftr(f(0), 3), 15), 8), real32) * x(1, b) &
-                    + real(ieor(iand(shiftr(f(1), 3), 15), 8), real32) * x(3, b) &
-                    + real(ieor(iand(shiftr(f(2), 3), 15), 8), real32) * x(5, b) &
-                    + real(ieor(iand(shiftr(f(3), 3), 15), 8), real32) * x(7, b) &
-                    + real(ieor(iand(shiftr(f(4), 3), 15), 8), real32) * x(9, b) &
-                    + real(ieor(iand(shiftr(f(5), 3), 15), 8), real32) * x(11, b) &
-                    + real(ieor(iand(shiftr(f(6), 3), 15), 8), real32) * x(13, b) &
-                    + real(ieor(iand(shiftr(f(7), 3), 15), 8), real32) * x(15, b)
+                    + real(iand(wide(r, 1), 15), real32) * x(1, b) &
+                    + real(iand(wide(r, 2), 15), real32) * x(3, b) &
+                    + real(iand(wide(r, 3), 15), real32) * x(5, b) &
+                    + real(iand(wide(r, 4), 15), real32) * x(7, b) &
+                    + real(shiftr(wide(r, 1), 4), real32) * x(9, b) &
+                    + real(shiftr(wide(r, 2), 4), real32) * x(11, b) &
+                    + real(shiftr(wide(r, 3), 4), real32) * x(13, b) &
+                    + real(shiftr(wide(r, 4), 4), real32) * x(15, b)
                 acc_odd(r) = acc_odd(r) &
-                    + real(ieor(iand(f(0), 7), 4), real32) * x(2, b) &
-                    + real(ieor(iand(f(1), 7), 4), real32) * x(4, b) &
-                    + real(ieor(iand(f(2), 7), 4), real32) * x(6, b) &
-                    + real(ieor(iand(f(3), 7), 4), real32) * x(8, b) &
-                    + real(ieor(iand(f(4), 7), 4), real32) * x(10, b) &
-                    + real(ieor(iand(f(5), 7), 4), real32) * x(12, b) &
-                    + real(ieor(iand(f(6), 7), 4), real32) * x(14, b) &
-                    + real(ieor(iand(f(7), 7), 4), real32) * x(16, b)
+                    + real(iand(odd, 7), real32) * x(2, b) &
+                    + real(iand(shiftr(odd, 3), 7), real32) * x(4, b) &
+                    + real(iand(shiftr(odd, 6), 7), real32) * x(6, b) &
+                    + real(iand(shiftr(odd, 9), 7), real32) * x(8, b) &
+                    + real(iand(shiftr(odd, 12), 7), real32) * x(10, b) &
+                    + real(iand(shiftr(odd, 15), 7), real32) * x(12, b) &
+                    + real(iand(shiftr(odd, 18), 7), real32) * x(14, b) &
+                    + real(shiftr(odd, 21), real32) * x(16, b)
             end do
         end do
     end subroutine group_dot_q35

@@ -143,3 +143,38 @@ subroutine quantize_rows_clip(fmt, k, n_rows, group_size, row_bytes, n_groups, s
     end do
     !$omp end parallel do
 end subroutine quantize_rows_clip
+
+! q35 rows: bit stream (sec. 3) <-> the planar layout the kernels read (sec. 7).
+subroutine q35_rows_to_planar(n_rows, n_blocks, stream, planar)
+    use iso_fortran_env, only: int8, int32
+    use q35_blocks, only: q35_block_to_planar
+    implicit none
+    integer(int32), intent(in) :: n_rows, n_blocks
+    integer(int8), intent(in) :: stream(7, n_blocks, n_rows)
+    integer(int8), intent(out) :: planar(7, n_blocks, n_rows)
+    integer :: r, b
+    !$omp parallel do schedule(static) if (n_rows * n_blocks > 65536)
+    do r = 1, n_rows
+        do b = 1, n_blocks
+            call q35_block_to_planar(stream(:, b, r), planar(:, b, r))
+        end do
+    end do
+    !$omp end parallel do
+end subroutine q35_rows_to_planar
+
+subroutine q35_rows_from_planar(n_rows, n_blocks, planar, stream)
+    use iso_fortran_env, only: int8, int32
+    use q35_blocks, only: q35_block_from_planar
+    implicit none
+    integer(int32), intent(in) :: n_rows, n_blocks
+    integer(int8), intent(in) :: planar(7, n_blocks, n_rows)
+    integer(int8), intent(out) :: stream(7, n_blocks, n_rows)
+    integer :: r, b
+    !$omp parallel do schedule(static) if (n_rows * n_blocks > 65536)
+    do r = 1, n_rows
+        do b = 1, n_blocks
+            call q35_block_from_planar(planar(:, b, r), stream(:, b, r))
+        end do
+    end do
+    !$omp end parallel do
+end subroutine q35_rows_from_planar

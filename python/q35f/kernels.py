@@ -94,6 +94,26 @@ def untile_rows(tiles: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(tiles.transpose(0, 2, 1).reshape(n_tiles * TILE_ROWS, c)[:n])
 
 
+def packed_to_tiles(packed: np.ndarray, bits: str) -> np.ndarray:
+    """Canonical packed rows (file layout) -> the kernels' tiles (FORMAT.md §7): q35 blocks go
+    planar (4-bit levels as nibbles, then 3-bit levels), then rows interleave in tiles of 16."""
+    if bits == "q35":
+        n, nbytes = packed.shape
+        stream = np.ascontiguousarray(packed).view(np.int8).reshape(n, nbytes // 7, 7)
+        packed = _kernels.q35_rows_to_planar(stream.T).T.reshape(n, nbytes).view(np.uint8)
+    return tile_rows(packed)
+
+
+def tiles_to_packed(tiles: np.ndarray, n: int, bits: str) -> np.ndarray:
+    """Inverse of packed_to_tiles: the canonical bit stream of the first n rows."""
+    rows = untile_rows(tiles, n)
+    if bits == "q35":
+        nbytes = rows.shape[1]
+        planar = rows.view(np.int8).reshape(n, nbytes // 7, 7)
+        rows = _kernels.q35_rows_from_planar(planar.T).T.reshape(n, nbytes).view(np.uint8)
+    return rows
+
+
 # quantize / dequantize / matmul
 
 
@@ -109,7 +129,7 @@ def quantize_rows(w: np.ndarray, group_size: int, bits: str):
     scale16 = scales.T.astype(np.float16)
     offset16 = offsets.T.astype(np.float16)
     return (
-        tile_rows(packed.T.view(np.uint8)),
+        packed_to_tiles(packed.T.view(np.uint8), bits),
         tile_rows(scale16.view(np.int16)),
         tile_rows(offset16.view(np.int16)),
     )
@@ -183,7 +203,7 @@ def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
         n_grid, n_steps, w.T, scales, offsets,
     )
     return (
-        tile_rows(packed.T.view(np.uint8)),
+        packed_to_tiles(packed.T.view(np.uint8), bits),
         tile_rows(scales.T.astype(np.float16).view(np.int16)),
         tile_rows(offsets.T.astype(np.float16).view(np.int16)),
     )

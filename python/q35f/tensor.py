@@ -65,7 +65,7 @@ class QuantizedTensor:
         _expect(offset, "offset", np.float16, (n, n_groups(k, group_size)))
         del fmt
         return cls(
-            kernels.tile_rows(packed),
+            kernels.packed_to_tiles(packed, bits),
             kernels.tile_rows(scale.view(np.int16)),
             kernels.tile_rows(offset.view(np.int16)),
             (n, k),
@@ -77,7 +77,7 @@ class QuantizedTensor:
 
     @property
     def packed(self) -> np.ndarray:
-        return kernels.untile_rows(self._tiles, self.shape[0])
+        return kernels.tiles_to_packed(self._tiles, self.shape[0], bits=self.bits)
 
     @property
     def scale(self) -> np.ndarray:
