@@ -3,16 +3,17 @@
 ! the same instruction for every lane. Per group the kernel sums level*x separately for the even
 ! and odd grids and applies the group's parameters once:
 !     y += scale * sum(x_even * l1) + step3 * sum(x_odd * l2) + offset * sum(x)
+! The one kernel compiled with FMA contraction (meson.build): it need not match the numpy
+! reference bit for bit, only to float32 accuracy.
 module q35_matmul
     use iso_fortran_env, only: int8, int16, int32, int64, real32
     use q35_half, only: half_to_real
-    use q35_blocks, only: tile_rows, block_weights, block_bytes, decode_block, format_q35, &
-                          format_int8, format_int4, q35_low, q35_high, q35_shift, int3_low, &
-                          int3_high, int3_shift
+    use q35_blocks, only: tile_rows, block_weights, block_bytes, format_q35, format_int8, &
+                          format_int4
     use q35_quantize, only: odd_step
     implicit none
     private
-    public :: gemv_tiles, dequantize_tiles
+    public :: gemv_tiles
 
     ! Below this many packed bytes a matrix is done by one thread: starting and joining a parallel
     ! region costs microseconds on an idle machine and a scheduler time slice (milliseconds) on a
@@ -245,45 +246,5 @@ contains
 
 
 
-    !> Dequantize whole tiles into w(k_pad, rows): row-major rows for a BLAS GEMM (sec. 4 formulas).
-    subroutine dequantize_tiles(fmt, group_size, tiles, scales, offsets, w)
-        integer, intent(in) :: fmt, group_size
-        integer(int8), intent(in), contiguous :: tiles(:, :, :)
-        integer(int16), intent(in), contiguous :: scales(:, :, :), offsets(:, :, :)
-        real(real32), intent(out), contiguous :: w(:, :)  ! (16 * n_blocks, 16 * n_tiles)
-        integer(int32) :: bytes(tile_rows, 0:block_weights - 1)
-        real(real32) :: levels(tile_rows, 0:block_weights - 1)
-        real(real32) :: scale(tile_rows), offset(tile_rows), step(tile_rows)
-        integer :: t, b, g, i, r, nb, n_blocks, row
-        integer(int64) :: base
-
-        nb = block_bytes(fmt)
-        n_blocks = size(w, 1) / block_weights
-        bytes = 0
-        !$omp parallel do schedule(static) default(shared) if (size(tiles) >= parallel_min_bytes) &
-        !$omp private(t, b, g, i, r, row, base, bytes, levels, scale, offset, step)
-        do t = 1, size(tiles, 3)
-            do b = 0, n_blocks - 1
-                g = b * block_weights / group_size + 1
-                scale = half_to_real(scales(:, g, t))
-                offset = half_to_real(offsets(:, g, t))
-                base = int(b, int64) * nb
-                bytes(:, 0:nb - 1) = iand(int(tiles(:, base + 1:base + nb, t), int32), 255)
-                call decode_block(fmt, bytes, levels)
-                do i = 0, block_weights - 1
-                    if (mod(i, 2) == 0) then
-                        step = scale
-                    else
-                        step = odd_step(fmt, scale)
-                    end if
-                    do r = 1, tile_rows
-                        row = (t - 1) * tile_rows + r
-                        w(b * block_weights + i + 1, row) = offset(r) + step(r) * levels(r, i)
-                    end do
-                end do
-            end do
-        end do
-        !$omp end parallel do
-    end subroutine dequantize_tiles
 
 end module q35_matmul

@@ -108,7 +108,7 @@ end subroutine gemv
 subroutine dequantize(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, tiles, scales, &
                       offsets, w)
     use iso_fortran_env, only: int8, int16, int32, real32
-    use q35_matmul, only: dequantize_tiles
+    use q35_dequantize, only: dequantize_tiles
     implicit none
     integer(int32), intent(in) :: fmt, group_size, row_bytes, n_groups, n_tiles, k_pad
     integer(int8), intent(in) :: tiles(16, row_bytes, n_tiles)

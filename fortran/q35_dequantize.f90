@@ -1,0 +1,58 @@
+! Dequantization of whole row tiles into float32 rows (FORMAT.md sec. 4, 7), for the banded
+! GEMM of prompts and for export. Bit-identical to the numpy reference (no FMA contraction).
+module q35_dequantize
+    use iso_fortran_env, only: int8, int16, int32, int64, real32
+    use q35_half, only: half_to_real
+    use q35_blocks, only: tile_rows, block_weights, block_bytes, decode_block
+    use q35_quantize, only: odd_step
+    implicit none
+    private
+    public :: dequantize_tiles
+
+    ! As in q35_matmul: small matrices are done by one thread.
+    integer, parameter :: parallel_min_bytes = 256 * 1024
+
+contains
+
+    !> Dequantize whole tiles into w(k_pad, rows): row-major rows for a BLAS GEMM (sec. 4 formulas).
+    subroutine dequantize_tiles(fmt, group_size, tiles, scales, offsets, w)
+        integer, intent(in) :: fmt, group_size
+        integer(int8), intent(in), contiguous :: tiles(:, :, :)
+        integer(int16), intent(in), contiguous :: scales(:, :, :), offsets(:, :, :)
+        real(real32), intent(out), contiguous :: w(:, :)  ! (16 * n_blocks, 16 * n_tiles)
+        integer(int32) :: bytes(tile_rows, 0:block_weights - 1)
+        real(real32) :: levels(tile_rows, 0:block_weights - 1)
+        real(real32) :: scale(tile_rows), offset(tile_rows), step(tile_rows)
+        integer :: t, b, g, i, r, nb, n_blocks, row
+        integer(int64) :: base
+
+        nb = block_bytes(fmt)
+        n_blocks = size(w, 1) / block_weights
+        bytes = 0
+        !$omp parallel do schedule(static) default(shared) if (size(tiles) >= parallel_min_bytes) &
+        !$omp private(t, b, g, i, r, row, base, bytes, levels, scale, offset, step)
+        do t = 1, size(tiles, 3)
+            do b = 0, n_blocks - 1
+                g = b * block_weights / group_size + 1
+                scale = half_to_real(scales(:, g, t))
+                offset = half_to_real(offsets(:, g, t))
+                base = int(b, int64) * nb
+                bytes(:, 0:nb - 1) = iand(int(tiles(:, base + 1:base + nb, t), int32), 255)
+                call decode_block(fmt, bytes, levels)
+                do i = 0, block_weights - 1
+                    if (mod(i, 2) == 0) then
+                        step = scale
+                    else
+                        step = odd_step(fmt, scale)
+                    end if
+                    do r = 1, tile_rows
+                        row = (t - 1) * tile_rows + r
+                        w(b * block_weights + i + 1, row) = offset(r) + step(r) * levels(r, i)
+                    end do
+                end do
+            end do
+        end do
+        !$omp end parallel do
+    end subroutine dequantize_tiles
+
+end module q35_dequantize
