@@ -118,8 +118,13 @@ def measure(path, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAULT_PROMPT_
 
 
 def bench_model(path=None, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
-                decode_tokens: int = DEFAULT_DECODE_TOKENS, timeout: float | None = None) -> dict:
-    """Measure `path` (None = embedded default) in a fresh subprocess; returns measure()'s dict."""
+                decode_tokens: int = DEFAULT_DECODE_TOKENS, timeout: float | None = None,
+                threads: int | None = None) -> dict:
+    """Measure `path` (None = embedded default) in a fresh subprocess; returns measure()'s dict.
+
+    threads: sets OMP_NUM_THREADS (Fortran kernels) and OPENBLAS_NUM_THREADS (float matmuls) of
+    the worker; None leaves the environment as it is (all cores).
+    """
     if path is None:
         from .checkpoint import default_model_path
 
@@ -130,8 +135,13 @@ def bench_model(path=None, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAUL
         raise ValueError("runs, prompt tokens and decode tokens must be at least 1")
     spec = json.dumps({"path": str(path), "runs": runs, "prompt_tokens": prompt_tokens,
                        "decode_tokens": decode_tokens})
+    env = dict(os.environ)
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
     proc = subprocess.run([sys.executable, "-m", "q35f.benchmark", spec], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         raise RuntimeError(f"benchmark of {path} failed: {lines[-1] if lines else proc.returncode}")
@@ -155,12 +165,16 @@ def register_bench(subparsers):
                    help=f"prompt length for prompt tok/s and TTFT (default {DEFAULT_PROMPT_TOKENS})")
     p.add_argument("--decode-tokens", type=int, default=DEFAULT_DECODE_TOKENS,
                    help=f"tokens generated for decode tok/s (default {DEFAULT_DECODE_TOKENS})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="OMP_NUM_THREADS and OPENBLAS_NUM_THREADS of the measured process "
+                        "(default: as in the environment, i.e. all cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_command)
 
 
 def _command(args) -> int:
-    result = bench_model(args.model, args.runs, args.prompt_tokens, args.decode_tokens)
+    result = bench_model(args.model, args.runs, args.prompt_tokens, args.decode_tokens,
+                         threads=args.threads)
     if args.json:
         print(json.dumps(result))
         return 0

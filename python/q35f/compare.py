@@ -63,7 +63,8 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
             text_file=None, ctx: int = 512, max_tokens: int | None = DEFAULT_MAX_TOKENS,
             runs: int = 3, prompt_tokens: int = 512, decode_tokens: int = 128,
             head_bits: str = "int8", out_dir=None, force: bool = False, speed: bool = True,
-            progress: bool = True, clip_search: bool = False) -> list[dict]:
+            progress: bool = True, clip_search: bool = False,
+            threads: int | None = None) -> list[dict]:
     """One dict per variant with sizes, PPL, ΔPPL vs the first fp32 row, speed and memory."""
     from .benchmark import bench_model
     from .checkpoint import default_model_path, open_checkpoint
@@ -110,10 +111,11 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
         }
         if speed:
             bench = bench_model(path, runs=runs, prompt_tokens=prompt_tokens,
-                                decode_tokens=decode_tokens)
+                                decode_tokens=decode_tokens, threads=threads)
             row.update({k: bench[k] for k in ("decode_tok_s", "prompt_tok_s", "ttft_ms",
                                               "peak_rss_mb", "rss_after_load_mb")})
-            row.update(runs=runs, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens)
+            row.update(runs=runs, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens,
+                       threads=bench["threads"])
         row["seconds"] = time.perf_counter() - began
         rows.append(row)
     base = next((r["ppl"] for r in rows if r["variant"] == "fp32"), None)
@@ -177,6 +179,8 @@ def register(subparsers):
     p.add_argument("--clip-search", action="store_true",
                    help="quantize every variant with q35f quantize --clip-search (per-group "
                         "range search) instead of plain min/max groups")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of the benchmark processes (default: all cores)")
     p.add_argument("--no-speed", action="store_true", help="only sizes and perplexity")
     p.add_argument("--out-dir", default=None,
                    help="where quantized variants go (default ~/.cache/q35f/models)")
@@ -204,7 +208,7 @@ def _command(args) -> int:
     rows = compare(args.model, bits, args.group_size, args.corpus, args.text,
                    head_bits=args.head_bits, out_dir=args.out_dir, force=args.force,
                    speed=not args.no_speed, progress=not quiet, clip_search=args.clip_search,
-                   **settings)
+                   threads=args.threads, **settings)
     if args.json:
         print(json.dumps(rows, indent=2))
     elif args.csv:
