@@ -505,6 +505,13 @@ class Model:
         Decoding runs this once per token per layer, so Python overhead counts here: RMSNorm
         folds into one scale, q and k are rotated together, no causal mask is needed.
         """
+        x = self.embed(np.array([token]))  # (1, hidden)
+        with np.errstate(over="ignore"):  # silu's exp(-gate) may overflow to inf: gives -0
+            x = self._decode_layers(x, pos)
+        eps, inv_h = np.float32(self.config.rms_norm_eps), np.float32(1 / self.config.hidden_size)
+        return (x * (self.weights.norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps)))[0]
+
+    def _decode_layers(self, x: np.ndarray, pos: int) -> np.ndarray:
         c = self.config
         eps = np.float32(c.rms_norm_eps)
         n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
@@ -512,7 +519,6 @@ class Model:
         qk_size, q_size = (n_heads + n_kv) * d, n_heads * d
         inv_h = np.float32(1.0 / c.hidden_size)
         cos, sin = self.cos[pos], self.sin[pos]
-        x = self.embed(np.array([token]))  # (1, hidden)
         for li, layer in enumerate(self.layers):
             h = x * (layer.attn_norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps))
             qkv = layer.qkv(h)[0]
@@ -536,11 +542,10 @@ class Model:
             gate_up = layer.gate_up(h)[0]
             f = gate_up.shape[0] // 2
             gate = gate_up[:f]
-            with np.errstate(over="ignore"):
-                hidden = gate / (1 + np.exp(-gate))
+            hidden = gate / (1 + np.exp(-gate))  # silu; exp overflow gives -0, as it should
             hidden *= gate_up[f:]
             x = x + layer.down(hidden[None, :])
-        return (x * (self.weights.norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps)))[0]
+        return x
 
 
 def load_model(path=None, max_seq_len: int | None = None):
