@@ -36,6 +36,7 @@ import argparse
 import csv
 import datetime as _dt
 import importlib.util
+import hashlib
 import json
 import logging
 import os
@@ -105,7 +106,7 @@ def fmt(value, spec: str) -> str:
     return "" if value is None or value == "" else format(value, spec)
 
 
-# --- environment -----------------------------------------------------------------------------------
+# --- environment ---------------------------------------------------------------------------------
 
 
 def require_llama_cpp():
@@ -173,7 +174,8 @@ def q35f_ids(q35f_python: Path, model: Path, corpus: str) -> list[int] | None:
     code = ("import json, sys; from q35f.checkpoint import open_checkpoint; "
             "from q35f.perplexity import load_text, tokenize; "
             f"text, _ = load_text(corpus={corpus!r}); "
-            "ck = open_checkpoint(sys.argv[1]); json.dump(tokenize(ck.tokenizer, text), sys.stdout)")
+            "ck = open_checkpoint(sys.argv[1]); "
+            "json.dump(tokenize(ck.tokenizer, text), sys.stdout)")
     run = subprocess.run([str(q35f_python), "-c", code, str(model)], capture_output=True, text=True)
     if run.returncode != 0:
         print(f"q35f tokenizer not run: {run.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -201,11 +203,15 @@ def machine_description() -> str:
     return f"{cpu}, {os.cpu_count()} logical CPUs ({usable} usable)"
 
 
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def load_avg() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-# --- llama.cpp ---------------------------------------------------------------------------------------
+# --- llama.cpp -----------------------------------------------------------------------------------
 
 
 def gguf_sizes(path: Path) -> tuple[int, int, str]:
@@ -302,13 +308,34 @@ def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int
     for _ in range(runs):
         prefill_s.append(prefill())
         decode_s.append(decode())
-    return decode_tokens / statistics.median(decode_s), len(prompt_ids) / statistics.median(prefill_s)
+    return (decode_tokens / statistics.median(decode_s),
+            len(prompt_ids) / statistics.median(prefill_s))
 
 
-# --- q35f (through its own interpreter) ------------------------------------------------------------
+# --- q35f (through its own interpreter) ----------------------------------------------------------
 
 
-def q35f_rows(q35f_python: Path, models, corpus, windows, ctx, runs, threads, base_row) -> list:
+def cached_q35f_perplexity(cmd, model: Path, work_dir: Path) -> tuple[dict, str]:
+    """`q35f perplexity ... --json`, run once per (command, model file times) and kept in
+    work_dir: perplexity is deterministic, so a rerun reuses it (the row says when it ran)."""
+    files = [model] if model.is_file() else sorted(model.iterdir())
+    stamp = " ".join(cmd[1:]) + "".join(f"|{f.name}:{f.stat().st_mtime_ns}" for f in files)
+    path = work_dir / f"q35f-perplexity-{hashlib.sha1(stamp.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        kept = json.loads(path.read_text())
+        return kept["result"], kept["when"]
+    print("  $ " + " ".join(cmd), file=sys.stderr)
+    result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    when = now()
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    when += f" at q35f commit {head or '?'}"
+    path.write_text(json.dumps({"command": cmd, "when": when, "result": result}))
+    return result, when
+
+
+def q35f_rows(q35f_python: Path, models, corpus, windows, ctx, runs, threads, base_row,
+              work_dir: Path, speed: bool = True) -> list:
     rows = []
     for model in models:
         label = "fp32" if str(model).endswith(".gguf") else Path(model).name
@@ -316,27 +343,29 @@ def q35f_rows(q35f_python: Path, models, corpus, windows, ctx, runs, threads, ba
                    "--ctx", str(ctx), "--max-tokens", str(windows * ctx), "--json"]
         bench_cmd = [str(q35f_python), "-m", "q35f", "bench", "model", str(model), "--runs",
                      str(runs), "--threads", str(threads), "--json"]
-        print("  $ " + " ".join(ppl_cmd), file=sys.stderr)
-        ppl = json.loads(subprocess.run(ppl_cmd, check=True, capture_output=True,
-                                        text=True).stdout)
-        print("  $ " + " ".join(bench_cmd), file=sys.stderr)
-        bench = json.loads(subprocess.run(bench_cmd, check=True, capture_output=True,
-                                          text=True).stdout)
+        ppl, ppl_when = cached_q35f_perplexity(ppl_cmd, Path(model), work_dir)
+        if speed:
+            print("  $ " + " ".join(bench_cmd), file=sys.stderr)
+            bench = json.loads(subprocess.run(bench_cmd, check=True, capture_output=True,
+                                              text=True).stdout)
+        else:
+            bench = {"decode_tok_s": None, "prompt_tok_s": None}
         rows.append(dict(base_row, tool="q35f", method=label,
                          bits_per_weight=ppl["file_bits_per_weight"],
                          tensor_bits_per_weight=ppl["model_bits_per_weight"],
                          ppl=ppl["ppl"], decode_tok_s=bench["decode_tok_s"],
                          prompt_tok_s=bench["prompt_tok_s"], scored_tokens=ppl["tokens"],
                          windows=ppl["windows"], model=str(model), file_bytes=ppl["file_bytes"],
-                         llama_cpp_version="", load_avg=load_avg(),
-                         note=("q35f's tokenizer; bits_per_weight = 8*file bytes/params, "
-                               "tensor_bits_per_weight = all weights as run; linear layers "
+                         llama_cpp_version="", load_avg=load_avg(), date=now(),
+                         note=(f"PPL run {ppl_when}; q35f's tokenizer; bits_per_weight = "
+                               "8*file bytes/params, tensor_bits_per_weight = all weights as "
+                               "run; linear layers "
                                f"{ppl['bits_per_weight']:.3f} bits/weight; "
                                f"threads={threads} (OMP/OPENBLAS)")))
     return rows
 
 
-# --- main ----------------------------------------------------------------------------------------------
+# --- main ----------------------------------------------------------------------------------------
 
 
 def main(argv=None) -> int:
@@ -363,15 +392,23 @@ def main(argv=None) -> int:
     p.add_argument("--q35f-model", action="append", default=[], metavar="PATH",
                    help="also measure this model with q35f (repeatable; a .gguf runs as fp32)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "llama_cpp.csv")
+    p.add_argument("--q35f-only", action="store_true",
+                   help="only the --q35f-model rows (needs no llama-cpp-python)")
     args = p.parse_args(argv)
 
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.q35f_only:
+        rows = q35f_rows(args.q35f_python, args.q35f_model, args.corpus, args.windows, args.ctx,
+                         args.runs, args.threads, {"source": "measured", "ctx": args.ctx,
+                                                   "corpus": args.corpus, "threads": args.threads,
+                                                   "machine": machine_description()},
+                         args.work_dir, speed=not args.no_speed)
+        return finish(rows, args)
     llama_cpp = require_llama_cpp()
-    import numpy as np
 
     source = args.model or embedded_model()
     if not source.is_file():
         raise SystemExit(f"--model {source}: no such file")
-    args.work_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's own log
     version = llama_cpp.__version__
     text = corpus_text(args.corpus, args.q35f_python)
@@ -399,7 +436,6 @@ def main(argv=None) -> int:
     base_row = {"scored_tokens": None, "windows": len(starts), "ctx": args.ctx,
                 "corpus": args.corpus, "tokenizer_match": match, "threads": args.threads,
                 "machine": machine_description(),
-                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 "llama_cpp_version": f"llama-cpp-python {version}", "source": "measured"}
     rows = []
     for method in args.methods:
@@ -416,7 +452,7 @@ def main(argv=None) -> int:
                          bits_per_weight=bits_per_weight(file_bytes, params),
                          tensor_bits_per_weight=bits_per_weight(data_bytes, params), ppl=ppl,
                          decode_tok_s=decode, prompt_tok_s=prompt, scored_tokens=scored,
-                         model=path.name, file_bytes=file_bytes, load_avg=load_avg(),
+                         model=path.name, file_bytes=file_bytes, load_avg=load_avg(), date=now(),
                          note=(f"requantized from {source.name} (dequantized Q4_1) with "
                                f"allow_requantize; {params} params; {types}; "
                                f"{time.perf_counter() - began:.0f} s")))
@@ -426,8 +462,13 @@ def main(argv=None) -> int:
         if args.q35f_python is None:
             raise SystemExit("--q35f-model needs --q35f-python")
         rows += q35f_rows(args.q35f_python, args.q35f_model, args.corpus, args.windows, args.ctx,
-                          args.runs, args.threads, base_row)
+                          args.runs, args.threads, base_row, args.work_dir,
+                          speed=not args.no_speed)
+    return finish(rows, args)
 
+
+def finish(rows, args) -> int:
+    """ΔPPL against each tool's own F32/fp32 row, the CSV, and the table."""
     for tool in ("llama.cpp", "q35f"):
         base = next((r["ppl"] for r in rows if r["tool"] == tool
                      and r["method"] in ("F32", "fp32")), None)
@@ -449,8 +490,8 @@ def main(argv=None) -> int:
         print(f"{r['tool']:10} {r['method'][:34]:34} {r['bits_per_weight']:7.3f} {r['ppl']:9.4f} "
               f"{fmt(r.get('delta_ppl_vs_f32'), '+7.1f'):>7} {fmt(r['decode_tok_s'], '8.1f'):>8} "
               f"{fmt(r['prompt_tok_s'], '8.1f'):>8}")
-    print(f"({len(starts)} windows of {args.ctx} tokens of {args.corpus}; tok/s with "
-          f"{args.threads} threads on {base_row['machine']}, load average {load_avg()}; "
+    print(f"({args.windows} windows of {args.ctx} tokens of {args.corpus}; tok/s with "
+          f"{args.threads} threads on {machine_description()}, load average {load_avg()}; "
           f"written to {args.out})")
     return 0
 
