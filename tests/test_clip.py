@@ -22,7 +22,7 @@ def _group_errors(w, deq, group_size):
 
 
 @pytest.mark.parametrize("bits", BITS)
-@settings(max_examples=20)
+@settings(max_examples=15)
 @given(data=weight_matrices(max_rows=12, max_cols=200))
 def test_clip_search_is_bit_identical_to_the_reference(bits, data, no_array_copies):
     w, group_size = data
@@ -56,6 +56,7 @@ def test_clip_search_lowers_the_error_of_gaussian_groups():
 
 
 @pytest.mark.parametrize("bits", BITS)
+@settings(max_examples=25)
 @given(data=weight_matrices(max_rows=12, max_cols=200))
 def test_given_min_max_parameters_reproduce_plain_quantize(bits, data, no_array_copies):
     w, group_size = data
@@ -67,6 +68,7 @@ def test_given_min_max_parameters_reproduce_plain_quantize(bits, data, no_array_
 
 
 @pytest.mark.parametrize("bits", BITS)
+@settings(max_examples=25)
 @given(data=weight_matrices(max_rows=12, max_cols=200), shift=st.floats(-3, 3, width=32))
 def test_given_parameters_clamp_weights_outside_the_grid(bits, data, shift):
     w, group_size = data

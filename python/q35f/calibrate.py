@@ -29,6 +29,10 @@ LAYER_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
                "down_proj": "mlp_hidden"}
 _NAME = re.compile(r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.weight")
 DEFAULT_SEQUENCE_LENGTH = 128
+# Keep the last calibration for the next conversion of the same checkpoint (measurement runs
+# that convert one model many ways; off by default: a calibration with Hessians is large).
+CACHE = False
+_CACHE: dict = {}
 
 
 def input_key(name: str) -> tuple[int, str] | None:
@@ -139,12 +143,18 @@ def calibrate_checkpoint(ck, spec: str, n_tokens: int, sequence_length: int = DE
     """Calibration statistics of the float model of open checkpoint `ck` on text `spec`."""
     from .model import LlamaConfig, Model, Weights
 
+    key = (str(ck.path), spec, int(n_tokens), int(sequence_length))
+    if _CACHE.get("key") == key and (_CACHE["value"].hessian or not hessians):
+        return _CACHE["value"]
     text = calibration_text(spec)
     ids = ck.tokenizer.encode(text, add_special_tokens=False).ids
     batches = sequences(ids, n_tokens, sequence_length)
     config = LlamaConfig.from_hf(ck.config)
     model = Model(config, Weights.from_checkpoint(ck, config), max_seq_len=sequence_length)
     try:
-        return collect(model, batches, source=spec, hessians=hessians, progress=progress)
+        calib = collect(model, batches, source=spec, hessians=hessians, progress=progress)
     finally:
         del model
+    if CACHE:
+        _CACHE.update(key=key, value=calib)
+    return calib

@@ -80,7 +80,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="CSV to append rows to")
     args = parser.parse_args(argv)
 
+    from . import calibrate
     from .calibrate import calibration_text
+
+    calibrate.CACHE = True  # configs sharing a calibration compute it once
 
     text = calibration_text(args.eval) if Path(args.eval).is_file() else corpora.text(args.eval)
     out = Path(args.out)
