@@ -180,8 +180,10 @@ def draw_performance(csv_path, out_dir) -> dict:
         raise ValueError(f"{csv_path}: no measured rows")
     models = sorted({r["model"] for r in rows})
     methods = sorted({r["method"] for r in rows}, key=_method_key)
+    prompt = rows[0].get("prompt_tokens")
     panels = [("memory_gb", "model memory (GB)"), ("throughput_toks", "decode (tokens/s)"),
-              ("latency_ms", "first-token latency (ms)")]
+              ("latency_ms", "first-token latency (ms" + (f", {prompt}-token prompt)" if prompt
+                                                          else ")"))]
     if any(_num(r.get("power_w")) is not None for r in rows):
         panels.append(("power_w", "power (W)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4))
@@ -211,8 +213,11 @@ def draw_performance(csv_path, out_dir) -> dict:
         ax.set_ylabel(label)
         ax.margins(y=0.15)
         ax.grid(axis="y", alpha=0.3)
-    title = ", ".join(models)
-    fig.suptitle(f"Measured on {rows[0].get('machine', '')}: {title}", fontsize=10)
+    title = f"Measured on {rows[0].get('machine', '')}: {', '.join(models)}"
+    loads = [_num(r.get("cpu_load_1m")) for r in rows if _num(r.get("cpu_load_1m")) is not None]
+    if loads:
+        title += f"\n1-minute load average during the runs: {min(loads):.1f}-{max(loads):.1f}"
+    fig.suptitle(title, fontsize=10)
     if len(models) > 1:
         np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()
