@@ -377,3 +377,23 @@ def test_cli_figures_and_supplementary(fake_repo, results, tmp_path, capsys):
     (fake_repo / "bench" / "results" / "accuracy.csv").unlink()
     assert cli.main(["paper", "supplementary", "--root", str(fake_repo), "-o", str(out)]) == 2
     assert "accuracy.csv" in capsys.readouterr().err
+
+
+def test_zip_ships_the_tables_and_figures_it_was_given(fake_repo, tmp_path):
+    other = tmp_path / "elsewhere"
+    (other / "r").mkdir(parents=True)
+    (other / "f").mkdir()
+    for name in supplementary.CSVS:
+        (other / "r" / f"{name}.csv").write_text(f"method\n{name}-new\n")
+    for name in supplementary.FIGURES:
+        for ext in ("pdf", "png"):
+            (other / "f" / f"{name}.{ext}").write_bytes(b"new " + name.encode())
+    out, _ = supplementary.build(fake_repo, tmp_path / "x.zip", results_dir=other / "r",
+                                 figures_dir=other / "f")
+    with zipfile.ZipFile(out) as zf:
+        body = zf.read("q35f-supplementary/bench/results/ablation.csv").decode()
+        assert body == "method\nablation-new\n"
+        assert zf.read("q35f-supplementary/bench/figures/encoding.png") == b"new encoding"
+    (other / "r" / "accuracy.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="accuracy.csv"):
+        supplementary.build(fake_repo, tmp_path / "y.zip", results_dir=other / "r")

@@ -50,6 +50,7 @@ def register(subparsers) -> None:
         "when the archive would exceed 100 MB.",
     )
     _zip_args(s)
+    _figure_args(s)
     s.set_defaults(func=_run_supplementary)
 
     a = sub.add_parser("all", help="data, figures and supplementary, in order",
@@ -119,7 +120,11 @@ def _run_supplementary(args) -> int:
     from .supplementary import build, find_root
 
     root = args.root or find_root(Path.cwd())
-    path, manifest = build(root, args.output)
+    results = getattr(args, "results", None) or getattr(args, "out", None)
+    # Default locations are resolved inside the repository root; explicit ones as given.
+    results = None if results in (None, DEFAULT_RESULTS) else results
+    figs = None if args.figures == DEFAULT_FIGURES else args.figures
+    path, manifest = build(root, args.output, results_dir=results, figures_dir=figs)
     print(f"wrote {path} ({path.stat().st_size:,} bytes, {len(manifest)} files)")
     return 0
 

@@ -104,8 +104,12 @@ def _excluded(rel: Path) -> bool:
     return name in EXCLUDE_DIRS or name.endswith(EXCLUDE_SUFFIXES) or name == ".DS_Store"
 
 
-def collect(root: Path) -> dict[str, Path]:
-    """archive name (POSIX, relative) -> source file, for every file that goes in."""
+def collect(root: Path, results_dir=None, figures_dir=None) -> dict[str, Path]:
+    """archive name (POSIX, relative) -> source file, for every file that goes in.
+
+    `results_dir`/`figures_dir` (default bench/results, bench/figures) are packed as
+    bench/results and bench/figures, so a run with `--out`/`--figures` elsewhere ships its own
+    tables and figures."""
     root = Path(root)
     files: dict[str, Path] = {}
     for folder in INCLUDE_DIRS:
@@ -128,12 +132,22 @@ def collect(root: Path) -> dict[str, Path]:
     if not template.is_file():
         raise FileNotFoundError(f"{template}: the supplementary README template is missing")
     files[README] = template
+    for prefix, folder, pattern in (("bench/results/", results_dir, "*.csv"),
+                                    ("bench/figures/", figures_dir, "*.*")):
+        if folder is None:
+            continue
+        files = {k: v for k, v in files.items() if not k.startswith(prefix)}
+        for path in sorted(Path(folder).glob(pattern)):
+            if path.is_file() and not _excluded(Path(path.name)) and not path.name.endswith(".part"):
+                files[prefix + path.name] = path
     return files
 
 
-def check(root: Path, max_bytes: int = MAX_BYTES) -> None:
+def check(root: Path, max_bytes: int = MAX_BYTES, results_dir=None, figures_dir=None) -> None:
     """Raise ValueError/FileNotFoundError naming what is missing or wrong."""
     root = Path(root)
+    results = Path(results_dir) if results_dir is not None else root / "bench" / "results"
+    figs = Path(figures_dir) if figures_dir is not None else root / "bench" / "figures"
     lean = root / "lean"
     if not lean.is_dir() or not any(lean.rglob("*.lean")):
         raise FileNotFoundError(f"{lean}: no Lean sources; the archive must contain the proofs")
@@ -142,12 +156,11 @@ def check(root: Path, max_bytes: int = MAX_BYTES) -> None:
         shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5
                                            else "")
         raise ValueError(f"lean/ is not fully proved, refusing to build: {shown}")
-    missing = [f"bench/results/{n}.csv" for n in CSVS
-               if not (root / "bench" / "results" / f"{n}.csv").is_file()]
+    missing = [str(results / f"{n}.csv") for n in CSVS if not (results / f"{n}.csv").is_file()]
     if missing:
         raise FileNotFoundError(f"missing CSV: {', '.join(missing)} (run `q35f paper data`)")
-    missing = [f"bench/figures/{n}.{ext}" for n in FIGURES for ext in ("pdf", "png")
-               if not (root / "bench" / "figures" / f"{n}.{ext}").is_file()]
+    missing = [str(figs / f"{n}.{ext}") for n in FIGURES for ext in ("pdf", "png")
+               if not (figs / f"{n}.{ext}").is_file()]
     if missing:
         raise FileNotFoundError(f"missing figure: {', '.join(missing)} (run `q35f paper figures`)")
 
@@ -166,10 +179,11 @@ def _info(name: str) -> zipfile.ZipInfo:
     return info
 
 
-def archive_bytes(root: Path, max_bytes: int = MAX_BYTES) -> tuple[bytes, dict[str, str]]:
+def archive_bytes(root: Path, max_bytes: int = MAX_BYTES, results_dir=None,
+                  figures_dir=None) -> tuple[bytes, dict[str, str]]:
     """The zip as bytes and {name: sha256}; raises when a check fails."""
-    check(root, max_bytes)
-    files = collect(root)
+    check(root, max_bytes, results_dir, figures_dir)
+    files = collect(root, results_dir, figures_dir)
     raw = sum(p.stat().st_size for p in files.values())
     if raw > 4 * max_bytes:  # even perfect compression would not save it; stop before reading
         raise ValueError(f"the archive inputs are {raw:,} bytes; over the {max_bytes:,}-byte limit")
@@ -187,12 +201,13 @@ def archive_bytes(root: Path, max_bytes: int = MAX_BYTES) -> tuple[bytes, dict[s
     return data, digests
 
 
-def build(root: Path, output: Path, max_bytes: int = MAX_BYTES) -> tuple[Path, dict[str, str]]:
+def build(root: Path, output: Path, max_bytes: int = MAX_BYTES, results_dir=None,
+          figures_dir=None) -> tuple[Path, dict[str, str]]:
     """Write the archive to `output` (via a temporary name, then rename)."""
     root, output = Path(root), Path(output)
     if not output.is_absolute():
         output = Path.cwd() / output
-    data, digests = archive_bytes(root, max_bytes)
+    data, digests = archive_bytes(root, max_bytes, results_dir, figures_dir)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".part")
     tmp.write_bytes(data)
