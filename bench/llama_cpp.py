@@ -484,14 +484,15 @@ def finish(rows, args) -> int:
             writer.writerow({k: ("" if r.get(k) is None else
                                  round(r[k], 4) if isinstance(r[k], float) else r[k])
                              for k in COLUMNS})
-    print(f"{'tool':10} {'method':34} {'bits/w':>7} {'PPL':>9} {'dPPL %':>7} "
-          f"{'decode':>8} {'prompt':>8}")
+    print(f"{'tool':10} {'method':34} {'file b/w':>8} {'tensor b/w':>10} {'PPL':>9} "
+          f"{'dPPL %':>7} {'decode':>8} {'prompt':>8}")
     for r in rows:
-        print(f"{r['tool']:10} {r['method'][:34]:34} {r['bits_per_weight']:7.3f} {r['ppl']:9.4f} "
+        print(f"{r['tool']:10} {r['method'][:34]:34} {r['bits_per_weight']:8.3f} "
+              f"{r['tensor_bits_per_weight']:10.3f} {r['ppl']:9.4f} "
               f"{fmt(r.get('delta_ppl_vs_f32'), '+7.1f'):>7} {fmt(r['decode_tok_s'], '8.1f'):>8} "
               f"{fmt(r['prompt_tok_s'], '8.1f'):>8}")
     print(f"({args.windows} windows of {args.ctx} tokens of {args.corpus}; tok/s with "
-          f"{args.threads} threads on {machine_description()}, load average {load_avg()}; "
+          f"{args.threads} thread(s) on {machine_description()}, load average {load_avg()}; "
           f"written to {args.out})")
     return 0
 
