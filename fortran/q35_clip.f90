@@ -9,27 +9,13 @@
 ! same float32 operations, errors summed in float64 in weight order (built without FMA).
 module q35_clip
     use iso_fortran_env, only: int8, int32, real32, real64
-    use q35_quantize, only: group_params, odd_step
+    use q35_quantize, only: group_params, odd_step, grid_level
     use q35_blocks, only: block_weights, block_bytes, top_level, odd_top_level, encode_block
     implicit none
     private
-    public :: clamped_level, group_error, clip_group_params, quantize_row_params
+    public :: group_error, clip_group_params, quantize_row_params
 
 contains
-
-    !> clamp(floor((w - offset)/step + 1/2), 0, top); 0 when step == 0.
-    pure elemental integer(int32) function clamped_level(w, offset, step, top)
-        real(real32), intent(in) :: w, offset, step
-        integer, intent(in) :: top
-        real(real32) :: t
-        if (step == 0.0_real32) then
-            clamped_level = 0
-            return
-        end if
-        t = (w - offset) / step + 0.5_real32
-        ! aint differs from floor only on (-1, 0), which clamps to 0 either way.
-        clamped_level = int(min(max(aint(t), 0.0_real32), real(top, real32)), int32)
-    end function clamped_level
 
     !> Squared error of a group (first weight even) on the grid (offset, scale), in float64.
     pure function group_error(fmt, w, offset, scale) result(err)
@@ -44,9 +30,9 @@ contains
         err = 0.0_real64
         do i = 1, size(w)
             if (mod(i, 2) == 1) then
-                q = offset + scale * real(clamped_level(w(i), offset, scale, top_even), real32)
+                q = offset + scale * real(grid_level(w(i), offset, scale, top_even), real32)
             else
-                q = offset + step_odd * real(clamped_level(w(i), offset, step_odd, top_odd), real32)
+                q = offset + step_odd * real(grid_level(w(i), offset, step_odd, top_odd), real32)
             end if
             diff = real(q, real64) - real(w(i), real64)
             err = err + diff * diff
@@ -97,10 +83,10 @@ contains
             do i = 0, min(block_weights, k - b * block_weights) - 1
                 g = (b * block_weights + i) / group_size + 1
                 if (mod(i, 2) == 0) then
-                    levels(i) = clamped_level(w(b * block_weights + i + 1), offsets(g), &
+                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), &
                                               scales(g), top_level(fmt))
                 else
-                    levels(i) = clamped_level(w(b * block_weights + i + 1), offsets(g), &
+                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), &
                                               odd_step(fmt, scales(g)), odd_top_level(fmt))
                 end if
             end do

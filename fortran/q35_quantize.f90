@@ -36,7 +36,8 @@ contains
         end if
     end function odd_step
 
-    !> Round to the nearest level of offset + step*[0, top]: floor(t + 1/2), clamped.
+    !> Round to the nearest level of offset + step*[0, top]: floor(t + 1/2), clamped on both
+    !> sides (weights below the offset occur with clip-searched or given parameters).
     pure elemental integer(int32) function grid_level(w, offset, step, top)
         real(real32), intent(in) :: w, offset, step
         integer, intent(in) :: top
@@ -45,9 +46,9 @@ contains
             grid_level = 0
             return
         end if
-        ! w >= offset, so t >= 1/2 and truncation is floor.
         t = (w - offset) / step + 0.5_real32
-        grid_level = int(min(aint(t), real(top, real32)), int32)
+        ! aint differs from floor only on (-1, 0), which clamps to 0 either way.
+        grid_level = int(min(max(aint(t), 0.0_real32), real(top, real32)), int32)
     end function grid_level
 
     !> Quantize one row of k weights into packed bytes and per-group float16-exact parameters.
