@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Add a module here when it defines a command.
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into e.g. `head`, which has closed: not an error of ours.
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         # Expected user errors: one clear line, no traceback.
         print(f"q35f {args.command}: error: {err}", file=sys.stderr)
