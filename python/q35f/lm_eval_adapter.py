@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 import lm_eval.models  # noqa: F401  (fill the registry with lm-eval's own models first)
 
-from .model import PREFILL_CHUNK, apply_rope, rms_norm
+from .model import PREFILL_CHUNK, apply_rope, feed_forward, rms_norm
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,7 @@ def branch_hidden(model, start: int, branches: list) -> list[np.ndarray]:
                 o += scores[:, :, :start] @ v_prefix
             out[a:e] = o.reshape(n_kv, group, n, d).transpose(2, 0, 1, 3).reshape(n, q_size)
         x = x + layer.wo(out)
-        h = rms_norm(x, layer.mlp_norm, eps)
-        gate_up = layer.gate_up(h)
-        f = gate_up.shape[1] // 2
-        gate, up = gate_up[:, :f], gate_up[:, f:]
-        with np.errstate(over="ignore"):
-            hidden = gate / (1 + np.exp(-gate))  # silu
-        hidden *= up
-        x = x + layer.down(hidden)
+        x = feed_forward(layer, x, eps)
     x = rms_norm(x, model.weights.norm, eps)
     return [x[offsets[b]:offsets[b + 1]] for b in range(len(lens))]
 

@@ -336,6 +336,18 @@ def release_free_memory() -> None:
         pass
 
 
+def feed_forward(layer, x: np.ndarray, eps) -> np.ndarray:
+    """x + SwiGLU(RMSNorm(x)) of one layer, for rows x (T, hidden)."""
+    h = rms_norm(x, layer.mlp_norm, eps)
+    gate_up = layer.gate_up(h)
+    f = gate_up.shape[1] // 2
+    gate, up = gate_up[:, :f], gate_up[:, f:]
+    with np.errstate(over="ignore"):
+        hidden = gate / (1 + np.exp(-gate))  # silu; exp overflow gives -0, as it should
+    hidden *= up
+    return x + layer.down(hidden)
+
+
 @dataclass
 class Layer:
     """One transformer block, with its q/k/v and gate/up projections fused into one matmul each."""
@@ -488,15 +500,7 @@ class Model:
             out = scores.reshape(n_kv, group * t, end) @ v_cache[:, :end]  # (n_kv, g*T, d)
             out = out.reshape(n_kv, group, t, d).transpose(2, 0, 1, 3).reshape(t, q_size)
             x = x + layer.wo(out)
-            # SwiGLU feed-forward
-            h = rms_norm(x, layer.mlp_norm, eps)
-            gate_up = layer.gate_up(h)
-            f = gate_up.shape[1] // 2
-            gate, up = gate_up[:, :f], gate_up[:, f:]
-            with np.errstate(over="ignore"):
-                hidden = gate / (1 + np.exp(-gate))  # silu
-            hidden *= up
-            x = x + layer.down(hidden)
+            x = feed_forward(layer, x, eps)
         return rms_norm(x, self.weights.norm, eps)
 
     def decode_step(self, token: int, pos: int) -> np.ndarray:
