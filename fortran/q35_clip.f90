@@ -10,10 +10,10 @@
 module q35_clip
     use iso_fortran_env, only: int8, int32, real32, real64
     use q35_quantize, only: group_params, odd_step, grid_level
-    use q35_blocks, only: block_weights, block_bytes, top_level, odd_top_level, encode_block
+    use q35_blocks, only: top_level, odd_top_level
     implicit none
     private
-    public :: group_error, clip_group_params, quantize_row_params
+    public :: group_error, clip_group_params
 
 contains
 
@@ -69,30 +69,5 @@ contains
         end do
     end subroutine clip_group_params
 
-    !> Quantize one row with per-group float16-exact parameters scales/offsets (given).
-    pure subroutine quantize_row_params(fmt, k, group_size, w, scales, offsets, packed)
-        integer, intent(in) :: fmt, k, group_size
-        real(real32), intent(in) :: w(k), scales(:), offsets(:)
-        integer(int8), intent(out) :: packed(:)
-        integer(int32) :: levels(0:block_weights - 1)
-        integer :: g, i, b, n_blocks, bytes
-        n_blocks = (k + block_weights - 1) / block_weights
-        bytes = block_bytes(fmt)
-        do b = 0, n_blocks - 1
-            levels = 0
-            do i = 0, min(block_weights, k - b * block_weights) - 1
-                g = (b * block_weights + i) / group_size + 1
-                if (mod(i, 2) == 0) then
-                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), &
-                                              scales(g), top_level(fmt))
-                else
-                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), &
-                                              odd_step(fmt, scales(g)), odd_top_level(fmt))
-                end if
-            end do
-            call encode_block(fmt, levels, k - b * block_weights, &
-                              packed(b * bytes + 1:(b + 1) * bytes))
-        end do
-    end subroutine quantize_row_params
 
 end module q35_clip

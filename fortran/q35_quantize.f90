@@ -9,7 +9,7 @@ module q35_quantize
                           format_q35
     implicit none
     private
-    public :: group_params, odd_step, grid_level, quantize_row
+    public :: group_params, odd_step, grid_level, quantize_row, quantize_row_params
 
 contains
 
@@ -57,34 +57,40 @@ contains
         real(real32), intent(in) :: w(k)
         integer(int8), intent(out) :: packed(:)
         real(real32), intent(out) :: scales(:), offsets(:)
-        integer(int32) :: levels(0:block_weights - 1)
-        real(real32) :: step_even, step_odd
-        integer :: g, first, last, i, b, n_blocks, bytes
-        n_blocks = (k + block_weights - 1) / block_weights
-        bytes = block_bytes(fmt)
+        integer :: g, first, last
         do g = 1, size(scales)
             first = (g - 1) * group_size + 1
             last = min(g * group_size, k)
             call group_params(minval(w(first:last)), maxval(w(first:last)), top_level(fmt), &
                               offsets(g), scales(g))
         end do
+        call quantize_row_params(fmt, k, group_size, w, scales, offsets, packed)
+    end subroutine quantize_row
+
+    !> Quantize one row with per-group float16-exact parameters scales/offsets (given).
+    pure subroutine quantize_row_params(fmt, k, group_size, w, scales, offsets, packed)
+        integer, intent(in) :: fmt, k, group_size
+        real(real32), intent(in) :: w(k), scales(:), offsets(:)
+        integer(int8), intent(out) :: packed(:)
+        integer(int32) :: levels(0:block_weights - 1)
+        integer :: g, i, b, n_blocks, bytes
+        n_blocks = (k + block_weights - 1) / block_weights
+        bytes = block_bytes(fmt)
         do b = 0, n_blocks - 1
             levels = 0
             do i = 0, min(block_weights, k - b * block_weights) - 1
                 g = (b * block_weights + i) / group_size + 1
-                step_even = scales(g)
-                step_odd = odd_step(fmt, scales(g))
                 if (mod(i, 2) == 0) then
-                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), step_even, &
-                                           top_level(fmt))
+                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), &
+                                              scales(g), top_level(fmt))
                 else
-                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), step_odd, &
-                                           odd_top_level(fmt))
+                    levels(i) = grid_level(w(b * block_weights + i + 1), offsets(g), &
+                                              odd_step(fmt, scales(g)), odd_top_level(fmt))
                 end if
             end do
             call encode_block(fmt, levels, k - b * block_weights, &
                               packed(b * bytes + 1:(b + 1) * bytes))
         end do
-    end subroutine quantize_row
+    end subroutine quantize_row_params
 
 end module q35_quantize

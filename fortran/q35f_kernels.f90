@@ -122,7 +122,8 @@ end subroutine dequantize
 subroutine quantize_rows_clip(fmt, k, n_rows, group_size, row_bytes, n_groups, search, n_grid, &
                               n_steps, w, packed, scales, offsets)
     use iso_fortran_env, only: int8, int32, real32
-    use q35_clip, only: clip_group_params, quantize_row_params
+    use q35_clip, only: clip_group_params
+    use q35_quantize, only: quantize_row_params
     implicit none
     integer(int32), intent(in) :: fmt, k, n_rows, group_size, row_bytes, n_groups, search
     integer(int32), intent(in) :: n_grid, n_steps
