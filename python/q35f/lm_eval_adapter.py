@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 import lm_eval.models  # noqa: F401  (fill the registry with lm-eval's own models first)
 
-from .model import PREFILL_CHUNK, apply_rope, feed_forward, rms_norm
+from .model import PREFILL_CHUNK, feed_forward, rms_norm, rotated_qkv
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +87,12 @@ def branch_hidden(model, start: int, branches: list) -> list[np.ndarray]:
     eps = c.rms_norm_eps
     n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     group = n_heads // n_kv
-    q_size, kv_size = n_heads * d, n_kv * d
+    q_size = n_heads * d
     t = ids.size
 
     x = model.embed(ids)
     for li, layer in enumerate(model.layers):
-        h = rms_norm(x, layer.attn_norm, eps)
-        qkv = layer.qkv(h)
-        q = qkv[:, :q_size].reshape(t, n_heads, d)
-        k = qkv[:, q_size:q_size + kv_size].reshape(t, n_kv, d)
-        v = qkv[:, q_size + kv_size:].reshape(t, n_kv, d)
-        apply_rope(q, cos, sin)
-        apply_rope(k, cos, sin)
+        q, k, v = rotated_qkv(layer, x, eps, cos, sin, n_heads, n_kv, d)
         k_prefix = model.k_cache[li][:, :start]  # (n_kv, start, d)
         v_prefix = model.v_cache[li][:, :start]
         out = np.empty((t, q_size), dtype=np.float32)

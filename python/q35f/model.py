@@ -336,6 +336,18 @@ def release_free_memory() -> None:
         pass
 
 
+def rotated_qkv(layer, x: np.ndarray, eps, cos, sin, n_heads: int, n_kv: int, d: int):
+    """q (T, heads, d), k and v (T, kv heads, d) of one layer for rows x, q and k rotated."""
+    t, q_size, kv_size = x.shape[0], n_heads * d, n_kv * d
+    qkv = layer.qkv(rms_norm(x, layer.attn_norm, eps))
+    q = qkv[:, :q_size].reshape(t, n_heads, d)
+    k = qkv[:, q_size:q_size + kv_size].reshape(t, n_kv, d)
+    v = qkv[:, q_size + kv_size:].reshape(t, n_kv, d)
+    apply_rope(q, cos, sin)
+    apply_rope(k, cos, sin)
+    return q, k, v
+
+
 def feed_forward(layer, x: np.ndarray, eps) -> np.ndarray:
     """x + SwiGLU(RMSNorm(x)) of one layer, for rows x (T, hidden)."""
     h = rms_norm(x, layer.mlp_norm, eps)
@@ -469,7 +481,7 @@ class Model:
         end = pos + t
         n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         group = n_heads // n_kv
-        q_size, kv_size = n_heads * d, n_kv * d
+        q_size = n_heads * d
         cos, sin = self.cos[pos:end], self.sin[pos:end]
         mask = None
         if t > 1:  # causal: query at pos+i sees keys 0..pos+i
@@ -478,13 +490,7 @@ class Model:
         x = self.embed(ids)  # (T, hidden)
         for li, layer in enumerate(self.layers):
             # attention
-            h = rms_norm(x, layer.attn_norm, eps)
-            qkv = layer.qkv(h)
-            q = qkv[:, :q_size].reshape(t, n_heads, d)
-            k = qkv[:, q_size:q_size + kv_size].reshape(t, n_kv, d)
-            v = qkv[:, q_size + kv_size:].reshape(t, n_kv, d)
-            apply_rope(q, cos, sin)
-            apply_rope(k, cos, sin)
+            q, k, v = rotated_qkv(layer, x, eps, cos, sin, n_heads, n_kv, d)
             k_cache, v_cache = self.k_cache[li], self.v_cache[li]  # (n_kv, S, d)
             k_cache[:, pos:end] = k.transpose(1, 0, 2)
             v_cache[:, pos:end] = v.transpose(1, 0, 2)
