@@ -69,6 +69,8 @@ def run(task: dict) -> dict:
         return run_load(task["path"])
     if task["task"] == "misuse":
         return run_misuse(int(task["index"]))
+    if task["task"] == "probe":
+        return run_probe(task["what"])
     raise ValueError(f"unknown task {task['task']!r}")
 
 
@@ -115,3 +117,22 @@ def run_misuse(index: int) -> dict:
             and not np.isfinite(result).all():
         return {"outcome": "nonfinite", "case": case.name, "error": "non-finite result"}
     return {"outcome": "ok", "case": case.name}
+
+
+def run_probe(what: str) -> dict:
+    """Misbehave on purpose, so tests can check that the sandbox classifies each way."""
+    if what == "segv":
+        import ctypes
+
+        ctypes.string_at(0)
+    elif what == "hang":
+        while True:
+            pass
+    elif what == "allocate":
+        try:
+            np.ones(2**31, dtype=np.float32)  # 8 GiB: beyond the 2 GiB cap
+        except BaseException as err:
+            return classify_error(err, "")
+    elif what == "print":  # output of a child must not reach the protocol stream
+        print("noise on stdout")
+    return {"outcome": "ok"}
