@@ -9,6 +9,7 @@ module q35_half
 
     integer, parameter :: f16_min_exponent = -14  ! below it float16 numbers are subnormal
     integer, parameter :: f16_mantissa_bits = 10
+    integer(int32), parameter :: float32_inf_bits = int(z'7F800000', int32)
 
 contains
 
@@ -51,7 +52,8 @@ contains
         end if
     end function f16_next_up
 
-    !> Exact float32 value of a finite float16 bit pattern; branch-free so it vectorises.
+    !> Exact float32 value of a float16 bit pattern, Inf and NaN included; branch-free so it
+    !> vectorises (the exponent-31 case is a select, not a jump).
     pure elemental function half_to_real(bits) result(value)
         integer(int16), intent(in) :: bits
         real(real32) :: value
@@ -63,6 +65,10 @@ contains
         ! 2**(max(e, 1) - 25) built from its float32 bit pattern; subnormals share e = 1.
         power_bits = shiftl(max(exponent_field, 1) - 25 + 127, 23)
         value = real(mantissa, real32) * transfer(power_bits, 1.0_real32)
+        ! Exponent 31 is Inf (mantissa 0) or NaN (its payload kept): the float32 pattern with
+        ! exponent 255 and the mantissa in the top bits, as IEEE 754 widening does.
+        if (exponent_field == 31) value = transfer(ior(float32_inf_bits, &
+                                                       shiftl(iand(word, 1023), 13)), 1.0_real32)
         if (btest(word, 15)) value = -value
     end function half_to_real
 
