@@ -131,9 +131,10 @@ def dir_config_broken(rng, out: Path) -> str:
     if choice == 3:
         config = json.loads(text)
         key = _pick(rng, sorted(config))
-        config[key] = json.loads(_deep(_pick(rng, [500, 5000]), "list"))
-        path.write_text(json.dumps(config))
-        return f"config.json {key} = a list nested deep"
+        depth = _pick(rng, [500, 5000, 100_000])
+        config[key] = "DEEP"  # spliced in as text: the json module cannot build it
+        path.write_text(json.dumps(config).replace('"DEEP"', _deep(depth, "list")))
+        return f"config.json {key} = a list nested {depth} deep"
     if choice == 4:
         value = _pick(rng, ["[]", "null", "7", '"config"', "[{}]"])
         path.write_text(value)
