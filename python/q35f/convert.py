@@ -39,6 +39,7 @@ from .checkpoint import (
     SCALES,
     open_checkpoint,
 )
+from . import staging
 from .formats import FORMAT_VERSION, FORMATS, check_group_size, n_groups, row_bytes
 
 HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
@@ -273,8 +274,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 progress=progress)
             config["quantization_config"].update(improver.describe())
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        staging.remove_stale(out)
+        tmp = staging.create(out)
         try:
             shards = _shards(planned, max_shard_bytes)
             names = (["model.safetensors"] if len(shards) == 1 else
@@ -302,9 +303,10 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             _write_side_files(ck, tmp, config)
             source = {"path": str(ck.path), "kind": ck.kind, "file_bytes": ck.file_bytes}
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            staging.discard(tmp)
             raise
     _replace(tmp, out)
+    staging.release(tmp)
     summary = _summary(planned, out, names)
     summary.update(source=source, bits=bits, group_size=group_size, head_bits=head_bits,
                    seconds=round(time.perf_counter() - started, 3))
