@@ -22,6 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
+from . import chat_template
+
 # Tokens that end a turn in common chat formats; added to the config's EOS ids when in the vocab.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>",
                       "<|end|>", "<end_of_turn>")
@@ -119,13 +121,15 @@ class Generator:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
-    def render_chat(self, messages: list[dict]) -> str:
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         if not self.chat_template:
             raise ValueError(f"model {self.model_name} has no chat template; use a plain prompt")
+        name = f"the chat template of {self.model_name}"
         if self._template is None:
-            self._template = _compile_template(self.chat_template)
-        return self._template.render(messages=messages, add_generation_prompt=True,
-                                     **self.special_tokens)
+            self._template = chat_template.compile_template(self.chat_template, name)
+        return chat_template.render(self._template, name, messages=messages,
+                                    add_generation_prompt=add_generation_prompt,
+                                    **self.special_tokens)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of `messages` in the model's chat template, ready for the assistant's turn."""
@@ -191,23 +195,6 @@ class Generator:
             ids.append(event.token_id)
             pieces.append(event.text)
         return ids, "".join(pieces)
-
-
-def _compile_template(source: str):
-    """A Hugging Face chat template, compiled the way transformers does (sandboxed jinja2)."""
-    import json
-
-    from jinja2.exceptions import TemplateError
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False,
-                                                                   indent=indent)
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(source)
 
 
 def model_name_of(path) -> str:

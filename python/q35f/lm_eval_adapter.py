@@ -258,14 +258,10 @@ class Q35fLM(TemplateLM):
         return self.generator.chat_template
 
     def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
-        from .generate import _compile_template
-
         if not self.generator.chat_template:
             raise ValueError(f"model {self.generator.model_name} has no chat template; "
                              "run without --apply_chat_template")
-        template = _compile_template(self.generator.chat_template)
-        return template.render(messages=chat_history, add_generation_prompt=add_generation_prompt,
-                               **self.generator.special_tokens)
+        return self.generator.render_chat(chat_history, add_generation_prompt)
 
     # the KV cache
 
