@@ -32,6 +32,10 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|endoftex
 TOP_P_CANDIDATES = 1024
 
 
+class PromptTooLong(ValueError):
+    """The prompt cannot fit the context (known before or after tokenizing it)."""
+
+
 @dataclass(frozen=True)
 class TokenEvent:
     token_id: int
@@ -111,12 +115,27 @@ class Generator:
         self.special_tokens = dict(special_tokens or {})
         self._cached: list[int] = []  # tokens whose keys/values sit in the KV cache, in order
         self._template = None
+        self._max_token_chars = None
 
     # tokenization
 
     def encode(self, text: str) -> list[int]:
         """A plain prompt's ids, with BOS if the model's tokenizer adds one (Llama 2/3 do)."""
-        return list(self.tokenizer.encode(text, add_special_tokens=True).ids)
+        return self._tokenize(text, True)
+
+    def _tokenize(self, text: str, add_special_tokens: bool) -> list[int]:
+        # encode_batch releases the GIL while it works (encode does not): a server's event
+        # loop keeps running while a long prompt is tokenized in another thread.
+        return list(self.tokenizer.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids)
+
+    @property
+    def max_token_chars(self) -> int:
+        """The longest token's text: a text of c characters has at least c / (2 x this) tokens
+        (the 2 allows for normalizers that merge characters)."""
+        if self._max_token_chars is None:
+            self._max_token_chars = max(map(len, self.tokenizer.get_vocab(with_added_tokens=True)),
+                                        default=1)
+        return self._max_token_chars
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -131,13 +150,23 @@ class Generator:
                                     add_generation_prompt=add_generation_prompt,
                                     **self.special_tokens)
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of `messages` in the model's chat template, ready for the assistant's turn."""
+    def encode_chat(self, messages: list[dict], max_tokens: int | None = None) -> list[int]:
+        """Token ids of `messages` in the model's chat template, ready for the assistant's turn.
+
+        With max_tokens, a conversation too long for it raises PromptTooLong, without
+        tokenizing a text that obviously cannot fit."""
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or "role" not in message or "content" not in message:
                 raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
+        text = self.render_chat(messages)
+        if max_tokens is not None and len(text) > 2 * max_tokens * self.max_token_chars:
+            raise PromptTooLong(f"the prompt is {len(text)} characters, more than "
+                                f"{max_tokens} tokens of this model can hold")
         # the template writes any BOS itself, so the tokenizer adds nothing
-        return list(self.tokenizer.encode(self.render_chat(messages), add_special_tokens=False).ids)
+        ids = self._tokenize(text, False)
+        if max_tokens is not None and len(ids) > max_tokens:
+            raise PromptTooLong(f"the prompt is {len(ids)} tokens, more than {max_tokens}")
+        return ids
 
     # generation
 

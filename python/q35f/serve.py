@@ -44,6 +44,14 @@ DEFAULT_MAX_QUEUE = 16
 API_KEY_ENV = "Q35F_API_KEY"
 API_PREFIXES = ("/openai/v1", "/v1")
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# max_tokens of a request that gives none: a few hundred, as users of the OpenAI API expect
+# (never more than --max-tokens, nor than the context left after the prompt).
+DEFAULT_MAX_TOKENS = 512
+MAX_SEED = 2**64  # numpy's generators take seeds in [0, 2^64)
+# Bodies above this size are parsed, templated and tokenized, then the heap is trimmed, so a
+# burst of huge requests does not leave the server's memory high.
+TRIM_AFTER_BYTES = 1024 * 1024
+PARSE_THREADS = 1  # requests parsed at once, off the event loop (more would compete for the GIL)
 MAX_STOP_SEQUENCES = 4
 KEEPALIVE_S = 1.0  # an SSE comment this often while a streamed request waits: finds dead clients
 ROLES = ("system", "user", "assistant", "tool")
@@ -141,8 +149,11 @@ def parse_messages(raw: Any) -> list[dict[str, str]]:
     return messages
 
 
-def parse_chat_request(raw_body: bytes, generator, max_tokens_limit: int) -> ChatRequest:
-    """Validate a chat completion body against the served model; raise RequestError if bad."""
+def parse_chat_request(raw_body: bytes, generator, max_tokens_limit: int,
+                       default_max_tokens: int = DEFAULT_MAX_TOKENS) -> ChatRequest:
+    """Validate a chat completion body against the served model; raise RequestError if bad.
+
+    Renders the chat template and tokenizes: call it off the event loop."""
     if len(raw_body) > MAX_BODY_BYTES:
         raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
                            "request_too_large")
@@ -150,6 +161,8 @@ def parse_chat_request(raw_body: bytes, generator, max_tokens_limit: int) -> Cha
         body = json.loads(raw_body)
     except (ValueError, UnicodeDecodeError) as err:
         raise _bad(f"the request body is not valid JSON: {err}", None, "invalid_json") from None
+    except RecursionError:
+        raise _bad("the request body is nested too deeply", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", None, "invalid_json")
 
@@ -177,7 +190,7 @@ def parse_chat_request(raw_body: bytes, generator, max_tokens_limit: int) -> Cha
         else "max_tokens"
     max_tokens = body.get(name)
     if max_tokens is None:
-        max_tokens = max_tokens_limit
+        max_tokens = min(default_max_tokens, max_tokens_limit)
     elif isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
         raise _bad(f"'{name}' must be an integer, got {json.dumps(max_tokens)}", name)
     elif not 1 <= max_tokens <= max_tokens_limit:
@@ -189,8 +202,10 @@ def parse_chat_request(raw_body: bytes, generator, max_tokens_limit: int) -> Cha
         temperature, top_p = 0.0, 1.0
 
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise _bad("'seed' must be an integer", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not 0 <= seed < MAX_SEED):
+        raise _bad(f"'seed' must be an integer in [0, 2^64), got {json.dumps(seed)[:40]}",
+                   "seed")
 
     stop = body.get("stop")
     if stop is None:
@@ -212,12 +227,17 @@ def parse_chat_request(raw_body: bytes, generator, max_tokens_limit: int) -> Cha
         raise _bad("'stream_options' must be an object", "stream_options")
     include_usage = bool(options.get("include_usage", False))
 
+    from .generate import PromptTooLong
+
+    context = generator.context_length
     try:
-        prompt_ids = list(generator.encode_chat(messages))
+        prompt_ids = list(generator.encode_chat(messages, max_tokens=context - 1))
+    except PromptTooLong as err:
+        raise _bad(f"{err}; the model's context is {context} tokens and at least one must be "
+                   "left for the answer", "messages", "context_length_exceeded") from None
     except Exception as err:  # a template that rejects this conversation
         raise _bad(f"could not apply the chat template: {err}", "messages",
                    "invalid_messages") from None
-    context = generator.context_length
     if len(prompt_ids) >= context:
         raise _bad(f"the prompt is {len(prompt_ids)} tokens; the model's context is {context} "
                    f"tokens and at least one must be left for the answer", "messages",
@@ -286,6 +306,8 @@ class Job:
         self.cancelled = threading.Event()
         self.state = "new"  # new -> waiting -> running -> done (changed under Engine._lock)
         self.enqueued_at = time.perf_counter()
+        self.cancelled_at: float | None = None
+        self.tokens_after_cancel = 0  # decoded by the worker after the cancel was asked
 
     def emit(self, *item) -> None:
         """Called from the worker thread."""
@@ -307,6 +329,11 @@ class Engine:
         self._closed = False
         self.counters = {"accepted": 0, "completed": 0, "cancelled": 0, "rejected_queue_full": 0,
                          "failed": 0}
+        # The longest a running request kept the model after it was cancelled, in seconds and
+        # in tokens decoded after the cancel (the worker checks between tokens: at most the
+        # one being computed, or the rest of the prefill when it had not finished).
+        self.slowest_cancel_s = 0.0
+        self.most_tokens_after_cancel = 0
         self._thread = threading.Thread(target=self._work, name="q35f-model", daemon=True)
 
     def start(self) -> None:
@@ -326,7 +353,9 @@ class Engine:
     def state(self) -> dict[str, Any]:
         with self._lock:
             return {"running": int(self._running is not None), "waiting": len(self._waiting),
-                    "max_queue": self.max_queue, **self.counters}
+                    "max_queue": self.max_queue, **self.counters,
+                    "slowest_cancel_ms": round(1000 * self.slowest_cancel_s, 3),
+                    "most_tokens_after_cancel": self.most_tokens_after_cancel}
 
     def submit(self, job: Job) -> None:
         """Queue a job; raise QueueFull when `max_queue` jobs already wait behind a running one."""
@@ -347,6 +376,7 @@ class Engine:
             if job.state in ("new", "done") or job.cancelled.is_set():
                 return
             job.cancelled.set()
+            job.cancelled_at = time.perf_counter()
             self.counters["cancelled"] += 1
             if job.state == "waiting":
                 self._waiting.remove(job)
@@ -372,6 +402,11 @@ class Engine:
             with self._lock:
                 self._running = None
                 job.state = "done"
+                if job.cancelled_at is not None and result is not None:
+                    self.slowest_cancel_s = max(self.slowest_cancel_s,
+                                                time.perf_counter() - job.cancelled_at)
+                    self.most_tokens_after_cancel = max(self.most_tokens_after_cancel,
+                                                        job.tokens_after_cancel)
                 if error is not None:
                     self.counters["failed"] += 1
                 elif not job.cancelled.is_set():
@@ -396,6 +431,8 @@ class Engine:
                 if first is None:
                     first = time.perf_counter()
                 completion_tokens += 1
+                if job.cancelled.is_set():
+                    job.tokens_after_cancel += 1
                 text, stopped = stop.feed(event.text or "")
                 if text:
                     job.emit("text", text)
@@ -437,10 +474,12 @@ class Engine:
 def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                max_tokens: int | None = None):
     """A Starlette app serving `generator` (see q35f.generate.Generator)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.responses import JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
     from . import __version__
@@ -449,12 +488,15 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
     if max_tokens_limit < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {max_tokens_limit}")
     engine = Engine(generator, max_queue)
+    parser_pool = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="q35f-parse")
     created = int(time.time())
     fingerprint = f"q35f-{__version__}"
 
-    def error(err: RequestError) -> JSONResponse:
+    def error(err: RequestError) -> Response:
         headers = {"retry-after": "1"} if err.status == 429 else None
-        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+        # ASCII-escaped: a message may quote the request, lone surrogates included
+        return Response(json.dumps(err.body()), status_code=err.status, headers=headers,
+                        media_type="application/json")
 
     def check_auth(request: Request) -> None:
         if api_key is None:
@@ -497,7 +539,9 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
             if declared.isdigit() and int(declared) > MAX_BODY_BYTES:  # refuse before reading
                 raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} bytes",
                                    "request_too_large")
-            chat = parse_chat_request(await request.body(), generator, max_tokens_limit)
+            body = await _read_body(request)
+            chat = await asyncio.get_running_loop().run_in_executor(
+                parser_pool, _parse, body)
             job = Job(chat, asyncio.get_running_loop())
             try:
                 engine.submit(job)
@@ -510,14 +554,52 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         request_id = f"req_{uuid.uuid4().hex}"
         if chat.stream:
-            return StreamingResponse(_stream(job, completion_id, request_id),
+            return StreamingResponse(_stream(request, job, completion_id, request_id),
                                      media_type="text/event-stream",
                                      headers={"cache-control": "no-cache",
                                               "x-request-id": request_id})
         return await _complete(request, job, completion_id, request_id)
 
+    def _parse(body: bytes) -> ChatRequest:
+        try:
+            return parse_chat_request(body, generator, max_tokens_limit)
+        finally:
+            if len(body) > TRIM_AFTER_BYTES:
+                from .model import release_free_memory
+
+                release_free_memory()
+
+    async def _read_body(request: Request) -> bytes:
+        """The body, refused with 413 as soon as it grows past MAX_BODY_BYTES (whatever the
+        content-length said, or without one)."""
+        from starlette.requests import ClientDisconnect
+
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise RequestError(413, f"request body is larger than {MAX_BODY_BYTES} "
+                                       "bytes", "request_too_large")
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise RequestError(499, "the client went away while sending the body",
+                               "client_disconnected") from None
+        return b"".join(chunks)
+
+    async def _watch_disconnect(request: Request, job: Job) -> None:
+        """Cancel `job` the moment its client goes away (the body has been read already, so
+        the next ASGI message is the disconnect)."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                engine.cancel(job)
+                return
+
     async def _next_event(job: Job):
         """The next item from the worker, or None after KEEPALIVE_S without one."""
+        if not job.events.empty():  # the common case while decoding: no timer, no task
+            return job.events.get_nowait()
         try:
             return await asyncio.wait_for(job.events.get(), timeout=KEEPALIVE_S)
         except asyncio.TimeoutError:
@@ -525,12 +607,12 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
 
     async def _complete(request: Request, job: Job, completion_id: str, request_id: str):
         parts: list[str] = []
+        watcher = asyncio.create_task(_watch_disconnect(request, job))
         try:
             while True:
                 item = await _next_event(job)
                 if item is None:
-                    if await request.is_disconnected():
-                        engine.cancel(job)
+                    if job.cancelled.is_set():
                         return JSONResponse({}, status_code=499)
                     continue
                 if item[0] == "text":
@@ -544,6 +626,7 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
                     _, finish, usage = item
                     break
         finally:
+            watcher.cancel()
             engine.cancel(job)  # no-op unless the handler is being cancelled mid-way
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
@@ -553,8 +636,9 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
             "usage": usage, "x_groq": {"id": request_id},
         }, headers={"x-request-id": request_id})
 
-    async def _stream(job: Job, completion_id: str, request_id: str):
+    async def _stream(request: Request, job: Job, completion_id: str, request_id: str):
         created_at = int(time.time())
+        watcher = asyncio.create_task(_watch_disconnect(request, job))
 
         def chunk(delta: dict, finish: str | None = None, **extra) -> str:
             body = {"id": completion_id, "object": "chat.completion.chunk",
@@ -591,6 +675,7 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
                     return
         finally:
             # Runs when the stream ends and when Starlette cancels it because the client left.
+            watcher.cancel()
             engine.cancel(job)
 
     async def http_error(request: Request, exc: HTTPException):
@@ -620,6 +705,7 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
             yield
         finally:
             engine.close()
+            parser_pool.shutdown(wait=False, cancel_futures=True)
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: http_error, Exception: server_error})
@@ -655,8 +741,9 @@ def register(subparsers) -> None:
                         help="requests that may wait while one runs; more get 429 "
                         "(default: %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=None,
-                        help="largest max_tokens a request may ask for, and the value used when "
-                        "it gives none (default: the model's context length)")
+                        help="largest max_tokens a request may ask for (default: the model's "
+                        f"context length); a request that gives none gets at most "
+                        f"{DEFAULT_MAX_TOKENS}")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn log level (default: %(default)s)")
