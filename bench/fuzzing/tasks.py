@@ -79,23 +79,30 @@ def run_load(path: str) -> dict:
     try:
         return _load_and_generate(path)
     except BaseException as err:  # classified, never swallowed: the verdict says what it was
-        return classify_error(err, Path(path).name)
+        return classify_error(err, Path(path).name.removesuffix(".gguf"))
 
 
 def _load_and_generate(path: str) -> dict:
     from q35f.generate import load_generator
 
     gen = load_generator(path)
+    seen = []  # every logits vector the model produced: were any non-finite?
+    forward = gen.model.forward
+
+    def recording_forward(*args, **kwargs):
+        logits = forward(*args, **kwargs)
+        seen.append(bool(np.isfinite(logits).all()))
+        return logits
+
+    gen.model.forward = recording_forward
     ids = gen.encode(PROMPT)
     if gen.chat_template:
-        gen.encode_chat(CHAT)
-    logits = gen.model.forward(ids, 0)
-    if not np.isfinite(logits).all():
-        bad = int(np.flatnonzero(~np.isfinite(logits))[0])
-        return {"outcome": "nonfinite", "error": f"logits[{bad}] = {logits[bad]} after the "
-                "prompt, and no error"}
+        ids = gen.encode_chat(CHAT)
     tokens = [event.token_id for event in gen.stream(ids, DECODE_TOKENS, temperature=0.8,
                                                       top_p=0.9, seed=0)]
+    if not all(seen):
+        return {"outcome": "nonfinite", "error": f"{seen.count(False)} of {len(seen)} forward "
+                "passes gave non-finite logits, and no error", "tokens": tokens}
     return {"outcome": "ok", "tokens": tokens}
 
 

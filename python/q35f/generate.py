@@ -189,7 +189,7 @@ class Generator:
 
     def _stream(self, prompt, max_tokens, temperature, top_p, seed):
         rng = np.random.default_rng(seed)
-        logits = self._prefill(prompt)
+        logits = self._checked(self._prefill(prompt), len(prompt) - 1)
         decoder = StreamDecoder(self.tokenizer)
         pos = len(prompt)  # position of the token about to be sampled
         for produced in range(1, max_tokens + 1):
@@ -202,9 +202,20 @@ class Generator:
                 yield TokenEvent(token, text + decoder.flush(), "length")
                 return
             yield TokenEvent(token, text)
-            logits = self.model.forward([token], pos)
+            logits = self._checked(self.model.forward([token], pos), pos)
             self._cached.append(token)
             pos += 1
+
+    def _checked(self, logits: np.ndarray, pos: int) -> np.ndarray:
+        """The logits, or a ValueError when any is NaN/Inf: sampling from them would emit
+        garbage (argmax of NaN is token 0, forever)."""
+        if not np.isfinite(logits).all():
+            self._cached = []  # the KV cache may hold non-finite values too
+            bad = int((~np.isfinite(logits)).sum())
+            raise ValueError(f"{self.model_name}: the forward pass gave {bad} non-finite logits "
+                             f"at position {pos} (NaN/Inf weights, or activations that "
+                             "overflowed); generation stopped")
+        return logits
 
     def _prefill(self, prompt: list[int]) -> np.ndarray:
         """Run the prompt, reusing the cached prefix it shares with the previous call."""

@@ -129,6 +129,7 @@ def _check_positions(model, ids, start, length):
                          f"{model.max_seq_len} tokens (max_length)")
     if ids.size and (ids.min() < 0 or ids.max() >= model.config.vocab_size):
         raise ValueError(f"token ids must lie in [0, {model.config.vocab_size})")
+    model.ensure_positions(start + length)
 
 
 def head_scores(model, hidden: np.ndarray, targets, chunk: int = 256):

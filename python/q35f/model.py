@@ -21,6 +21,10 @@ import numpy as np
 
 # Prompts longer than this are run in chunks, so attention scores stay small (T x S per head).
 PREFILL_CHUNK = 512
+# Rotary tables and the KV cache start with room for this many positions and double as the
+# positions used grow (up to max_seq_len): a config promising a context of 2^32 tokens costs
+# nothing until they are used.
+INITIAL_POSITIONS = 256
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -196,7 +200,7 @@ class Weights:
         """Read HF-named tensors from a q35f.checkpoint.Checkpoint (float32 or quantized)."""
 
         def get(name):
-            return ckpt.get(name)
+            return check_finite(ckpt, name, ckpt.get(name))
 
         layers = []
         for i in range(config.num_hidden_layers):
@@ -248,6 +252,25 @@ class Weights:
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, "
                                  f"the config implies {shape}")
+
+
+def check_finite(ckpt, name: str, tensor):
+    """`tensor` if it holds no NaN/Inf (for a quantized one: no NaN/Inf scale or offset);
+    otherwise a ValueError naming the file, the tensor and the first bad index."""
+    if isinstance(tensor, np.ndarray):
+        parts = {"": tensor}
+    else:
+        parts = {".scales": tensor.scale, ".offsets": tensor.offset}
+    for suffix, values in parts.items():
+        bad = ~np.isfinite(values)
+        if bad.any():
+            index = tuple(int(i) for i in np.unravel_index(np.flatnonzero(bad)[0], values.shape))
+            info = ckpt.info(name)
+            source = getattr(info, "source", None) or ckpt.path
+            raise ValueError(f"{source}: tensor {name}{suffix} holds {values[index]} at index "
+                             f"{list(index)} ({int(bad.sum())} non-finite values); the file is "
+                             "corrupt")
+    return tensor
 
 
 def _vector(w) -> np.ndarray:
@@ -400,13 +423,26 @@ class Model:
         embed = self.weights.embed
         self.embed_quantized = not isinstance(embed, np.ndarray)
         self.head = Linear(self.weights.lm_head if self.weights.lm_head is not None else embed)
-        self.cos, self.sin = rope_tables(c, self.max_seq_len)
-        # KV cache: np.zeros maps untouched pages lazily, so only the used prefix is resident.
-        shape = (c.num_hidden_layers, c.num_key_value_heads, self.max_seq_len, c.head_dim)
-        self.k_cache = np.zeros(shape, dtype=np.float32)
-        self.v_cache = np.zeros(shape, dtype=np.float32)
+        self.positions = 0  # rotary table rows and KV cache slots allocated so far
+        self.ensure_positions(min(self.max_seq_len, INITIAL_POSITIONS))
         self.scale = np.float32(1.0 / math.sqrt(c.head_dim))
         release_free_memory()  # fusing left the separate matrices' memory free but mapped
+
+    def ensure_positions(self, end: int) -> None:
+        """Room in the rotary tables and the KV cache for positions 0..end-1 (end <=
+        max_seq_len): grown by doubling, the cached keys and values copied over."""
+        if end <= self.positions:
+            return
+        c = self.config
+        size = min(self.max_seq_len, max(end, 2 * self.positions))
+        self.cos, self.sin = rope_tables(c, size)
+        # np.zeros maps untouched pages lazily, so only the used prefix is resident.
+        shape = (c.num_hidden_layers, c.num_key_value_heads, size, c.head_dim)
+        k_cache, v_cache = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+        if self.positions:
+            k_cache[:, :, :self.positions] = self.k_cache
+            v_cache[:, :, :self.positions] = self.v_cache
+        self.k_cache, self.v_cache, self.positions = k_cache, v_cache, size
 
     # parameters and sizes
 
@@ -460,6 +496,7 @@ class Model:
             )
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        self.ensure_positions(start_pos + ids.size)
         chunks = []
         for first in range(0, ids.size, PREFILL_CHUNK):
             chunk = ids[first:first + PREFILL_CHUNK]
