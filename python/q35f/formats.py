@@ -7,6 +7,7 @@ from dataclasses import dataclass
 FORMAT_VERSION = 1
 BLOCK_WEIGHTS = 16  # every format packs weights in blocks of 16 (FORMAT.md §3, §6)
 FLOAT16_MAX = 65504.0
+MAX_GROUP_SIZE = 1 << 30  # the kernels take int32 arguments
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,9 @@ def get_format(bits: str) -> Bits:
 def check_group_size(group_size: int) -> int:
     if not isinstance(group_size, int) or isinstance(group_size, bool):
         raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
-    if group_size <= 0 or group_size % BLOCK_WEIGHTS:
-        raise ValueError(f"group_size must be a positive multiple of 16, got {group_size}")
+    if not 0 < group_size < MAX_GROUP_SIZE or group_size % BLOCK_WEIGHTS:
+        raise ValueError(f"group_size must be a positive multiple of 16 below 2^30, got "
+                         f"{group_size}")
     return group_size
 
 
