@@ -118,7 +118,7 @@ def run_misuse(index: int) -> dict:
             verdict["outcome"] = "refused" if verdict["outcome"] in ("named", "unnamed") \
                 else verdict["outcome"]
         return {**verdict, "case": case.name}
-    if not case.valid:
+    if case.valid is False:
         return {"outcome": "accepted", "case": case.name, "error": "returned a result"}
     if isinstance(result, np.ndarray) and result.dtype.kind == "f" \
             and not np.isfinite(result).all():

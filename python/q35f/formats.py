@@ -48,6 +48,12 @@ def check_group_size(group_size: int) -> int:
     return group_size
 
 
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise ValueError(f"k (weights per row) must be a positive integer, got {k!r}")
+    return k
+
+
 def n_blocks(k: int) -> int:
     return -(-k // BLOCK_WEIGHTS)
 
@@ -62,6 +68,8 @@ def row_bytes(k: int, bits: str = "q35") -> int:
 
 def bits_per_weight(k: int, group_size: int = 128, bits: str = "q35") -> float:
     """Exact storage cost of one row of k weights, payload plus float16 scale and offset (§5)."""
+    _check_k(k)
+    check_group_size(group_size)
     return (8 * row_bytes(k, bits) + 32 * n_groups(k, group_size)) / k
 
 

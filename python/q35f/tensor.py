@@ -63,6 +63,12 @@ class QuantizedTensor:
         _expect(packed, "packed", np.uint8, (n, row_bytes(k, bits)))
         _expect(scale, "scale", np.float16, (n, n_groups(k, group_size)))
         _expect(offset, "offset", np.float16, (n, n_groups(k, group_size)))
+        for name, params in (("scale", scale), ("offset", offset)):
+            bad = ~np.isfinite(params) | ((params < 0) if name == "scale" else False)
+            if bad.any():
+                index = [int(i) for i in np.unravel_index(np.flatnonzero(bad)[0], params.shape)]
+                raise ValueError(f"{name} holds {params[tuple(index)]} at index {index}: "
+                                 f"{name}s must be finite{' and >= 0' if name == 'scale' else ''}")
         del fmt
         return cls(
             kernels.packed_to_tiles(packed, bits),
@@ -144,6 +150,20 @@ def _expect(array, name, dtype, shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
 
 
+def _check_float32(array, name: str) -> None:
+    """A native-endian, aligned float32 ndarray: what the kernels read without a copy."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
+    if array.dtype.kind != "f" or array.dtype.itemsize != 4:
+        raise TypeError(f"{name} must be float32, got {array.dtype.name} (convert explicitly)")
+    if not array.dtype.isnative:
+        raise TypeError(f"{name} must be native-endian float32, got byte-swapped "
+                        f"{array.dtype.str} (convert with {name}.astype(np.float32))")
+    if not array.flags.aligned:
+        raise ValueError(f"{name} is not aligned to 4 bytes (a view at an odd byte offset); "
+                         f"pass an aligned copy, np.array({name})")
+
+
 def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_search: bool = False,
              params=None) -> QuantizedTensor:
     """Quantize a float32 (N, K) matrix row by row in groups of `group_size` (FORMAT.md §4, §6).
@@ -154,10 +174,7 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
     """
     get_format(bits)
     check_group_size(group_size)
-    if not isinstance(w, np.ndarray):
-        raise TypeError(f"w must be a numpy array, got {type(w).__name__}")
-    if w.dtype != np.float32:
-        raise TypeError(f"w must be float32, got {w.dtype.name} (convert explicitly)")
+    _check_float32(w, "w")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (out_features, in_features), got shape {w.shape}")
     if w.size == 0:
@@ -167,10 +184,14 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
     if np.abs(w).max() > FLOAT16_MAX:
         raise ValueError(f"w has |values| above {FLOAT16_MAX}, the float16 range of offsets")
     if params is not None:
+        if not isinstance(params, tuple) or len(params) != 2:
+            raise TypeError("params must be a tuple (offset, scale) of float16 arrays")
         offset, scale = params
         groups = (w.shape[0], n_groups(w.shape[1], group_size))
         _expect(offset, "params offset", np.float16, groups)
         _expect(scale, "params scale", np.float16, groups)
+        if not (np.isfinite(offset).all() and np.isfinite(scale).all()) or (scale < 0).any():
+            raise ValueError("params must be finite, with scales >= 0")
         tiles, scales, offsets = kernels.quantize_rows_clip(
             w, group_size, bits, False, scale=scale, offset=offset)
     elif clip_search:
@@ -184,10 +205,7 @@ def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
     """y = x @ W.T for x of shape (M, K) (or (K,)), float32; W never materialised whole."""
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
-    if x.dtype != np.float32:
-        raise TypeError(f"x must be float32, got {x.dtype.name}")
+    _check_float32(x, "x")
     vector = x.ndim == 1
     x2 = x[None, :] if vector else x
     if x2.ndim != 2:
