@@ -61,10 +61,24 @@ def test_mutated_inputs_are_refused_by_name_or_loaded_finite(tmp_path):
     assert tally.failures == 0, _report(tally)
 
 
+def _handmade(case) -> bool:
+    """A QuantizedTensor built by hand from inconsistent tiles (issue 13, item 1)."""
+    return case.name.startswith("QuantizedTensor(")
+
+
 def test_misuse_of_the_api_is_refused_by_name_and_never_crashes():
     assert len(CASES) >= 200
-    tally = campaign.run_misuse(jobs=2)
-    assert tally.tried == len(CASES)
+    tally = campaign.run_misuse(jobs=2, select=lambda case: not _handmade(case))
+    assert tally.tried == sum(not _handmade(case) for case in CASES) >= 190
+    assert tally.failures == 0, _report(tally)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 13 item 1, not done yet: QuantizedTensor(...) does "
+                   "not check its tiles against shape, group_size and bits (waits for the tile "
+                   "layout work); a mismatch is read past the arrays")
+def test_a_hand_built_quantized_tensor_is_checked_before_any_kernel_reads_it():
+    tally = campaign.run_misuse(jobs=2, select=_handmade)
+    assert tally.tried == sum(map(_handmade, CASES))
     assert tally.failures == 0, _report(tally)
 
 

@@ -142,7 +142,8 @@ def run_inputs(n: int, work_dir: Path, jobs: int = 2, seed: int = 0, timeout: fl
     return tally
 
 
-def run_misuse(jobs: int = 2, timeout: float = 20.0, log=None) -> Tally:
+def run_misuse(jobs: int = 2, timeout: float = 20.0, log=None, select=None) -> Tally:
+    """Every misuse call (or those whose Case passes `select`)."""
     from fuzzing.misuse import CASES
 
     tally = Tally()
@@ -157,7 +158,8 @@ def run_misuse(jobs: int = 2, timeout: float = 20.0, log=None) -> Tally:
                 f"{' (array copied)' if verdict.get('copy') else ''} "
                 f"{verdict.get('error', '')[:160]}")
 
-    _parallel(jobs, range(len(CASES)), work)
+    indices = [i for i, case in enumerate(CASES) if select is None or select(case)]
+    _parallel(jobs, indices, work)
     tally.seconds = time.monotonic() - started
     return tally
 

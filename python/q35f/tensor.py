@@ -57,6 +57,9 @@ class QuantizedTensor:
         """Wrap the canonical file layout (e.g. read from safetensors); checks every shape."""
         fmt = get_format(bits)
         check_group_size(group_size)
+        if len(shape) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                      for v in shape):
+            raise TypeError(f"shape must be two integers (N, K), got {tuple(shape)}")
         n, k = (int(v) for v in shape)
         if n <= 0 or k <= 0:
             raise ValueError(f"shape must be positive, got {tuple(shape)}")
