@@ -223,11 +223,13 @@ def normalize_config(config: dict) -> dict:
     """Fill the keys the model reads with transformers' LlamaConfig defaults (never overwrite)."""
     config = dict(config)
     for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"):
-        if key not in config:
+        if config.get(key) is None:
             raise ValueError(f"config has no {key!r}")
     config.setdefault("model_type", "llama")
     config.setdefault("num_key_value_heads", config["num_attention_heads"])
-    config.setdefault("intermediate_size", 4 * config["hidden_size"])
+    hidden = config["hidden_size"]
+    if isinstance(hidden, int):  # otherwise check_config names hidden_size itself
+        config.setdefault("intermediate_size", 4 * hidden)
     for key, value in LLAMA_DEFAULTS.items():
         config.setdefault(key, value)
     return config
@@ -731,6 +733,7 @@ class GGUFCheckpoint(Checkpoint):
         self._infos = infos
         try:
             config = check_config(self._config(reader, path), f"{path}: GGUF metadata")
+            chat_template = _field_value(reader, "tokenizer.chat_template")
         except (TypeError, OverflowError, ValueError) as err:
             message = str(err)
             raise ValueError(message if message.startswith(str(path)) else
@@ -738,7 +741,7 @@ class GGUFCheckpoint(Checkpoint):
         super().__init__(
             path,
             config,
-            _field_value(reader, "tokenizer.chat_template"),
+            chat_template,
             None,
             path.stat().st_size,
         )
@@ -775,7 +778,7 @@ class GGUFCheckpoint(Checkpoint):
             "num_hidden_layers": int(get("block_count")),
             "num_attention_heads": int(heads),
             "num_key_value_heads": int(get("attention.head_count_kv", heads)),
-            "head_dim": int(get("attention.key_length", hidden // heads)),
+            "head_dim": int(get("attention.key_length", hidden // heads if heads else 0)),
             "rms_norm_eps": _short_float(get("attention.layer_norm_rms_epsilon", 1e-6)),
             "rope_theta": _short_float(get("rope.freq_base", 10000.0)),
             "rope_scaling": rope_scaling,

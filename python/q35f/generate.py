@@ -175,10 +175,10 @@ class Generator:
         """Generate up to max_tokens tokens after prompt_ids, one TokenEvent per token."""
         prompt = [int(t) for t in prompt_ids]
         if not prompt:
-            raise ValueError("prompt must contain at least one token")
+            raise ValueError(f"{self.model_name}: the prompt must contain at least one token")
         if len(prompt) >= self.context_length:
-            raise ValueError(f"prompt has {len(prompt)} tokens; the context holds "
-                             f"{self.context_length}")
+            raise ValueError(f"{self.model_name}: the prompt has {len(prompt)} tokens; the "
+                             f"context holds {self.context_length}")
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         if temperature < 0:

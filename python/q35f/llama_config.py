@@ -86,8 +86,8 @@ def check_config(config: dict, where) -> dict:
         c.fail("head_dim", head_dim, "must be even (rotary embeddings rotate pairs)")
     c.integer("vocab_size", 1, LIMITS["vocab_size"])
     c.integer("max_position_embeddings", 1, LIMITS["max_position_embeddings"], optional=True)
-    c.number("rms_norm_eps", 0.0, 1.0)
-    c.number("rope_theta", 0.0, 1e12)
+    c.number("rms_norm_eps", 0.0, 1.0, optional=False)
+    c.number("rope_theta", 0.0, 1e12, optional="rope_theta" not in config)
     c.boolean("tie_word_embeddings")
     for key in ("attention_bias", "mlp_bias"):
         if c.boolean(key):
@@ -97,7 +97,7 @@ def check_config(config: dict, where) -> dict:
         c.fail("hidden_act", act, "is not supported (only 'silu')")
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         value = config.get(key)
-        ids = value if isinstance(value, list) else [value]
+        ids = value if isinstance(value, list) and key == "eos_token_id" else [value]
         if value is None or not ids:
             continue
         if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < TOKEN_ID_LIMIT
