@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from q35f.checkpoint import (
+from q35f.io.checkpoint import (
     default_model_path,
     expected_shapes,
     gguf_to_hf_name,

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import q35f
-from q35f import reference as ref
-from q35f.formats import n_groups
+from q35f.kernels import reference as ref
+from q35f.format.spec import n_groups
 
 
 def _group_errors(w, deq, group_size):

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import q35f
-from q35f import reference
+from q35f.kernels import reference
 
 
 def test_every_pair_round_trips_through_its_code():

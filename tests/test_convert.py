@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import q35f
-from q35f import convert
-from q35f.checkpoint import default_model_path, open_checkpoint
+from q35f.quantization import convert
+from q35f.io.checkpoint import default_model_path, open_checkpoint
 from q35f.cli import main as cli_main
-from q35f.formats import tensor_nbytes
+from q35f.format.spec import tensor_nbytes
 from test_checkpoint import TINY_CONFIG, tiny_weights, write_hf
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from q35f import corpora
+from q35f.io import corpora
 
 
 def test_pydoc_text_is_real_english_documentation():

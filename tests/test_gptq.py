@@ -1,4 +1,4 @@
-"""Error feedback (q35f.gptq) on the mixed 4/3-bit grid."""
+"""Error feedback (q35f.quantization.gptq) on the mixed 4/3-bit grid."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import q35f
-from q35f.calibrate import Calibration, sequences
-from q35f.gptq import gptq_quantize, inverse_hessian_factor, output_error
+from q35f.quantization.calibrate import Calibration, sequences
+from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor, output_error
 
 
 def _layer(seed, n=48, k=256, tokens=1024):

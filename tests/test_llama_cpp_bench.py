@@ -1,4 +1,4 @@
-"""bench/llama_cpp.py's helpers: its perplexity protocol is q35f.perplexity's, token for token.
+"""bench/llama_cpp.py's helpers: its perplexity protocol is q35f.measure.perplexity's, token for token.
 
 These tests need no llama-cpp-python: they load the script by path and call its pure functions.
 """
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from q35f.model import LlamaConfig, Model
-from q35f.perplexity import perplexity, window_nll
+from q35f.runtime.model import LlamaConfig, Model
+from q35f.measure.perplexity import perplexity, window_nll
 from test_model import tiny_config, tiny_weights
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "llama_cpp.py"

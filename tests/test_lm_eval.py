@@ -23,9 +23,9 @@ import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
-from q35f import lm_eval_adapter  # noqa: E402
-from q35f.checkpoint import expected_shapes  # noqa: E402
-from q35f.convert import quantize_checkpoint  # noqa: E402
+from q35f.integrations import lm_eval as lm_eval_adapter  # noqa: E402
+from q35f.io.checkpoint import expected_shapes  # noqa: E402
+from q35f.quantization.convert import quantize_checkpoint  # noqa: E402
 
 DATA = Path(__file__).parent / "data" / "lm_eval"
 TASKS = ["q35f_tiny_mc", "q35f_tiny_ppl", "q35f_tiny_gen"]
@@ -180,9 +180,9 @@ def rolling_windows(tokens, prefix, length):
 
 
 def perplexity_loglikelihood(model, context, targets) -> float:
-    """log p(targets | context) from q35f.perplexity: a window scores every token but its first,
+    """log p(targets | context) from q35f.measure.perplexity: a window scores every token but its first,
     so the window context + targets minus the window context leaves the targets."""
-    from q35f.perplexity import perplexity
+    from q35f.measure.perplexity import perplexity
 
     def scored_logp(window):
         if len(window) < 2:
@@ -197,7 +197,7 @@ def perplexity_loglikelihood(model, context, targets) -> float:
 def test_rolling_loglikelihood_equals_q35f_perplexity(lm, q35_dir, evaluated):
     """The harness's perplexity task on q35f equals q35f's own perplexity code on the same
     windows: each harness window (max_length tokens in, one fresh cache) is a perplexity window."""
-    from q35f.model import load_model
+    from q35f.runtime.model import load_model
 
     model, _ = load_model(q35_dir, max_seq_len=MAX_LENGTH + 1)
     samples = evaluated["samples"]["q35f_tiny_ppl"]
@@ -224,7 +224,7 @@ def test_rolling_loglikelihood_equals_q35f_perplexity(lm, q35_dir, evaluated):
 
 
 def test_generate_until_equals_greedy_generator(lm, evaluated):
-    from q35f.generate import load_generator
+    from q35f.runtime.generate import load_generator
 
     generator = load_generator(lm.pretrained, max_seq_len=MAX_LENGTH)
     samples = evaluated["samples"]["q35f_tiny_gen"]
@@ -313,12 +313,12 @@ def test_embedded_smollm2_answers_multiple_choice_like_its_own_forward_pass():
 
 @pytest.mark.slow
 def test_cli_runs_a_q35_model_and_writes_results(q35_dir, tmp_path):
-    """`python -m q35f.lm_eval_adapter` is lm-eval's CLI with q35f registered: it runs the local
+    """`python -m q35f.integrations.lm_eval` is lm-eval's CLI with q35f registered: it runs the local
     tasks on a q35 directory and writes the harness's result JSON."""
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "q35f.lm_eval_adapter", "--model", "q35f",
+        [sys.executable, "-m", "q35f.integrations.lm_eval", "--model", "q35f",
          "--model_args", f"pretrained={q35_dir},max_length={MAX_LENGTH}",
          "--tasks", "q35f_tiny_mc,q35f_tiny_ppl", "--include_path", str(DATA),
          "--output_path", str(out)],

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import q35f
-from q35f import tensor
+from q35f.kernels import tensor
 
 
 def _check(x, qt):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import q35f
-from q35f import model as model_module
-from q35f.model import FusedLinear, LlamaConfig, Model, Weights, stack_rows
+from q35f.runtime import model as model_module
+from q35f.runtime.model import FusedLinear, LlamaConfig, Model, Weights, stack_rows
 
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
@@ -175,7 +175,7 @@ def test_positions_beyond_the_context_are_refused():
 
 @pytest.fixture(scope="module")
 def quantized_embedded(tmp_path_factory):
-    from q35f.convert import quantize_checkpoint
+    from q35f.quantization.convert import quantize_checkpoint
 
     out = tmp_path_factory.mktemp("q35") / "smollm2-q35"
     quantize_checkpoint(None, out, bits="q35", group_size=128, progress=False)
@@ -183,7 +183,7 @@ def quantized_embedded(tmp_path_factory):
 
 
 def test_loading_a_quantized_checkpoint_keeps_every_linear_packed(quantized_embedded):
-    from q35f.model import load_model
+    from q35f.runtime.model import load_model
 
     model, ckpt = load_model(quantized_embedded, max_seq_len=64)
     assert all(lin.quantized and lin.weight.bits == "q35" for lin in model.linears())
@@ -197,8 +197,8 @@ def test_loading_a_quantized_checkpoint_keeps_every_linear_packed(quantized_embe
 
 def test_resident_memory_after_loading_stays_near_the_file_size(quantized_embedded):
     script = (
-        "import json, sys, psutil, numpy, tokenizers, q35f.tensor, q35f.checkpoint\n"
-        "from q35f.model import load_model\n"
+        "import json, sys, psutil, numpy, tokenizers, q35f.kernels.tensor, q35f.io.checkpoint\n"
+        "from q35f.runtime.model import load_model\n"
         "before = psutil.Process().memory_info().rss\n"
         "model, ckpt = load_model(sys.argv[1])\n"
         "after = psutil.Process().memory_info().rss\n"
@@ -211,7 +211,7 @@ def test_resident_memory_after_loading_stays_near_the_file_size(quantized_embedd
 
 
 def test_bench_model_reports_medians_in_a_fresh_process(quantized_embedded):
-    from q35f.benchmark import bench_model
+    from q35f.measure.benchmark import bench_model
 
     result = bench_model(quantized_embedded, runs=2, prompt_tokens=24, decode_tokens=4)
     for key in ("decode_tok_s", "prompt_tok_s", "ttft_ms", "peak_rss_mb", "file_mb"):

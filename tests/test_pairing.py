@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import q35f
-from q35f.calibrate import Calibration
-from q35f.checkpoint import open_checkpoint
-from q35f.convert import quantize_checkpoint
-from q35f.model import LlamaConfig, Model, Weights, load_model
-from q35f.pairing import PermutedCheckpoint, build_permutations, pairing_order
+from q35f.quantization.calibrate import Calibration
+from q35f.io.checkpoint import open_checkpoint
+from q35f.quantization.convert import quantize_checkpoint
+from q35f.runtime.model import LlamaConfig, Model, Weights, load_model
+from q35f.quantization.pairing import PermutedCheckpoint, build_permutations, pairing_order
 from test_checkpoint import TINY_CONFIG, tiny_weights, write_hf
 
 CALIBRATION_TEXT = ("It is a truth universally acknowledged, that a single man in possession of a "

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from q35f import reference
+from q35f.kernels import reference
 from q35f.paper import data, figures, supplementary
-from q35f.paper.machine import EnergyMeter, power_note
-from q35f.sizing import scalability_rows
+from q35f.measure.machine import EnergyMeter, power_note
+from q35f.format.sizing import scalability_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -301,7 +301,7 @@ def test_per_tensor_uses_one_range():
 
 
 def test_variant_sizes_follow_the_format():
-    from q35f.formats import tensor_nbytes
+    from q35f.format.spec import tensor_nbytes
 
     w = _w(4, (32, 576))
     for var in data.ablation_variants(quick=False):
@@ -324,8 +324,8 @@ def test_variant_sizes_follow_the_format():
 
 
 def test_performance_and_accuracy_schemas(monkeypatch, tmp_path):
-    import q35f.benchmark
-    import q35f.compare
+    import q35f.measure.benchmark
+    import q35f.measure.compare
 
     def fake_compare(model, bits, **kw):
         return [{"variant": b, "path": f"/m/{b}", "bits_per_weight": 32 if b == "fp32" else 3.75,
@@ -338,8 +338,8 @@ def test_performance_and_accuracy_schemas(monkeypatch, tmp_path):
                 "peak_rss_mb": 500.0, "weight_mb": 80.0, "file_bytes": 83_000_000,
                 "bits_per_weight": 3.75, **kw}
 
-    monkeypatch.setattr(q35f.compare, "compare", fake_compare)
-    monkeypatch.setattr(q35f.benchmark, "bench_model", fake_bench)
+    monkeypatch.setattr(q35f.measure.compare, "compare", fake_compare)
+    monkeypatch.setattr(q35f.measure.benchmark, "bench_model", fake_bench)
     d = tmp_path / "lm_eval" / "q35"
     d.mkdir(parents=True)
     (d / "results.json").write_text('{"results": {"mmlu": {"acc,none": 0.3}}}')

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from q35f.checkpoint import default_model_path, open_checkpoint
-from q35f.model import LlamaConfig, Model, Weights
-from q35f.perplexity import perplexity, window_nll
+from q35f.io.checkpoint import default_model_path, open_checkpoint
+from q35f.runtime.model import LlamaConfig, Model, Weights
+from q35f.measure.perplexity import perplexity, window_nll
 from test_model import tiny_config, tiny_weights
 
 
@@ -101,7 +101,7 @@ def tiny_hf_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_compare_measures_every_variant_on_the_same_tokens(tiny_hf_dir, tmp_path):
-    from q35f.compare import compare, format_table, to_csv
+    from q35f.measure.compare import compare, format_table, to_csv
 
     rows = compare(tiny_hf_dir, bits=["fp32", "int8", "q35", "int3"], corpus="pydoc", ctx=64,
                    max_tokens=192, runs=1, prompt_tokens=32, decode_tokens=4,

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import q35f
-from q35f import reference
-from q35f.formats import bits_per_weight, n_groups, row_bytes
+from q35f.kernels import reference
+from q35f.format.spec import bits_per_weight, n_groups, row_bytes
 
 
 def _assert_matches_reference(w, group_size, bits):

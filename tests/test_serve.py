@@ -24,8 +24,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from q35f import cli
-from q35f.bench_serve import CSV_COLUMNS, append_csv, normalize_base_url
-from q35f.serve import StopFilter
+from q35f.serve.bench import CSV_COLUMNS, append_csv, normalize_base_url
+from q35f.serve.server import StopFilter
 
 API_KEY = "test-key-q35f"
 MAX_TOKENS_LIMIT = 64

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from q35f import cli
-from q35f.formats import FORMATS, tensor_nbytes
-from q35f.sizing import (
+from q35f.format.spec import FORMATS, tensor_nbytes
+from q35f.format.sizing import (
     DEVICES,
     SHAPES,
     bytes_per_token,

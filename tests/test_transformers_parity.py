@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from q35f.checkpoint import default_model_path, open_checkpoint  # noqa: E402
-from q35f.model import LlamaConfig, Model, Weights  # noqa: E402
+from q35f.io.checkpoint import default_model_path, open_checkpoint  # noqa: E402
+from q35f.runtime.model import LlamaConfig, Model, Weights  # noqa: E402
 
 PROMPT = ("It is a truth universally acknowledged, that a single man in possession of a good "
           "fortune, must be in want of a wife.")

@@ -1,6 +1,6 @@
 """Text generation: sampling, streaming detokenization, chat templates; `q35f generate`, `q35f chat`.
 
-The serving engine contract (q35f.serve codes against it):
+The serving engine contract (q35f.serve.server codes against it):
 
     gen = load_generator(path)            # None = the embedded default model
     gen.model_name, gen.context_length, gen.eos_token_ids
@@ -217,8 +217,8 @@ def model_name_of(path) -> str:
 
 def load_generator(path=None, max_seq_len: int | None = None) -> Generator:
     """A Generator for a GGUF file, HF directory or q35f directory (None = embedded default)."""
-    from .checkpoint import default_model_path
-    from .model import load_model
+    from q35f.io.checkpoint import default_model_path
+    from q35f.runtime.model import load_model
 
     path = path if path is not None else default_model_path()
     model, ckpt = load_model(path, max_seq_len=max_seq_len)

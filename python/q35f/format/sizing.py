@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from .formats import FORMATS, n_groups, tensor_nbytes
+from q35f.format.spec import FORMATS, n_groups, tensor_nbytes
 
 DENSE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 METHODS = ("fp32", "fp16", "int8", "int4", "q35", "int3")  # dense references, then packed formats
@@ -321,7 +321,7 @@ def register(subparsers) -> None:
 
 
 def _run_size(args) -> int:
-    from .formats import check_group_size
+    from q35f.format.spec import check_group_size
 
     shape = get_shape(args.params or args.model_shape)
     check_group_size(args.group_size)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import reference
-from .formats import get_format, n_groups
+from q35f.kernels import reference
+from q35f.format.spec import get_format, n_groups
 
 DEFAULT_DAMPING = 0.01
 
@@ -41,7 +41,7 @@ def inverse_hessian_factor(hessian: np.ndarray, damping: float = DEFAULT_DAMPING
 
 def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search: bool):
     """float16 offset, scale (N,) of one group's current weights."""
-    from .tensor import quantize
+    from q35f.kernels.tensor import quantize
 
     qt = quantize(np.ascontiguousarray(block), group_size, bits, clip_search=clip_search)
     return qt.offset[:, 0], qt.scale[:, 0]
@@ -50,7 +50,7 @@ def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search
 def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits: str = "q35",
                   clip_search: bool = False):
     """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H)."""
-    from .tensor import quantize
+    from q35f.kernels.tensor import quantize
 
     fmt = get_format(bits)
     w = np.asarray(w, dtype=np.float32)

@@ -19,7 +19,7 @@ the kernels never see a permutation:
   by the query heads that read it: the rows of v and the columns of o.
 
 Importance of channel c of an input: "activation": E[x_c^2] * ||W[:, c]||^2 summed over the
-layers reading that input (calibration data, q35f.calibrate); "weight": ||W[:, c]||^2 alone.
+layers reading that input (calibration data, q35f.quantization.calibrate); "weight": ||W[:, c]||^2 alone.
 Each layer's importances are normalised to sum 1 before the hidden channels add them up.
 """
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
-from .formats import (
+from q35f.kernels import fortran as kernels
+from q35f.format.spec import (
     FLOAT16_MAX,
     bits_per_weight,
     check_group_size,
@@ -150,7 +150,7 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
 
     clip_search: choose each group's parameters among shrunken ranges by least squared error
     (q35_clip) instead of raw min/max. params: (offset, scale) float16 (N, groups) to use as
-    given; levels are then computed per §4 from them, clamped (for error feedback, q35f.gptq).
+    given; levels are then computed per §4 from them, clamped (for error feedback, q35f.quantization.gptq).
     """
     get_format(bits)
     check_group_size(group_size)

@@ -367,7 +367,7 @@ class Engine:
                 error = None
             except Exception as err:  # the model failed: fail this request, keep serving
                 result, error = None, f"{type(err).__name__}: {err}"
-                logging.getLogger("q35f.serve").error("request failed in the model",
+                logging.getLogger("q35f.serve.server").error("request failed in the model",
                                                       exc_info=True)
             with self._lock:
                 self._running = None
@@ -443,7 +443,7 @@ def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAUL
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
-    from . import __version__
+    from q35f import __version__
 
     max_tokens_limit = int(max_tokens or generator.context_length)
     if max_tokens_limit < 1:
@@ -679,10 +679,10 @@ def _serve_command(args: argparse.Namespace) -> int:
     if args.api_key is not None and not args.api_key:
         raise ValueError("--api-key must not be empty")
 
-    from .generate import load_generator
+    from q35f.runtime.generate import load_generator
 
     if args.model is None:
-        from .checkpoint import default_model_path
+        from q35f.io.checkpoint import default_model_path
 
         path = Path(default_model_path())
     else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .formats import BLOCK_WEIGHTS, check_group_size, get_format, n_blocks, n_groups
+from q35f.format.spec import BLOCK_WEIGHTS, check_group_size, get_format, n_blocks, n_groups
 
 # §2 -- the 7-bit code
 

@@ -1,6 +1,6 @@
 """Measure quantization options: quantize the model with each, then its perplexity on held-out text.
 
-    python -m q35f.quality --out results/quality.csv --windows 16 \
+    python -m q35f.measure.quality --out results/quality.csv --windows 16 \
         --config rtn: --config clip:clip_search=1 --config gptq:gptq=1,calibration=emma
 
 Perplexity: the text is tokenized once; the first `windows` non-overlapping windows of
@@ -28,7 +28,7 @@ def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
     """(perplexity, scored tokens) of a checkpoint (None = embedded model) on `text`."""
     from tqdm import tqdm
 
-    from .model import load_model
+    from q35f.runtime.model import load_model
 
     model, ck = load_model(model_path, max_seq_len=window)
     try:
@@ -65,10 +65,10 @@ def _parse_config(spec: str):
 
 
 def main(argv=None) -> int:
-    from . import corpora
-    from .convert import quantize_checkpoint
+    from q35f.io import corpora
+    from q35f.quantization.convert import quantize_checkpoint
 
-    parser = argparse.ArgumentParser(prog="python -m q35f.quality", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m q35f.measure.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default=None, help="source checkpoint (default: embedded)")
     parser.add_argument("--eval", default="prideprejudice", help="evaluation corpus or file")
@@ -80,8 +80,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="CSV to append rows to")
     args = parser.parse_args(argv)
 
-    from . import calibrate
-    from .calibrate import calibration_text
+    from q35f.quantization import calibrate
+    from q35f.quantization.calibrate import calibration_text
 
     calibrate.CACHE = True  # configs sharing a calibration compute it once
 

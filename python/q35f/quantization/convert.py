@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import (
+from q35f.io.checkpoint import (
     FILE_VERSION_KEY,
     OFFSETS,
     QUANT_METHOD,
@@ -39,7 +39,7 @@ from .checkpoint import (
     SCALES,
     open_checkpoint,
 )
-from .formats import FORMAT_VERSION, FORMATS, check_group_size, n_groups, row_bytes
+from q35f.format.spec import FORMAT_VERSION, FORMATS, check_group_size, n_groups, row_bytes
 
 HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
 HEAD_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
@@ -158,7 +158,7 @@ def _band_rows(k: int) -> int:
 
 def _write_tensor(src, p: _Planned, writer: _ShardWriter, group_size, bar, quantizer=None):
     """Read, convert and write one tensor, a band of rows at a time."""
-    from .tensor import quantize
+    from q35f.kernels.tensor import quantize
 
     if p.bits is None and len(p.shape) != 2:
         w = src.get(p.name)
@@ -264,9 +264,9 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             "group_size": group_size,
             "head_bits": head_bits,
         }
-        improver = None  # clip search, pairing, error feedback (q35f.improve)
+        improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if clip_search or gptq or pairing != "none" or calibration is not None:
-            from .improve import DEFAULT_CALIBRATION_TOKENS, Improver
+            from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS, Improver
 
             improver = Improver(ck, clip_search, pairing, gptq, calibration,
                                 calibration_tokens or DEFAULT_CALIBRATION_TOKENS,

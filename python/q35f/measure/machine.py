@@ -43,7 +43,7 @@ def today() -> str:
 
 
 def q35f_version() -> str:
-    from .. import __version__
+    from q35f import __version__
 
     return __version__
 

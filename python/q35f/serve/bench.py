@@ -281,7 +281,7 @@ def _bench_serve_command(args: argparse.Namespace) -> int:
     except ImportError:
         raise ValueError("q35f bench serve needs the groq SDK: pip install 'q35f[serve]'") \
             from None
-    from . import __version__
+    from q35f import __version__
 
     levels = parse_concurrency(args.concurrency)
     if args.requests < 1:

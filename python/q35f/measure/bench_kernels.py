@@ -50,8 +50,8 @@ def run(shape=DEFAULT_SHAPE, group_size=128, runs=5, gemm_rows=256, bandwidth_gi
     from tqdm import tqdm
 
     import q35f
-    from q35f import reference
-    from q35f.paper.machine import honesty
+    from q35f.kernels import reference
+    from q35f.measure.machine import honesty
 
     n, k = shape
     rows = []

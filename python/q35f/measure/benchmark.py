@@ -7,7 +7,7 @@ Each measurement runs in a fresh Python process (so its peak RSS is the model's 
   prefill time, TTFT = prefill + picking the first token;
 - peak RSS of the process (getrusage), RSS right after loading, file size.
 Numbers are medians over `runs` repetitions after one warm-up. The prompt is real English text
-(CPython's documentation topics, q35f.corpora "pydoc").
+(CPython's documentation topics, q35f.io.corpora "pydoc").
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def measure(path, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAULT_PROMPT_
     """Measure in this process (bench_model runs this in a fresh one)."""
     import numpy as np
 
-    from . import corpora
-    from .model import load_model
+    from q35f.io import corpora
+    from q35f.runtime.model import load_model
 
     rss_start = _rss_mb()
     began = time.perf_counter()
@@ -126,7 +126,7 @@ def bench_model(path=None, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAUL
     the worker; None leaves the environment as it is (all cores).
     """
     if path is None:
-        from .checkpoint import default_model_path
+        from q35f.io.checkpoint import default_model_path
 
         path = default_model_path()
     if not Path(path).exists():
@@ -140,7 +140,7 @@ def bench_model(path=None, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAUL
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, "-m", "q35f.benchmark", spec], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "q35f.measure.benchmark", spec], capture_output=True,
                           text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()

@@ -1,6 +1,6 @@
 """Beyond round-to-nearest, behind `q35f quantize` options: clip search, importance-aware
 pairing, error feedback (GPTQ), calibration data. The file format does not change: pairing is
-folded into the model (q35f.pairing) and the other two only choose parameters and levels.
+folded into the model (q35f.quantization.pairing) and the other two only choose parameters and levels.
 
 `Improver(ck, ...)` prepares everything a conversion needs from the open source checkpoint:
 `source` (the checkpoint as the writer should read it, permuted when pairing), `quantize(name,
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 import time
 
-from .calibrate import DEFAULT_SEQUENCE_LENGTH, calibrate_checkpoint, input_key
-from .pairing import PAIRINGS, PermutedCheckpoint, build_permutations
+from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH, calibrate_checkpoint, input_key
+from q35f.quantization.pairing import PAIRINGS, PermutedCheckpoint, build_permutations
 
 DEFAULT_CALIBRATION = "emma"
 DEFAULT_CALIBRATION_TOKENS = 8192
@@ -55,7 +55,7 @@ class Improver:
 
     def _factor(self, name):
         """Upper Cholesky factor of the inverse Hessian of weight `name`'s (permuted) input."""
-        from .gptq import inverse_hessian_factor
+        from q35f.quantization.gptq import inverse_hessian_factor
 
         key = input_key(name)
         cols = self.perms.get(name, (None, None))[1]
@@ -68,12 +68,12 @@ class Improver:
         return self._factors[cache_key]
 
     def quantize(self, name, w, group_size, bits):
-        from .tensor import quantize
+        from q35f.kernels.tensor import quantize
 
         if input_key(name) is None:  # embedding / head: plain round-to-nearest
             return quantize(w, group_size, bits)
         if self.gptq:
-            from .gptq import gptq_quantize
+            from q35f.quantization.gptq import gptq_quantize
 
             return gptq_quantize(w, self._factor(name), group_size, bits, self.clip_search)
         return quantize(w, group_size, bits, clip_search=self.clip_search)

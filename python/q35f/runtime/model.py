@@ -101,7 +101,7 @@ class Linear:
         self.shape = tuple(weight.shape)
         self.quantized = not isinstance(weight, np.ndarray)
         if self.quantized:
-            from .tensor import matmul
+            from q35f.kernels.tensor import matmul
 
             self._matmul = matmul
         elif weight.dtype != np.float32 or weight.ndim != 2:
@@ -132,7 +132,7 @@ def stack_rows(weights: list) -> object:
     """
     if all(isinstance(w, np.ndarray) for w in weights):
         return np.concatenate(weights, axis=0)
-    from .tensor import QuantizedTensor
+    from q35f.kernels.tensor import QuantizedTensor
 
     first = weights[0]
     same = all(
@@ -563,7 +563,7 @@ def load_model(path=None, max_seq_len: int | None = None):
 
     Returns (model, checkpoint). Quantized layers stay packed.
     """
-    from . import checkpoint
+    from q35f.io import checkpoint
 
     ckpt = checkpoint.open_checkpoint(path if path is not None else checkpoint.default_model_path())
     config = LlamaConfig.from_hf(ckpt.config)

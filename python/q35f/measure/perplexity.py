@@ -37,7 +37,7 @@ def perplexity(model, token_ids, ctx: int = DEFAULT_CTX, max_tokens: int | None 
     Uses the first `max_tokens` ids (all when None). Returns a dict with ppl, nll (mean, nats),
     tokens (scored), windows, ctx, seconds and the model's bits per weight.
     """
-    from .model import Model, load_model
+    from q35f.runtime.model import Model, load_model
 
     if ctx < 2:
         raise ValueError(f"ctx must be at least 2, got {ctx}")
@@ -90,7 +90,7 @@ def perplexity(model, token_ids, ctx: int = DEFAULT_CTX, max_tokens: int | None 
 
 
 def load_text(text_file=None, corpus: str | None = None) -> tuple[str, str]:
-    """(text, label) from a file or a named corpus (q35f.corpora)."""
+    """(text, label) from a file or a named corpus (q35f.io.corpora)."""
     if text_file is not None:
         path = Path(text_file)
         if not path.is_file():
@@ -99,7 +99,7 @@ def load_text(text_file=None, corpus: str | None = None) -> tuple[str, str]:
             return path.read_text(encoding="utf-8"), str(path)
         except UnicodeDecodeError as err:
             raise ValueError(f"--text {path}: not UTF-8 text ({err.reason})") from None
-    from . import corpora
+    from q35f.io import corpora
 
     name = corpora.canonical_name(corpus or DEFAULT_CORPUS)
     return corpora.text(name), name
@@ -136,7 +136,7 @@ def register(subparsers):
 
 
 def _command(args) -> int:
-    from .model import load_model
+    from q35f.runtime.model import load_model
 
     if args.model is not None and not Path(args.model).exists():
         raise FileNotFoundError(f"MODEL {args.model} does not exist")

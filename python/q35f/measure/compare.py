@@ -1,8 +1,8 @@
 """`q35f compare`: fp32, int8, int4, q35 and int3 of one model, side by side, on the same text.
 
-For each variant: quantize the model (q35f.convert, cached under ~/.cache/q35f/models), measure
+For each variant: quantize the model (q35f.quantization.convert, cached under ~/.cache/q35f/models), measure
 perplexity on the same token ids (tokenized once), and benchmark it in a fresh process
-(q35f.benchmark). "fp32" is the source checkpoint run in float32; its size is that of its float32
+(q35f.measure.benchmark). "fp32" is the source checkpoint run in float32; its size is that of its float32
 weights (a GGUF source may be smaller on disk, being quantized itself).
 """
 
@@ -36,9 +36,9 @@ COLUMNS = [  # (key, header, format)
 def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=None,
                  force: bool = False, progress: bool = True, clip_search: bool = False) -> Path:
     """The q35f directory of `source` quantized with `bits`, made once and reused."""
-    from .checkpoint import open_checkpoint
-    from .convert import quantize_checkpoint
-    from .corpora import cache_dir
+    from q35f.io.checkpoint import open_checkpoint
+    from q35f.quantization.convert import quantize_checkpoint
+    from q35f.io.corpora import cache_dir
 
     source = Path(source)
     root = Path(out_dir) if out_dir is not None else cache_dir() / "models"
@@ -66,15 +66,15 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
             progress: bool = True, clip_search: bool = False,
             threads: int | None = None) -> list[dict]:
     """One dict per variant with sizes, PPL, ΔPPL vs the first fp32 row, speed and memory."""
-    from .benchmark import bench_model
-    from .checkpoint import default_model_path, open_checkpoint
-    from .model import load_model
-    from .perplexity import load_text, perplexity, tokenize
+    from q35f.measure.benchmark import bench_model
+    from q35f.io.checkpoint import default_model_path, open_checkpoint
+    from q35f.runtime.model import load_model
+    from q35f.measure.perplexity import load_text, perplexity, tokenize
 
     source = Path(model) if model is not None else default_model_path()
     if not source.exists():
         raise FileNotFoundError(f"MODEL {source} does not exist")
-    from .formats import FORMATS
+    from q35f.format.spec import FORMATS
 
     for b in bits:
         if b != "fp32" and b not in FORMATS:

@@ -8,8 +8,8 @@ For every transformer block and each of its four distinct linear inputs
     mlp_hidden silu(gate) * up before down (intermediate)
 
 `collect` accumulates over the calibration tokens the per-input-channel mean square
-E[x_c^2] (importance-aware pairing, q35f.pairing) and, optionally, the Hessian X^T X
-(error feedback, q35f.gptq). Everything comes from the float model in one pass: a layer's
+E[x_c^2] (importance-aware pairing, q35f.quantization.pairing) and, optionally, the Hessian X^T X
+(error feedback, q35f.quantization.gptq). Everything comes from the float model in one pass: a layer's
 statistics do not see the quantization error of the layers before it.
 """
 
@@ -67,7 +67,7 @@ def calibration_text(spec: str) -> str:
     path = Path(spec)
     if path.is_file():
         return path.read_text(encoding="utf-8", errors="replace")
-    from . import corpora
+    from q35f.io import corpora
 
     try:
         return corpora.text(spec)
@@ -141,7 +141,7 @@ def collect(model, batches: np.ndarray, source: str = "?", hessians: bool = True
 def calibrate_checkpoint(ck, spec: str, n_tokens: int, sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
                          hessians: bool = True, progress: bool = True) -> Calibration:
     """Calibration statistics of the float model of open checkpoint `ck` on text `spec`."""
-    from .model import LlamaConfig, Model, Weights
+    from q35f.runtime.model import LlamaConfig, Model, Weights
 
     key = (str(ck.path), spec, int(n_tokens), int(sequence_length))
     if _CACHE.get("key") == key and (_CACHE["value"].hessian or not hessians):

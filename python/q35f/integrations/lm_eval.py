@@ -1,15 +1,15 @@
 """EleutherAI lm-evaluation-harness adapter: the q35f model as harness model `q35f`.
 
     q35f-lm-eval --model q35f --model_args pretrained=PATH --tasks mmlu --output_path DIR
-    python -m q35f.lm_eval_adapter --model q35f ...        (the same, without the console script)
+    python -m q35f.integrations.lm_eval --model q35f ...        (the same, without the console script)
 
-    import q35f.lm_eval_adapter, lm_eval                    (from Python)
+    import q35f.integrations.lm_eval, lm_eval                    (from Python)
     lm_eval.simple_evaluate(model="q35f", model_args="pretrained=PATH", tasks=[...])
 
 lm-eval (0.4.x, checked on 0.4.13) finds models only in its own registry: a plain `lm_eval --model
 q35f` cannot see a class from another package (it reads no entry points for models; upstream
 issue EleutherAI/lm-evaluation-harness#3282). Importing this module registers `q35f` with
-`@register_model`; `q35f-lm-eval` (= `python -m q35f.lm_eval_adapter`) is lm-eval's own command
+`@register_model`; `q35f-lm-eval` (= `python -m q35f.integrations.lm_eval`) is lm-eval's own command
 line, unchanged, run after that import, so every lm-eval option works.
 
 model_args: pretrained=PATH (GGUF file, Hugging Face directory or q35f directory; default the
@@ -17,7 +17,7 @@ embedded SmolLM2-135M-Instruct), max_length (tokens of context; default the mode
 max_position_embeddings), max_gen_toks (default 256), max_batch_tokens (continuation tokens run
 together through the linear layers; default 512), add_bos_token, prefix_token_id.
 
-How requests run on the one KV cache of the numpy/Fortran model (q35f.model):
+How requests run on the one KV cache of the numpy/Fortran model (q35f.runtime.model):
 - loglikelihood: requests are grouped by context. Each context is run once (only the tokens it
   does not share with the context already in the cache: a few-shot preamble is computed once per
   run of documents that share it); then all continuations of the group go through every linear
@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 import lm_eval.models  # noqa: F401  (fill the registry with lm-eval's own models first)
 
-from .model import PREFILL_CHUNK, feed_forward, rms_norm, rotated_qkv
+from q35f.runtime.model import PREFILL_CHUNK, feed_forward, rms_norm, rotated_qkv
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _common_prefix(a, b) -> int:
 
 @register_model("q35f")
 class Q35fLM(TemplateLM):
-    """A q35f (or float GGUF/Hugging Face) Llama checkpoint run by q35f.model for lm-eval."""
+    """A q35f (or float GGUF/Hugging Face) Llama checkpoint run by q35f.runtime.model for lm-eval."""
 
     def __init__(self, pretrained=None, max_length=None, max_gen_toks=DEFAULT_MAX_GEN_TOKS,
                  max_batch_tokens=DEFAULT_MAX_BATCH_TOKENS, add_bos_token=False,
@@ -176,8 +176,8 @@ class Q35fLM(TemplateLM):
         super().__init__()
         from pathlib import Path
 
-        from .checkpoint import default_model_path, open_checkpoint
-        from .generate import load_generator
+        from q35f.io.checkpoint import default_model_path, open_checkpoint
+        from q35f.runtime.generate import load_generator
 
         if kwargs:
             log.warning("q35f: ignoring model_args %s", sorted(kwargs))
@@ -258,7 +258,7 @@ class Q35fLM(TemplateLM):
         return self.generator.chat_template
 
     def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
-        from .generate import _compile_template
+        from q35f.runtime.generate import _compile_template
 
         if not self.generator.chat_template:
             raise ValueError(f"model {self.generator.model_name} has no chat template; "
@@ -386,7 +386,7 @@ class Q35fLM(TemplateLM):
     # generation
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from .generate import sample
+        from q35f.runtime.generate import sample
 
         encoded = [self.tok_encode(req.args[0]) for req in requests]
         order = sorted(range(len(requests)), key=lambda i: encoded[i])  # shared prefixes adjacent

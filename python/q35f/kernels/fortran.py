@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _kernels
-from .formats import BLOCK_WEIGHTS, get_format, n_blocks, n_groups, row_bytes
+from q35f import _kernels
+from q35f.format.spec import BLOCK_WEIGHTS, get_format, n_blocks, n_groups, row_bytes
 
 TILE_ROWS = 16
 FORMAT_IDS = {"q35": 1, "int8": 2, "int4": 3, "int3": 4}
