@@ -50,7 +50,7 @@ def build_checkpoint(directory: Path, config: dict, shards: int, dtype: str = "b
     import ml_dtypes
     from safetensors.numpy import save_file
 
-    from q35f.io.checkpoint import expected_shapes
+    from q35f.io.llama import expected_shapes
 
     np_dtype = {"bf16": ml_dtypes.bfloat16, "f16": np.float16, "f32": np.float32}[dtype]
     directory.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,6 @@ from tqdm import tqdm
 
 import lm_eval.models  # noqa: F401  (fill the registry with lm-eval's own models first)
 
-from q35f.runtime.model import PREFILL_CHUNK, feed_forward, rms_norm, rotated_qkv
 
 log = logging.getLogger(__name__)
 
@@ -61,74 +60,23 @@ DEFAULT_MAX_BATCH_TOKENS = 512
 
 def prefix_hidden(model, token_ids, start: int) -> np.ndarray:
     """Final-normed hidden states (T, hidden) of token_ids at positions start.., written into the
-    KV cache like Model.forward (chunked the same way), so later tokens can continue them."""
-    ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    _check_positions(model, ids, start, ids.size)
-    parts = [model.hidden_states(ids[i:i + PREFILL_CHUNK], start + i)
-             for i in range(0, ids.size, PREFILL_CHUNK)]
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    KV cache, so later tokens can continue them."""
+    return model.hidden_states(token_ids, start)
 
 
 def branch_hidden(model, start: int, branches: list) -> list[np.ndarray]:
     """Hidden states of several token sequences that each continue the cached positions
-    0..start-1, computed in one pass: every linear layer multiplies all branch tokens at once
-    (M = total tokens), while attention lets each token see the cached prefix and the earlier
-    tokens of its own branch only (as if each branch ran alone after the prefix). The KV cache
-    is read, never written. Returns one (len(branch), hidden) array per branch."""
-    c = model.config
+    0..start-1, computed in one pass (Model.hidden_states with segments): every linear layer
+    multiplies all branch tokens at once, while each token sees the cached prefix and the earlier
+    tokens of its own branch only. The KV cache is read, never written. Returns one
+    (len(branch), hidden) array per branch."""
     lens = [len(b) for b in branches]
     if not lens or min(lens) < 1:
         raise ValueError("branches must be non-empty token sequences")
     ids = np.concatenate([np.asarray(b, dtype=np.int64) for b in branches])
-    _check_positions(model, ids, start, max(lens))
-    offsets = np.concatenate([[0], np.cumsum(lens)])
-    positions = np.concatenate([np.arange(start, start + n) for n in lens])
-    cos, sin = model.cos[positions], model.sin[positions]
-    eps = c.rms_norm_eps
-    n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-    group = n_heads // n_kv
-    q_size = n_heads * d
-    t = ids.size
-
-    x = model.embed(ids)
-    for li, layer in enumerate(model.layers):
-        q, k, v = rotated_qkv(layer, x, eps, cos, sin, n_heads, n_kv, d)
-        k_prefix = model.k_cache[li][:, :start]  # (n_kv, start, d)
-        v_prefix = model.v_cache[li][:, :start]
-        out = np.empty((t, q_size), dtype=np.float32)
-        for b, n in enumerate(lens):
-            a, e = offsets[b], offsets[b + 1]
-            qg = q[a:e].reshape(n, n_kv, group, d).transpose(1, 2, 0, 3).reshape(
-                n_kv, group * n, d) * model.scale
-            k_own = k[a:e].transpose(1, 0, 2)  # (n_kv, n, d)
-            v_own = v[a:e].transpose(1, 0, 2)
-            own = (qg @ k_own.transpose(0, 2, 1)).reshape(n_kv, group, n, n)
-            own[:, :, np.triu(np.ones((n, n), dtype=bool), 1)] = -np.inf  # causal in the branch
-            if start:
-                cached = (qg @ k_prefix.transpose(0, 2, 1)).reshape(n_kv, group, n, start)
-                scores = np.concatenate([cached, own], axis=-1)
-            else:
-                scores = own
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            scores = scores.reshape(n_kv, group * n, start + n)
-            o = scores[:, :, start:] @ v_own
-            if start:
-                o += scores[:, :, :start] @ v_prefix
-            out[a:e] = o.reshape(n_kv, group, n, d).transpose(2, 0, 1, 3).reshape(n, q_size)
-        x = x + layer.wo(out)
-        x = feed_forward(layer, x, eps)
-    x = rms_norm(x, model.weights.norm, eps)
-    return [x[offsets[b]:offsets[b + 1]] for b in range(len(lens))]
-
-
-def _check_positions(model, ids, start, length):
-    if start < 0 or start + length > model.max_seq_len:
-        raise ValueError(f"positions {start}..{start + length - 1} exceed the context of "
-                         f"{model.max_seq_len} tokens (max_length)")
-    if ids.size and (ids.min() < 0 or ids.max() >= model.config.vocab_size):
-        raise ValueError(f"token ids must lie in [0, {model.config.vocab_size})")
+    segments = np.repeat(np.arange(len(lens)), lens)
+    hidden = model.hidden_states(ids, start, segments)
+    return np.split(hidden, np.cumsum(lens)[:-1])
 
 
 def head_scores(model, hidden: np.ndarray, targets, chunk: int = 256):

@@ -29,7 +29,8 @@ GEMM_BUFFER_FLOATS = 4 * 1024 * 1024
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """How a tensor (or a file) was quantized; written into checkpoint metadata and read back."""
+    """How a tensor was quantized; written into a q35f file's metadata per tensor and read back
+    (q35f.io.directory). Tensors of equal configs and widths can be stacked row-wise."""
 
     bits: str = "q35"
     group_size: int = 128

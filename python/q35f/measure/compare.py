@@ -26,6 +26,8 @@ COLUMNS = [  # (key, header, format)
     ("size_mb", "size MB", "{:.1f}"),
     ("ppl", "PPL", "{:.3f}"),
     ("delta_ppl_pct", "ΔPPL %", "{:+.2f}"),
+    ("kl_divergence", "KL vs fp32", "{:.4f}"),
+    ("top1_agreement", "top-1", "{:.1%}"),
     ("decode_tok_s", "decode tok/s", "{:.1f}"),
     ("prompt_tok_s", "prompt tok/s", "{:.1f}"),
     ("ttft_ms", "TTFT ms", "{:.0f}"),
@@ -82,6 +84,9 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
     text, label = load_text(text_file, corpus)
     with open_checkpoint(source) as ck:
         ids = tokenize(ck.tokenizer, text)  # once, for every variant
+    # The float model of the source scores the same windows next to every quantized variant:
+    # the KL divergence and top-1 agreement columns.
+    reference = load_model(source, max_seq_len=ctx)[0] if any(b != "fp32" for b in bits) else None
     rows = []
     for b in bits:
         began = time.perf_counter()
@@ -91,7 +96,8 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
                                                          force, progress, clip_search)
         model_, ckpt = load_model(path, max_seq_len=ctx)
         stats = model_.stats()
-        result = perplexity(model_, ids, ctx=ctx, max_tokens=max_tokens, progress=progress)
+        result = perplexity(model_, ids, ctx=ctx, max_tokens=max_tokens, progress=progress,
+                            reference=None if b == "fp32" else reference)
         size = stats["weight_bytes"] if b == "fp32" else ckpt.file_bytes
         del model_, ckpt
         row = {
@@ -105,6 +111,8 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
             "size_mb": size / 2**20,
             "size_is": "float32 weights" if b == "fp32" else "file",
             "ppl": result["ppl"],
+            "kl_divergence": result.get("kl_divergence", 0.0 if b == "fp32" else None),
+            "top1_agreement": result.get("top1_agreement", 1.0 if b == "fp32" else None),
             "tokens": result["tokens"],
             "ctx": ctx,
             "text": label,

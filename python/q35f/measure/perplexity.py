@@ -19,23 +19,33 @@ DEFAULT_CTX = 512
 DEFAULT_CORPUS = "prideprejudice"
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax of rows (T, V): float32 values, each row's normaliser summed in float64."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True, dtype=np.float64))
+    shifted -= log_z.astype(np.float32)
+    return shifted
+
+
 def window_nll(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Sum of -log softmax(logits[i])[targets[i]] over rows; logits (T, V) are overwritten."""
-    rows = np.arange(targets.size)
-    target_logits = logits[rows, targets].astype(np.float64)
-    top = logits.max(axis=1, keepdims=True)
-    logits -= top
-    np.exp(logits, out=logits)
-    log_z = np.log(logits.sum(axis=1, dtype=np.float64)) + top[:, 0].astype(np.float64)
-    return float((log_z - target_logits).sum())
+    """Sum of -log softmax(logits[i])[targets[i]] over the rows of logits (T, V)."""
+    return float(-log_softmax(logits)[np.arange(targets.size), targets].sum(dtype=np.float64))
 
 
 def perplexity(model, token_ids, ctx: int = DEFAULT_CTX, max_tokens: int | None = None,
-               progress: bool = False) -> dict:
-    """PPL of `model` (a q35f.model.Model or a checkpoint path) on `token_ids`.
+               progress: bool = False, reference=None) -> dict:
+    """PPL of `model` (a q35f.runtime.model.Model or a checkpoint path) on `token_ids`.
 
-    Uses the first `max_tokens` ids (all when None). Returns a dict with ppl, nll (mean, nats),
-    tokens (scored), windows, ctx, seconds and the model's bits per weight.
+    The one protocol every q35f number uses: the first `max_tokens` ids (all when None) cut into
+    non-overlapping windows of `ctx`, each run from an empty KV cache, every token but a window's
+    first scored (a last partial window counts when it has two tokens or more).
+    With `reference` (a float Model or path of the same vocabulary, usually the unquantized
+    source) the same windows also give the mean KL divergence KL(P_reference || P_model) per
+    scored token and the top-1 agreement (how often both models' most likely next token is the
+    same), as llama.cpp's `perplexity --kl-divergence` reports them.
+
+    Returns a dict with ppl, nll (mean, nats), tokens (scored), windows, ctx, seconds, the
+    model's bits per weight and, with a reference, kl_divergence, top1_agreement, reference_ppl.
     """
     from q35f.runtime.model import Model, load_model
 
@@ -50,12 +60,17 @@ def perplexity(model, token_ids, ctx: int = DEFAULT_CTX, max_tokens: int | None 
         raise ValueError(f"need at least 2 tokens to score, got {ids.size}")
     if not isinstance(model, Model):
         model, _ = load_model(model, max_seq_len=ctx)
-    if ctx > model.max_seq_len:
-        raise ValueError(f"ctx {ctx} exceeds the model's context of {model.max_seq_len} tokens")
+    if reference is not None and not isinstance(reference, Model):
+        reference, _ = load_model(reference, max_seq_len=ctx)
+    for m in (model, reference):
+        if m is not None and ctx > m.max_seq_len:
+            raise ValueError(f"ctx {ctx} exceeds the model's context of {m.max_seq_len} tokens")
+    if reference is not None and reference.config.vocab_size != model.config.vocab_size:
+        raise ValueError("the reference model has a different vocabulary")
 
     starts = [s for s in range(0, ids.size, ctx) if ids[s:s + ctx].size >= 2]
-    total_nll = 0.0
-    scored = 0
+    nll = ref_nll = kl = 0.0
+    agree = scored = 0
     began = time.perf_counter()
     bar = None
     if progress:
@@ -64,20 +79,27 @@ def perplexity(model, token_ids, ctx: int = DEFAULT_CTX, max_tokens: int | None 
         bar = tqdm(total=len(starts), desc="perplexity", unit="window", file=sys.stderr)
     for start in starts:
         window = ids[start:start + ctx]
-        logits = model.forward(window, 0, all_logits=True)
-        total_nll += window_nll(logits[:-1], window[1:])
-        scored += window.size - 1
+        targets = window[1:]
+        rows = np.arange(targets.size)
+        logp = log_softmax(model.forward(window, 0, all_logits=True)[:-1])
+        nll -= logp[rows, targets].sum(dtype=np.float64)
+        if reference is not None:
+            ref_logp = log_softmax(reference.forward(window, 0, all_logits=True)[:-1])
+            ref_nll -= ref_logp[rows, targets].sum(dtype=np.float64)
+            kl += (np.exp(ref_logp) * (ref_logp - logp)).sum(dtype=np.float64)
+            agree += int((ref_logp.argmax(axis=1) == logp.argmax(axis=1)).sum())
+        scored += targets.size
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(ppl=f"{np.exp(total_nll / scored):.3f}")
+            bar.set_postfix(ppl=f"{np.exp(nll / scored):.3f}")
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - began
     stats = model.stats()
-    mean = total_nll / scored
-    return {
+    mean = nll / scored
+    result = {
         "ppl": float(np.exp(mean)),
-        "nll": mean,
+        "nll": float(mean),
         "tokens": int(scored),
         "windows": len(starts),
         "ctx": int(ctx),
@@ -87,6 +109,10 @@ def perplexity(model, token_ids, ctx: int = DEFAULT_CTX, max_tokens: int | None 
         "model_bits_per_weight": stats["bits_per_weight"],
         "params": stats["params"],
     }
+    if reference is not None:
+        result.update(kl_divergence=float(kl / scored), top1_agreement=agree / scored,
+                      reference_ppl=float(np.exp(ref_nll / scored)))
+    return result
 
 
 def load_text(text_file=None, corpus: str | None = None) -> tuple[str, str]:
@@ -131,6 +157,9 @@ def register(subparsers):
                    help=f"window length in tokens (default {DEFAULT_CTX})")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="use only the first N tokens of the text (default: all)")
+    p.add_argument("--reference", metavar="MODEL", default=None,
+                   help="also report the mean KL divergence from this (float) model's next-token "
+                        "distribution and the top-1 agreement with it, e.g. the unquantized source")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_command)
 
@@ -143,8 +172,10 @@ def _command(args) -> int:
     text, label = load_text(args.text, args.corpus)
     model, ckpt = load_model(args.model, max_seq_len=args.ctx)
     ids = tokenize(ckpt.tokenizer, text)
+    if args.reference is not None and not Path(args.reference).exists():
+        raise FileNotFoundError(f"--reference {args.reference} does not exist")
     result = perplexity(model, ids, ctx=args.ctx, max_tokens=args.max_tokens,
-                        progress=not args.json)
+                        progress=not args.json, reference=args.reference)
     result.update({
         "model": str(ckpt.path),
         "text": label,
@@ -158,6 +189,10 @@ def _command(args) -> int:
     print(f"text            {label} ({len(ids)} tokens, {result['tokens']} scored in "
           f"{result['windows']} windows of {args.ctx})")
     print(f"PPL             {result['ppl']:.4f}")
+    if "kl_divergence" in result:
+        print(f"vs reference    PPL {result['reference_ppl']:.4f}, mean KL divergence "
+              f"{result['kl_divergence']:.5f} nats/token, top-1 agreement "
+              f"{100 * result['top1_agreement']:.2f} %")
     print(f"bits/weight     {result['bits_per_weight']:.4f} (transformer linear layers), "
           f"{result['model_bits_per_weight']:.4f} (all weights as run), "
           f"{result['file_bits_per_weight']:.4f} (file)")

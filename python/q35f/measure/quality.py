@@ -14,39 +14,26 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
                progress: bool = True) -> tuple[float, int]:
-    """(perplexity, scored tokens) of a checkpoint (None = embedded model) on `text`."""
-    from tqdm import tqdm
-
+    """(perplexity, scored tokens) of a checkpoint (None = embedded model) on the first `windows`
+    windows of `text`, by the one protocol of q35f.measure.perplexity."""
+    from q35f.measure import perplexity as ppl
     from q35f.runtime.model import load_model
 
     model, ck = load_model(model_path, max_seq_len=window)
     try:
-        ids = np.asarray(ck.tokenizer.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+        ids = ppl.tokenize(ck.tokenizer, text)
     finally:
         ck.close()
-    n = min(windows, ids.size // window)
-    if n < 1:
-        raise ValueError(f"the text has {ids.size} tokens, less than one window of {window}")
-    nll, count = 0.0, 0
-    for w in tqdm(range(n), desc="perplexity", disable=not progress, file=sys.stderr):
-        chunk = ids[w * window:(w + 1) * window]
-        logits = model.forward(chunk, 0, all_logits=True).astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
-        nll -= logp[np.arange(window - 1), chunk[1:]].sum()
-        count += window - 1
-    return math.exp(nll / count), count
+    result = ppl.perplexity(model, ids, ctx=window, max_tokens=windows * window, progress=progress)
+    return result["ppl"], result["tokens"]
 
 
 def _parse_config(spec: str):

@@ -20,32 +20,21 @@ leaves a complete-looking model behind.
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from q35f.io.checkpoint import (
-    FILE_VERSION_KEY,
-    OFFSETS,
-    QUANT_METHOD,
-    QWEIGHT,
-    SCALES,
-    open_checkpoint,
-)
 from q35f.format.spec import FORMAT_VERSION, FORMATS, check_group_size, n_groups, row_bytes
+from q35f.io import directory
+from q35f.io.checkpoint import open_checkpoint
+from q35f.io.llama import HEAD_NAMES, LINEAR
+from q35f.io.safetensors import SafetensorsWriter
 
 HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
-HEAD_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
-LINEAR = re.compile(
-    r"model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)\.weight"
-)
 # One band of a matrix read and quantized at a time: 4 Mi float32 values = 16 MiB.
 BAND_FLOATS = 4 * 1024 * 1024
 DEFAULT_SHARD_BYTES = 2 * 1024**3
@@ -78,85 +67,18 @@ def _plan_tensor(name, shape, bits, group_size, head_bits):
     elif len(shape) == 2 and name in HEAD_NAMES:
         treatment = head_bits
     if treatment in FORMATS:
-        n, k = shape
-        base = name[: -len(".weight")]
-        groups = n_groups(k, group_size)
-        entries = [
-            (base + QWEIGHT, "U8", (n, row_bytes(k, treatment)), n * row_bytes(k, treatment)),
-            (base + SCALES, "F16", (n, groups), 2 * n * groups),
-            (base + OFFSETS, "F16", (n, groups), 2 * n * groups),
-        ]
+        entries = directory.quantized_entries(name, shape, treatment, group_size)
         return _Planned(name, tuple(shape), treatment, "", entries)
     store, dtype = _FLOAT_STORE[treatment] if treatment in _FLOAT_STORE else _FLOAT_STORE["fp32"]
     nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
     return _Planned(name, tuple(shape), None, store, [(name, store, tuple(shape), nbytes)])
 
 
-def _shards(planned, max_bytes):
-    """Consecutive tensors per file, each file at most max_bytes (or one tensor if larger)."""
-    shards, current, size = [], [], 0
-    for p in planned:
-        if current and size + p.nbytes > max_bytes:
-            shards.append(current)
-            current, size = [], 0
-        current.append(p)
-        size += p.nbytes
-    if current:
-        shards.append(current)
-    return shards
-
-
-class _ShardWriter:
-    """A safetensors file whose header is written first; tensor bytes then go to their offsets."""
-
-    def __init__(self, path: Path, planned, metadata):
-        header = {"__metadata__": metadata}
-        self.offsets = {}
-        offset = 0
-        for p in planned:
-            for raw, dtype, shape, nbytes in p.entries:
-                header[raw] = {"dtype": dtype, "shape": list(shape),
-                               "data_offsets": [offset, offset + nbytes]}
-                self.offsets[raw] = (offset, nbytes)
-                offset += nbytes
-        blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        blob += b" " * (-len(blob) % 8)  # tensor data 8-byte aligned, as safetensors does
-        self.data_start = 8 + len(blob)
-        self.size = self.data_start + offset
-        self.path = path
-        self._file = open(path, "wb")
-        self._file.write(len(blob).to_bytes(8, "little"))
-        self._file.write(blob)
-        self._file.truncate(self.size)
-        self._written = {raw: 0 for raw in self.offsets}
-
-    def write(self, raw: str, array: np.ndarray, first_byte: int = 0):
-        """Write array's bytes at byte first_byte of tensor raw."""
-        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-        offset, nbytes = self.offsets[raw]
-        if first_byte + data.size > nbytes:
-            raise AssertionError(f"{raw}: write past its end")
-        self._file.seek(self.data_start + offset + first_byte)
-        self._file.write(memoryview(data))
-        self._written[raw] += data.size
-
-    def abort(self):
-        self._file.close()
-
-    def close(self):
-        incomplete = [raw for raw, n in self._written.items() if n != self.offsets[raw][1]]
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        if incomplete:
-            raise AssertionError(f"{self.path}: tensors not fully written: {incomplete[:3]}")
-
-
 def _band_rows(k: int) -> int:
     return max(1, BAND_FLOATS // max(1, k))
 
 
-def _write_tensor(src, p: _Planned, writer: _ShardWriter, group_size, bar, quantizer=None):
+def _write_tensor(src, p: _Planned, writer: SafetensorsWriter, group_size, bar, quantizer=None):
     """Read, convert and write one tensor, a band of rows at a time."""
     from q35f.kernels.tensor import quantize
 
@@ -192,45 +114,6 @@ def _write_tensor(src, p: _Planned, writer: _ShardWriter, group_size, bar, quant
         bar.update((stop - start) * k)
 
 
-def _tensor_metadata(planned, group_size):
-    meta = {"format": "pt", FILE_VERSION_KEY: str(FORMAT_VERSION)}
-    for p in planned:
-        if p.bits is not None:
-            meta[p.name] = json.dumps(
-                {"shape": list(p.shape), "bits": p.bits, "group_size": group_size},
-                separators=(",", ":"),
-            )
-    return meta
-
-
-def _write_side_files(src, tmp: Path, config: dict):
-    """config.json, tokenizer files and the chat template, copied when the source has them."""
-    (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    copied = []
-    if src.path.is_dir():
-        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                     "generation_config.json", "chat_template.jinja"):
-            if (src.path / name).is_file():
-                shutil.copyfile(src.path / name, tmp / name)
-                copied.append(name)
-    if "tokenizer.json" not in copied:
-        try:
-            src.tokenizer.save(str(tmp / "tokenizer.json"))
-            copied.append("tokenizer.json")
-        except FileNotFoundError:
-            print(f"warning: {src.path} has no tokenizer; the output has none either",
-                  file=sys.stderr)
-    if "tokenizer_config.json" not in copied and "chat_template.jinja" not in copied:
-        tc = {"chat_template": src.chat_template}
-        if "tokenizer.json" in copied:
-            tok = src.tokenizer
-            for key in ("bos_token_id", "eos_token_id"):
-                token_id = config.get(key)
-                if isinstance(token_id, int) and tok.id_to_token(token_id) is not None:
-                    tc[key.replace("_id", "")] = tok.id_to_token(token_id)
-        (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n", encoding="utf-8")
-
-
 def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", force=False,
                         progress=True, max_shard_bytes=DEFAULT_SHARD_BYTES, clip_search=False,
                         pairing="none", gptq=False, calibration=None,
@@ -258,7 +141,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         ]
         config = dict(ck.config)
         config["quantization_config"] = {
-            "quant_method": QUANT_METHOD,
+            "quant_method": directory.QUANT_METHOD,
             "format_version": FORMAT_VERSION,
             "bits": bits,
             "group_size": group_size,
@@ -272,19 +155,16 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 calibration_tokens or DEFAULT_CALIBRATION_TOKENS,
                                 progress=progress)
             config["quantization_config"].update(improver.describe())
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
+        tmp = directory.partial_directory(out)
         try:
-            shards = _shards(planned, max_shard_bytes)
-            names = (["model.safetensors"] if len(shards) == 1 else
-                     [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                      for i in range(len(shards))])
+            shards = directory.shard_plan(planned, max_shard_bytes)
+            names = directory.shard_names(len(shards))
             total = sum(p.n_params for p in planned)
             with tqdm(total=total, unit="w", unit_scale=True, desc=f"quantize {bits}",
                       disable=not progress, file=sys.stderr) as bar:
                 for file, shard in zip(names, shards):
-                    writer = _ShardWriter(tmp / file, shard, _tensor_metadata(shard, group_size))
+                    writer = SafetensorsWriter(tmp / file, shard,
+                                               directory.tensor_metadata(shard, group_size))
                     try:
                         for p in shard:
                             _write_tensor(improver.source if improver else ck, p, writer,
@@ -294,17 +174,13 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         raise
                     writer.close()
             if len(shards) > 1:
-                weight_map = {e[0]: file for file, shard in zip(names, shards)
-                              for p in shard for e in p.entries}
-                index = {"metadata": {"total_size": sum(p.nbytes for p in planned)},
-                         "weight_map": weight_map}
-                (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-            _write_side_files(ck, tmp, config)
+                directory.write_index(tmp, names, shards)
+            directory.write_side_files(ck, tmp, config)
             source = {"path": str(ck.path), "kind": ck.kind, "file_bytes": ck.file_bytes}
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-    _replace(tmp, out)
+    directory.replace_directory(tmp, out)
     summary = _summary(planned, out, names)
     summary.update(source=source, bits=bits, group_size=group_size, head_bits=head_bits,
                    seconds=round(time.perf_counter() - started, 3))
@@ -313,20 +189,6 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
 
 def _bad(what, value, choices):
     raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
-
-
-def _replace(tmp: Path, out: Path):
-    """Move the finished directory into place; an old `out` (force) goes only after that."""
-    old = None
-    if out.exists() or out.is_symlink():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
 
 
 def _summary(planned, out: Path, names) -> dict:

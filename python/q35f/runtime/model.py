@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from q35f.io.llama import LLAMA_DEFAULTS
+
 # Prompts longer than this are run in chunks, so attention scores stay small (T x S per head).
 PREFILL_CHUNK = 512
 
@@ -35,10 +37,10 @@ class LlamaConfig:
     num_attention_heads: int
     num_key_value_heads: int
     head_dim: int
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    rms_norm_eps: float = LLAMA_DEFAULTS["rms_norm_eps"]
+    rope_theta: float = LLAMA_DEFAULTS["rope_theta"]
     rope_scaling: dict | None = None
-    max_position_embeddings: int = 2048
+    max_position_embeddings: int = LLAMA_DEFAULTS["max_position_embeddings"]
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -72,10 +74,11 @@ class LlamaConfig:
             num_attention_heads=heads,
             num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
             head_dim=int(cfg.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(theta if theta is not None else 10000.0),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", LLAMA_DEFAULTS["rms_norm_eps"])),
+            rope_theta=float(theta if theta is not None else LLAMA_DEFAULTS["rope_theta"]),
             rope_scaling=dict(scaling) if scaling else None,
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            max_position_embeddings=int(cfg.get("max_position_embeddings",
+                                                LLAMA_DEFAULTS["max_position_embeddings"])),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
@@ -193,7 +196,7 @@ class Weights:
 
     @classmethod
     def from_checkpoint(cls, ckpt, config: LlamaConfig) -> "Weights":
-        """Read HF-named tensors from a q35f.checkpoint.Checkpoint (float32 or quantized)."""
+        """Read HF-named tensors from a q35f.io.checkpoint.Checkpoint (float32 or quantized)."""
 
         def get(name):
             return ckpt.get(name)
@@ -315,8 +318,9 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    variance = np.mean(x * x, axis=-1, keepdims=True)
-    return (x / np.sqrt(variance + np.float32(eps))) * weight
+    """RMSNorm of rows x (T, hidden)."""
+    mean_square = np.einsum("ij,ij->i", x, x)[:, None] / np.float32(x.shape[1])
+    return x * (weight / np.sqrt(mean_square + np.float32(eps)))
 
 
 def release_free_memory() -> None:
@@ -348,6 +352,28 @@ def rotated_qkv(layer, x: np.ndarray, eps, cos, sin, n_heads: int, n_kv: int, d:
     return q, k, v
 
 
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible, scale) -> np.ndarray:
+    """softmax(q k^T * scale) v of T tokens, query heads grouped over their shared kv heads (GQA).
+
+    q is (T, heads, d); keys and values are (kv heads, S, d) with the T tokens' own positions
+    last. visible (T, T) says which of those own positions each token sees (None: all of them);
+    every earlier position is seen by every token. Returns (T, heads * d).
+    """
+    t, n_heads, d = q.shape
+    n_kv, s = keys.shape[0], keys.shape[1]
+    group = n_heads // n_kv
+    # query heads h*group..h*group+group-1 share kv head h: (n_kv, group*T, d)
+    qg = q.reshape(t, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * t, d)
+    scores = (qg * scale) @ keys.transpose(0, 2, 1)  # (n_kv, group*T, S)
+    if visible is not None:
+        scores.reshape(n_kv, group, t, s)[:, :, :, s - t:][:, :, ~visible] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = scores @ values  # (n_kv, group*T, d)
+    return out.reshape(n_kv, group, t, d).transpose(2, 0, 1, 3).reshape(t, n_heads * d)
+
+
 def feed_forward(layer, x: np.ndarray, eps) -> np.ndarray:
     """x + SwiGLU(RMSNorm(x)) of one layer, for rows x (T, hidden)."""
     h = rms_norm(x, layer.mlp_norm, eps)
@@ -358,6 +384,13 @@ def feed_forward(layer, x: np.ndarray, eps) -> np.ndarray:
         hidden = gate / (1 + np.exp(-gate))  # silu; exp overflow gives -0, as it should
     hidden *= up
     return x + layer.down(hidden)
+
+
+def positions_in_segments(segments: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... restarting wherever the segment id changes (segments are contiguous runs)."""
+    starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
+    lengths = np.diff(np.r_[starts, segments.size])
+    return np.arange(segments.size) - np.repeat(starts, lengths)
 
 
 @dataclass
@@ -450,112 +483,70 @@ class Model:
 
         Returns logits (T, vocab) for every token when all_logits, else (vocab,) for the last.
         """
+        hidden = self.hidden_states(token_ids, start_pos)
+        return self.head(hidden) if all_logits else self.head(hidden[-1:])[0]
+
+    def hidden_states(self, token_ids, pos: int, segments=None) -> np.ndarray:
+        """Final-normed hidden states (T, hidden) of tokens continuing the cached positions 0..pos-1.
+
+        Without segments the tokens are one sequence at positions pos..pos+T-1, run in chunks of
+        PREFILL_CHUNK and written into the KV cache. With segments (T,) the tokens are several
+        independent branches (contiguous runs of equal ids) that each continue the cache: every
+        branch starts again at position pos and sees the cache and its own earlier tokens only;
+        the cache is read, never written (the lm-eval scorer runs all continuations at once).
+        """
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             raise ValueError("token_ids must not be empty")
-        if start_pos < 0 or start_pos + ids.size > self.max_seq_len:
-            raise ValueError(
-                f"positions {start_pos}..{start_pos + ids.size - 1} exceed the context of "
-                f"{self.max_seq_len} tokens"
-            )
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
-        chunks = []
-        for first in range(0, ids.size, PREFILL_CHUNK):
-            chunk = ids[first:first + PREFILL_CHUNK]
-            last = first + PREFILL_CHUNK >= ids.size
-            x = self.hidden_states(chunk, start_pos + first)
-            if all_logits:
-                chunks.append(self.head(x))
-            elif last:
-                return self.head(x[-1:])[0]
-        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+        if segments is None:
+            self._check_positions(pos, ids.size)
+            parts = [self._blocks(ids[i:i + PREFILL_CHUNK], pos + i, None)
+                     for i in range(0, ids.size, PREFILL_CHUNK)]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        segments = np.asarray(segments).reshape(-1)
+        if segments.shape != ids.shape:
+            raise ValueError(f"segments must have one id per token, got {segments.shape} "
+                             f"for {ids.size} tokens")
+        offsets = positions_in_segments(segments)
+        self._check_positions(pos, int(offsets.max()) + 1)
+        return self._blocks(ids, pos, (segments, offsets))
 
-    def hidden_states(self, ids: np.ndarray, pos: int) -> np.ndarray:
-        """Final-normed hidden states (T, hidden) of tokens at positions pos..pos+T-1."""
-        if ids.size == 1:
-            return self.decode_step(int(ids[0]), pos)[None, :]
+    def _check_positions(self, pos: int, length: int) -> None:
+        if pos < 0 or pos + length > self.max_seq_len:
+            raise ValueError(f"positions {pos}..{pos + length - 1} exceed the context of "
+                             f"{self.max_seq_len} tokens")
+
+    def _blocks(self, ids: np.ndarray, pos: int, branches) -> np.ndarray:
+        """The transformer blocks and the final norm for one chunk (see hidden_states)."""
         c = self.config
         eps = c.rms_norm_eps
         t = ids.size
-        end = pos + t
         n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        group = n_heads // n_kv
-        q_size = n_heads * d
-        cos, sin = self.cos[pos:end], self.sin[pos:end]
-        mask = None
-        if t > 1:  # causal: query at pos+i sees keys 0..pos+i
-            mask = np.arange(end)[None, :] > (pos + np.arange(t))[:, None]
+        if branches is None:  # one sequence, causal, written into the cache
+            positions = slice(pos, pos + t)
+            visible = np.tri(t, dtype=bool) if t > 1 else None
+        else:
+            segments, offsets = branches
+            positions = pos + offsets
+            visible = (segments[:, None] == segments[None, :]) & np.tri(t, dtype=bool)
+        cos, sin = self.cos[positions], self.sin[positions]
 
         x = self.embed(ids)  # (T, hidden)
         for li, layer in enumerate(self.layers):
-            # attention
             q, k, v = rotated_qkv(layer, x, eps, cos, sin, n_heads, n_kv, d)
             k_cache, v_cache = self.k_cache[li], self.v_cache[li]  # (n_kv, S, d)
-            k_cache[:, pos:end] = k.transpose(1, 0, 2)
-            v_cache[:, pos:end] = v.transpose(1, 0, 2)
-            # query heads h*group..h*group+group-1 share kv head h: (n_kv, group*T, d)
-            qg = q.reshape(t, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * t, d)
-            scores = (qg * self.scale) @ k_cache[:, :end].transpose(0, 2, 1)  # (n_kv, g*T, S)
-            scores = scores.reshape(n_kv, group, t, end)
-            if mask is not None:
-                scores[:, :, mask] = -np.inf
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            out = scores.reshape(n_kv, group * t, end) @ v_cache[:, :end]  # (n_kv, g*T, d)
-            out = out.reshape(n_kv, group, t, d).transpose(2, 0, 1, 3).reshape(t, q_size)
-            x = x + layer.wo(out)
+            if branches is None:
+                k_cache[:, pos:pos + t] = k.transpose(1, 0, 2)
+                v_cache[:, pos:pos + t] = v.transpose(1, 0, 2)
+                keys, values = k_cache[:, :pos + t], v_cache[:, :pos + t]
+            else:
+                keys = np.concatenate([k_cache[:, :pos], k.transpose(1, 0, 2)], axis=1)
+                values = np.concatenate([v_cache[:, :pos], v.transpose(1, 0, 2)], axis=1)
+            x = x + layer.wo(attention(q, keys, values, visible, self.scale))
             x = feed_forward(layer, x, eps)
         return rms_norm(x, self.weights.norm, eps)
-
-    def decode_step(self, token: int, pos: int) -> np.ndarray:
-        """hidden_states for one token: the same equations with the fewest numpy calls.
-
-        Decoding runs this once per token per layer, so Python overhead counts here: RMSNorm
-        folds into one scale, q and k are rotated together, no causal mask is needed.
-        """
-        x = self.embed(np.array([token]))  # (1, hidden)
-        with np.errstate(over="ignore"):  # silu's exp(-gate) may overflow to inf: gives -0
-            x = self._decode_layers(x, pos)
-        eps, inv_h = np.float32(self.config.rms_norm_eps), np.float32(1 / self.config.hidden_size)
-        return (x * (self.weights.norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps)))[0]
-
-    def _decode_layers(self, x: np.ndarray, pos: int) -> np.ndarray:
-        c = self.config
-        eps = np.float32(c.rms_norm_eps)
-        n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        half, group, end = d // 2, n_heads // n_kv, pos + 1
-        qk_size, q_size = (n_heads + n_kv) * d, n_heads * d
-        inv_h = np.float32(1.0 / c.hidden_size)
-        cos, sin = self.cos[pos], self.sin[pos]
-        for li, layer in enumerate(self.layers):
-            h = x * (layer.attn_norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps))
-            qkv = layer.qkv(h)[0]
-            qk = qkv[:qk_size].reshape(n_heads + n_kv, d)  # rotate q and k heads together
-            x1, x2 = qk[:, :half], qk[:, half:]
-            rotated1 = x1 * cos - x2 * sin
-            x2 *= cos
-            x2 += x1 * sin
-            x1[...] = rotated1
-            k_cache, v_cache = self.k_cache[li], self.v_cache[li]
-            k_cache[:, pos] = qk[n_heads:]
-            v_cache[:, pos] = qkv[qk_size:].reshape(n_kv, d)
-            q = qk[:n_heads].reshape(n_kv, group, d)
-            scores = np.matmul(q * self.scale, k_cache[:, :end].transpose(0, 2, 1))
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            out = np.matmul(scores, v_cache[:, :end])  # (n_kv, group, d)
-            x = x + layer.wo(out.reshape(1, q_size))
-            h = x * (layer.mlp_norm / np.sqrt(np.dot(x[0], x[0]) * inv_h + eps))
-            gate_up = layer.gate_up(h)[0]
-            f = gate_up.shape[0] // 2
-            gate = gate_up[:f]
-            hidden = gate / (1 + np.exp(-gate))  # silu; exp overflow gives -0, as it should
-            hidden *= gate_up[f:]
-            x = x + layer.down(hidden[None, :])
-        return x
 
 
 def load_model(path=None, max_seq_len: int | None = None):

@@ -436,7 +436,7 @@ class Engine:
 
 def create_app(generator, *, api_key: str | None = None, max_queue: int = DEFAULT_MAX_QUEUE,
                max_tokens: int | None = None):
-    """A Starlette app serving `generator` (see q35f.generate.Generator)."""
+    """A Starlette app serving `generator` (see q35f.runtime.generate.Generator)."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import Request

@@ -16,9 +16,9 @@ from q35f.quantization import convert
 from q35f.io.checkpoint import default_model_path, open_checkpoint
 from q35f.cli import main as cli_main
 from q35f.format.spec import tensor_nbytes
-from test_checkpoint import TINY_CONFIG, tiny_weights, write_hf
+from conftest import TINY_CONFIG, tiny_tensors, write_hf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 LINEAR_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
                    "gate_proj.weight", "up_proj.weight", "down_proj.weight")
 # K = 80 for down_proj: with G = 64 its last group is short (FORMAT.md §1)
@@ -26,7 +26,7 @@ ODD_CONFIG = dict(TINY_CONFIG, intermediate_size=80, tie_word_embeddings=False)
 
 
 def _source(tmp_path, config=ODD_CONFIG, dtype=ml_dtypes.bfloat16, seed=0, **kw):
-    weights = tiny_weights(config, seed)
+    weights = tiny_tensors(config, seed)
     return write_hf(tmp_path / "src", weights, config=config, dtype=dtype, **kw), weights
 
 
@@ -161,7 +161,7 @@ def test_interrupted_run_leaves_no_model(tmp_path, monkeypatch, failure):
 
 
 def test_nan_in_source_names_file_and_tensor(tmp_path):
-    weights = tiny_weights(ODD_CONFIG)
+    weights = tiny_tensors(ODD_CONFIG)
     weights["model.layers.1.mlp.gate_proj.weight"][3, 5] = np.nan
     src = write_hf(tmp_path / "src", weights, config=ODD_CONFIG)
     with pytest.raises(ValueError, match=r"src: tensor model\.layers\.1\.mlp\.gate_proj\.weight.*NaN"):

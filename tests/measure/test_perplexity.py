@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from q35f.io.checkpoint import default_model_path, open_checkpoint
-from q35f.runtime.model import LlamaConfig, Model, Weights
+from q35f.runtime.model import LlamaConfig, Model
 from q35f.measure.perplexity import perplexity, window_nll
-from test_model import tiny_config, tiny_weights
+from conftest import tiny_config, tiny_weights
 
 
 def test_window_nll_is_the_negative_log_softmax_of_the_targets():

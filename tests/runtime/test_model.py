@@ -8,44 +8,12 @@ import numpy as np
 import pytest
 
 import q35f
+import q35f.format.spec
 from q35f.runtime import model as model_module
+from conftest import tiny_config, tiny_model, tiny_weights
 from q35f.runtime.model import FusedLinear, LlamaConfig, Model, Weights, stack_rows
 
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
-
-
-def tiny_config(**overrides) -> dict:
-    config = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128,
-              "tie_word_embeddings": True, "eos_token_id": 3}
-    config.update(overrides)
-    return config
-
-
-def tiny_weights(config: dict, seed: int = 0) -> Weights:
-    rng = np.random.default_rng(seed)
-    h, f = config["hidden_size"], config["intermediate_size"]
-    d = h // config["num_attention_heads"]
-    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
-
-    def w(*shape, scale=0.1):
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    layers = [
-        model_module.LayerWeights(
-            attn_norm=1 + w(h), wq=w(q, h, scale=0.3), wk=w(kv, h, scale=0.3), wv=w(kv, h),
-            wo=w(h, q), mlp_norm=1 + w(h), w_gate=w(f, h), w_up=w(f, h), w_down=w(h, f))
-        for _ in range(config["num_hidden_layers"])
-    ]
-    lm_head = None if config["tie_word_embeddings"] else w(config["vocab_size"], h)
-    return Weights(embed=w(config["vocab_size"], h, scale=1.0), layers=layers, norm=1 + w(h),
-                   lm_head=lm_head)
-
-
-def tiny_model(seed=0, max_seq_len=None, **overrides) -> Model:
-    config = tiny_config(**overrides)
-    return Model(LlamaConfig.from_hf(config), tiny_weights(config, seed), max_seq_len=max_seq_len)
 
 
 def quantized_copy(weights: Weights, bits: str, embed_bits: str | None = None,
@@ -115,7 +83,7 @@ def test_quantized_model_holds_format_bytes():
     weights = quantized_copy(tiny_weights(tiny_config()), "q35", embed_bits="int8")
     model = Model(LlamaConfig.from_hf(tiny_config()), weights)
     stats = model.stats()
-    expected = sum(q35f.formats.tensor_nbytes(*lin.shape, 32, "q35") for lin in model.linears())
+    expected = sum(q35f.format.spec.tensor_nbytes(*lin.shape, 32, "q35") for lin in model.linears())
     assert 8 * expected / stats["block_params"] == pytest.approx(stats["block_bits_per_weight"])
     assert stats["block_bits_per_weight"] == pytest.approx(3.5 + 32 / 32)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-FORTRAN = sorted((Path(__file__).parents[1] / "fortran").glob("*.f90"))
+FORTRAN = sorted((Path(__file__).resolve().parents[2] / "fortran").glob("*.f90"))
 
 
 def test_there_are_fortran_sources():

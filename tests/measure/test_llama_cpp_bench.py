@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from q35f.runtime.model import LlamaConfig, Model
 from q35f.measure.perplexity import perplexity, window_nll
-from test_model import tiny_config, tiny_weights
+from conftest import tiny_config, tiny_weights
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "llama_cpp.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "llama_cpp.py"
 _spec = importlib.util.spec_from_file_location("bench_llama_cpp", SCRIPT)
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)

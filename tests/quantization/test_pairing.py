@@ -15,7 +15,7 @@ from q35f.io.checkpoint import open_checkpoint
 from q35f.quantization.convert import quantize_checkpoint
 from q35f.runtime.model import LlamaConfig, Model, Weights, load_model
 from q35f.quantization.pairing import PermutedCheckpoint, build_permutations, pairing_order
-from test_checkpoint import TINY_CONFIG, tiny_weights, write_hf
+from conftest import TINY_CONFIG, tiny_tensors, write_hf
 
 CALIBRATION_TEXT = ("It is a truth universally acknowledged, that a single man in possession of a "
                     "good fortune, must be in want of a wife. ") * 40
@@ -79,7 +79,7 @@ def _fake_calibration(config, seed):
 @pytest.mark.parametrize("tied", [True, False])
 def test_folded_permutations_leave_the_model_function_unchanged(mode, tied):
     config = dict(TINY_CONFIG, tie_word_embeddings=tied)
-    weights = tiny_weights(config, seed=1)
+    weights = tiny_tensors(config, seed=1)
     ck = _DictCheckpoint(weights, config)
     perms = build_permutations(ck, config, mode, _fake_calibration(config, 2))
     hidden_perm = perms["model.norm.weight"][0]
@@ -98,7 +98,7 @@ def test_folded_permutations_leave_the_model_function_unchanged(mode, tied):
 
 
 def test_activation_pairing_needs_calibration():
-    ck = _DictCheckpoint(tiny_weights(TINY_CONFIG), TINY_CONFIG)
+    ck = _DictCheckpoint(tiny_tensors(TINY_CONFIG), TINY_CONFIG)
     with pytest.raises(ValueError, match="calibration"):
         build_permutations(ck, TINY_CONFIG, "activation")
     with pytest.raises(ValueError, match="pairing"):
@@ -111,7 +111,7 @@ def test_activation_pairing_needs_calibration():
     {"pairing": "activation", "gptq": True},
 ])
 def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, options):
-    src = write_hf(tmp_path / "src", tiny_weights(TINY_CONFIG, seed=3))
+    src = write_hf(tmp_path / "src", tiny_tensors(TINY_CONFIG, seed=3))
     text = tmp_path / "calibration.txt"
     text.write_text(CALIBRATION_TEXT)
     if options.get("pairing") == "activation" or options.get("gptq"):

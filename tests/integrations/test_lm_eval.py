@@ -24,10 +24,10 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from q35f.integrations import lm_eval as lm_eval_adapter  # noqa: E402
-from q35f.io.checkpoint import expected_shapes  # noqa: E402
+from q35f.io.llama import expected_shapes  # noqa: E402
 from q35f.quantization.convert import quantize_checkpoint  # noqa: E402
 
-DATA = Path(__file__).parent / "data" / "lm_eval"
+DATA = Path(__file__).resolve().parents[1] / "data" / "lm_eval"
 TASKS = ["q35f_tiny_mc", "q35f_tiny_ppl", "q35f_tiny_gen"]
 MAX_LENGTH = 48  # short, so the perplexity documents span several rolling windows
 

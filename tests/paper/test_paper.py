@@ -17,7 +17,7 @@ from q35f.paper import data, figures, supplementary
 from q35f.measure.machine import EnergyMeter, power_note
 from q35f.format.sizing import scalability_rows
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:

@@ -6,7 +6,7 @@ import pytest
 from q35f.io.checkpoint import default_model_path, open_checkpoint
 from q35f.runtime.generate import Generator, StreamDecoder, TokenEvent, load_generator, sample
 from q35f.runtime.model import LlamaConfig, Model
-from test_model import tiny_config, tiny_weights
+from conftest import tiny_config, tiny_weights
 
 
 @pytest.fixture(scope="module")

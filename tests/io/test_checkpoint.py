@@ -9,75 +9,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from q35f.io.checkpoint import (
-    default_model_path,
-    expected_shapes,
-    gguf_to_hf_name,
-    open_checkpoint,
-    permute_rotary,
-    unpermute_rotary,
-)
-
-TINY_CONFIG = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 256,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 10000.0,
-    "max_position_embeddings": 128,
-    "tie_word_embeddings": True,
-    "bos_token_id": 0,
-    "eos_token_id": 0,
-}
-CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-
-
-def tiny_tokenizer():
-    """A byte-level BPE over the 256 byte symbols: every byte is one token."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return tok
-
-
-def tiny_weights(config, seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        name: rng.standard_normal(shape).astype(np.float32)
-        for name, shape in expected_shapes(config).items()
-    }
-
-
-def write_hf(directory, weights, config=TINY_CONFIG, dtype=np.float32, shards=1):
-    """A Hugging Face checkpoint directory; `shards` > 1 writes an index like transformers."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config))
-    tiny_tokenizer().save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
-    stored = {name: w.astype(dtype) for name, w in weights.items()}
-    if shards == 1:
-        save_file(stored, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        return directory
-    names = list(stored)
-    weight_map = {}
-    for s in range(shards):
-        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: stored[n] for n in names[s::shards]}
-        save_file(part, str(directory / file), metadata={"format": "pt"})
-        weight_map.update({n: file for n in part})
-    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
-    return directory
-
+from conftest import CHAT_TEMPLATE, TINY_CONFIG, tiny_tensors, write_hf
+from q35f.io.checkpoint import default_model_path, open_checkpoint
+from q35f.io.gguf import gguf_to_hf_name, permute_rotary, unpermute_rotary
+from q35f.io.llama import expected_shapes
 
 # ---------------------------------------------------------------------------------------------
 # the embedded GGUF model
@@ -224,7 +159,7 @@ def test_truncated_gguf_names_file_and_tensor(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
 def test_hf_directory_round_trips_each_float_dtype(tmp_path, dtype):
-    weights = tiny_weights(TINY_CONFIG)
+    weights = tiny_tensors(TINY_CONFIG)
     write_hf(tmp_path / "m", weights, dtype=dtype)
     with open_checkpoint(tmp_path / "m") as ck:
         assert ck.kind == "hf" and ck.quant_config is None
@@ -253,7 +188,7 @@ def test_bfloat16_widening_is_exact_bit_shift(tmp_path):
 
 
 def test_hf_sharded_index(tmp_path):
-    weights = tiny_weights(TINY_CONFIG, seed=1)
+    weights = tiny_tensors(TINY_CONFIG, seed=1)
     write_hf(tmp_path / "m", weights, dtype=ml_dtypes.bfloat16, shards=3)
     with open_checkpoint(tmp_path / "m") as ck:
         assert set(ck.names()) == set(weights)
@@ -266,7 +201,7 @@ def test_hf_sharded_index(tmp_path):
 def test_hf_config_defaults_follow_llama_config(tmp_path):
     config = {k: v for k, v in TINY_CONFIG.items()
               if k not in ("num_key_value_heads", "rope_theta", "rms_norm_eps", "tie_word_embeddings")}
-    weights = tiny_weights(dict(TINY_CONFIG, num_key_value_heads=4, tie_word_embeddings=False))
+    weights = tiny_tensors(dict(TINY_CONFIG, num_key_value_heads=4, tie_word_embeddings=False))
     write_hf(tmp_path / "m", weights, config=config)
     with open_checkpoint(tmp_path / "m") as ck:
         assert ck.config["num_key_value_heads"] == 4
@@ -275,14 +210,14 @@ def test_hf_config_defaults_follow_llama_config(tmp_path):
 
 
 def test_missing_shard_names_index_and_tensor(tmp_path):
-    write_hf(tmp_path / "m", tiny_weights(TINY_CONFIG), shards=2)
+    write_hf(tmp_path / "m", tiny_tensors(TINY_CONFIG), shards=2)
     (tmp_path / "m" / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"index\.json.*00002.*of tensor"):
         open_checkpoint(tmp_path / "m")
 
 
 def test_truncated_safetensors_names_file(tmp_path):
-    write_hf(tmp_path / "m", tiny_weights(TINY_CONFIG))
+    write_hf(tmp_path / "m", tiny_tensors(TINY_CONFIG))
     f = tmp_path / "m" / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"model\.safetensors: corrupt or truncated"):
@@ -290,7 +225,7 @@ def test_truncated_safetensors_names_file(tmp_path):
 
 
 def test_shape_mismatch_names_file_and_tensor(tmp_path):
-    weights = tiny_weights(TINY_CONFIG)
+    weights = tiny_tensors(TINY_CONFIG)
     weights["model.layers.1.mlp.up_proj.weight"] = np.zeros((64, 31), np.float32)
     write_hf(tmp_path / "m", weights)
     with pytest.raises(ValueError, match=r"model\.safetensors: tensor model\.layers\.1\.mlp\.up_proj"
@@ -299,7 +234,7 @@ def test_shape_mismatch_names_file_and_tensor(tmp_path):
 
 
 def test_missing_tensor_is_named(tmp_path):
-    weights = tiny_weights(TINY_CONFIG)
+    weights = tiny_tensors(TINY_CONFIG)
     del weights["model.layers.0.self_attn.v_proj.weight"]
     write_hf(tmp_path / "m", weights)
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.v_proj\.weight is missing"):
@@ -307,7 +242,7 @@ def test_missing_tensor_is_named(tmp_path):
 
 
 def test_index_and_shard_disagree(tmp_path):
-    write_hf(tmp_path / "m", tiny_weights(TINY_CONFIG), shards=2)
+    write_hf(tmp_path / "m", tiny_tensors(TINY_CONFIG), shards=2)
     index_path = tmp_path / "m" / "model.safetensors.index.json"
     index = json.loads(index_path.read_text())
     name = next(iter(index["weight_map"]))
@@ -319,7 +254,7 @@ def test_index_and_shard_disagree(tmp_path):
 
 
 def test_integer_weight_dtype_is_rejected(tmp_path):
-    weights = tiny_weights(TINY_CONFIG)
+    weights = tiny_tensors(TINY_CONFIG)
     write_hf(tmp_path / "m", weights)
     stored = {n: w for n, w in weights.items()}
     stored["model.norm.weight"] = np.ones(32, dtype=np.int32)
@@ -334,7 +269,7 @@ def test_missing_paths_are_file_not_found(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
         open_checkpoint(tmp_path / "empty")
-    write_hf(tmp_path / "m", tiny_weights(TINY_CONFIG))
+    write_hf(tmp_path / "m", tiny_tensors(TINY_CONFIG))
     (tmp_path / "m" / "tokenizer.json").unlink()
     with open_checkpoint(tmp_path / "m") as ck, pytest.raises(FileNotFoundError, match="tokenizer.json"):
         ck.tokenizer
@@ -345,7 +280,7 @@ def test_missing_paths_are_file_not_found(tmp_path):
 
 def test_foreign_quantization_is_refused(tmp_path):
     config = dict(TINY_CONFIG, quantization_config={"quant_method": "awq", "bits": 4})
-    write_hf(tmp_path / "m", tiny_weights(TINY_CONFIG), config=config)
+    write_hf(tmp_path / "m", tiny_tensors(TINY_CONFIG), config=config)
     with pytest.raises(ValueError, match="'awq' is not supported"):
         open_checkpoint(tmp_path / "m")
 
@@ -366,7 +301,7 @@ def test_open_accepts_str_and_default():
 
 
 def test_get_rows_reads_a_band_equal_to_the_whole(tmp_path, smollm):
-    weights = tiny_weights(TINY_CONFIG, seed=2)
+    weights = tiny_tensors(TINY_CONFIG, seed=2)
     write_hf(tmp_path / "m", weights, dtype=ml_dtypes.bfloat16, shards=2)
     with open_checkpoint(tmp_path / "m") as ck:
         for name in ("model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight"):
