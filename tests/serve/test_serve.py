@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from q35f import cli
 from q35f.serve.bench import CSV_COLUMNS, append_csv, normalize_base_url
-from q35f.serve.server import StopFilter
+from q35f.serve.requests import StopFilter
 
 API_KEY = "test-key-q35f"
 MAX_TOKENS_LIMIT = 64

@@ -11,9 +11,12 @@ FLOAT16_MAX = 65504.0
 
 @dataclass(frozen=True)
 class Bits:
-    """One packed format: its name, bytes per 16-weight block and grid sizes."""
+    """One packed format: its name, the id the Fortran kernels know it by (fortran/q35_blocks.f90),
+    bytes per 16-weight block and grid sizes. tests/format/test_constants.py checks that the
+    Fortran constants agree with this table."""
 
     name: str
+    format_id: int
     block_bytes: int
     even_levels: int  # levels of the grid of even weights (all weights for int formats)
     odd_levels: int  # levels of the grid of odd weights
@@ -24,10 +27,10 @@ class Bits:
 
 
 FORMATS = {
-    "q35": Bits("q35", 7, 16, 8),
-    "int8": Bits("int8", 16, 256, 256),
-    "int4": Bits("int4", 8, 16, 16),
-    "int3": Bits("int3", 6, 8, 8),
+    "q35": Bits("q35", 1, 7, 16, 8),
+    "int8": Bits("int8", 2, 16, 256, 256),
+    "int4": Bits("int4", 3, 8, 16, 16),
+    "int3": Bits("int3", 4, 6, 8, 8),
 }
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 from q35f import _kernels
-from q35f.format.spec import BLOCK_WEIGHTS, get_format, n_blocks, n_groups, row_bytes
+from q35f.format.spec import BLOCK_WEIGHTS, FORMATS, get_format, n_blocks, n_groups, row_bytes
 
-TILE_ROWS = 16
-FORMAT_IDS = {"q35": 1, "int8": 2, "int4": 3, "int3": 4}
+TILE_ROWS = 16  # rows interleaved per tile (FORMAT.md §7); fortran/q35_blocks.f90 tile_rows
+FORMAT_IDS = {name: bits.format_id for name, bits in FORMATS.items()}
 
 
 def _as_array(value, name, dtype):
