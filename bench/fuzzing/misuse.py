@@ -70,8 +70,8 @@ def _matmul(x, qt_factory=_qt):
 
 def _cases() -> list[Case]:
     import q35f
-    from q35f.formats import bits_per_weight
-    from q35f.tensor import QuantConfig, QuantizedTensor
+    from q35f.format.spec import bits_per_weight
+    from q35f.kernels.tensor import QuantConfig, QuantizedTensor
 
     cases: list[Case] = []
 

@@ -50,7 +50,7 @@ def tiny_tokenizer():
 
 def tiny_weights(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Hugging Face name -> float32 weights, small enough that activations stay tame."""
-    from q35f.checkpoint import expected_shapes
+    from q35f.io.llama import expected_shapes
 
     rng = np.random.default_rng(seed)
     weights = {}
@@ -90,7 +90,7 @@ def write_hf(directory: Path, config: dict = TINY_CONFIG, dtype=np.float32, seed
 
 def write_q35f(directory: Path, source: Path, bits: str = "q35", head_bits: str = "int8") -> Path:
     """A q35f directory quantized from the HF directory `source` (group size 32)."""
-    from q35f.convert import quantize_checkpoint
+    from q35f.quantization.convert import quantize_checkpoint
 
     quantize_checkpoint(source, directory, bits=bits, group_size=32, head_bits=head_bits,
                         progress=False)
@@ -138,7 +138,7 @@ def gguf_tensors(config: dict = TINY_CONFIG, seed: int = 0) -> list[tuple]:
     """(llama.cpp name, float32 array, storage type): F32 norms, Q8_0 / F16 matrices."""
     from gguf import GGMLQuantizationType as Q
 
-    from q35f.checkpoint import permute_rotary
+    from q35f.io.gguf import permute_rotary
 
     out = []
     for name, w in tiny_weights(config, seed).items():

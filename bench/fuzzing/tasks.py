@@ -36,11 +36,11 @@ def preload() -> None:
     import jinja2.sandbox  # noqa: F401
     import tokenizers  # noqa: F401
 
-    import q35f.checkpoint  # noqa: F401
-    import q35f.convert  # noqa: F401
-    import q35f.generate  # noqa: F401
-    import q35f.model  # noqa: F401
-    import q35f.tensor  # noqa: F401
+    import q35f.io.checkpoint  # noqa: F401
+    import q35f.kernels.tensor  # noqa: F401
+    import q35f.quantization.convert  # noqa: F401
+    import q35f.runtime.generate  # noqa: F401
+    import q35f.runtime.model  # noqa: F401
     from fuzzing import misuse  # noqa: F401
 
 
@@ -83,7 +83,7 @@ def run_load(path: str) -> dict:
 
 
 def _load_and_generate(path: str) -> dict:
-    from q35f.generate import load_generator
+    from q35f.runtime.generate import load_generator
 
     gen = load_generator(path)
     seen = []  # every logits vector the model produced: were any non-finite?
