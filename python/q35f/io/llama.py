@@ -35,7 +35,8 @@ def normalize_config(config: dict) -> dict:
         if config.get(key) is None:
             raise ValueError(f"config has no {key!r}")
     config.setdefault("model_type", "llama")
-    config.setdefault("num_key_value_heads", config["num_attention_heads"])
+    if config.get("num_key_value_heads") is None:  # transformers reads null as "no GQA" too
+        config["num_key_value_heads"] = config["num_attention_heads"]
     hidden = config["hidden_size"]
     if isinstance(hidden, int):  # otherwise check_config names hidden_size itself
         config.setdefault("intermediate_size", 4 * hidden)
