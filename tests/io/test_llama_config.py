@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+# bench/ on the path only while the harness is imported: it also holds kernels.py, which
+# would pass for the `kernels` package that transformers looks for.
+BENCH = str(Path(__file__).resolve().parents[2] / "bench")
+sys.path.insert(0, BENCH)
 
 from fuzzing.seeds import TINY_CONFIG  # noqa: E402
+sys.path.remove(BENCH)
 
 from q35f.io.llama import check_config  # noqa: E402
 

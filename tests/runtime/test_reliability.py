@@ -9,10 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+# bench/ on the path only while the harness is imported: it also holds kernels.py, which
+# would pass for the `kernels` package that transformers looks for.
+BENCH = str(Path(__file__).resolve().parents[2] / "bench")
+sys.path.insert(0, BENCH)
 
 from fuzzing.mutate import read_safetensors, write_safetensors  # noqa: E402
 from fuzzing.seeds import TINY_CONFIG, write_hf, write_q35f  # noqa: E402
+sys.path.remove(BENCH)
 
 from q35f.runtime.generate import load_generator  # noqa: E402
 from q35f.runtime.model import INITIAL_POSITIONS, load_model  # noqa: E402
