@@ -13,7 +13,8 @@ import sys
 
 # Add a module here when it defines a command.
 COMMAND_MODULES: tuple[str, ...] = ("q35f.sizing", "q35f.paper", "q35f.serve", "q35f.convert",
-                                    "q35f.generate", "q35f.perplexity", "q35f.compare")
+                                    "q35f.generate", "q35f.perplexity", "q35f.compare",
+                                    "q35f.integrations.transformers")
 BENCH_MODULES: tuple[str, ...] = ("q35f.bench_kernels", "q35f.bench_serve", "q35f.benchmark")
 
 

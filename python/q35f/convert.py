@@ -40,6 +40,7 @@ from .checkpoint import (
     open_checkpoint,
 )
 from .formats import FORMAT_VERSION, FORMATS, check_group_size, n_groups, row_bytes
+from .integrations.transformers import write_transformers_files
 
 HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
 HEAD_NAMES = ("model.embed_tokens.weight", "lm_head.weight")
@@ -204,7 +205,8 @@ def _tensor_metadata(planned, group_size):
 
 
 def _write_side_files(src, tmp: Path, config: dict):
-    """config.json, tokenizer files and the chat template, copied when the source has them."""
+    """config.json, tokenizer files and the chat template, copied when the source has them; the
+    remote code that lets transformers load the directory."""
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     copied = []
     if src.path.is_dir():
@@ -229,6 +231,7 @@ def _write_side_files(src, tmp: Path, config: dict):
                 if isinstance(token_id, int) and tok.id_to_token(token_id) is not None:
                     tc[key.replace("_id", "")] = tok.id_to_token(token_id)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n", encoding="utf-8")
+    write_transformers_files(tmp)  # modeling_q35f.py + auto_map: transformers and lm-eval load it
 
 
 def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", force=False,
