@@ -62,10 +62,11 @@ AUTO_MAP = {
 }
 # from_pretrained keywords that only steer transformers' hub download or its own weight loader:
 # accepted and unused here, since a q35f model loads from a local directory with q35f's reader.
+# Any other keyword is refused unless it is empty (None, False, "": what callers such as lm-eval
+# pass for options they do not use).
 _IGNORED_KWARGS = ("trust_remote_code", "revision", "code_revision", "_from_auto",
                    "adapter_kwargs", "cache_dir", "force_download", "local_files_only", "proxies",
-                   "token", "low_cpu_mem_usage", "use_safetensors", "weights_only", "subfolder",
-                   "gguf_file", "offload_folder", "max_memory")
+                   "token", "low_cpu_mem_usage", "use_safetensors", "weights_only")
 
 
 # --- the directory side (no torch needed) ---------------------------------------------------------
@@ -320,7 +321,8 @@ def _torch_classes() -> dict:
         attn_implementation = kwargs.pop("attn_implementation", None)
         for name in _IGNORED_KWARGS:
             kwargs.pop(name, None)
-        unsupported = {k: v for k, v in kwargs.items() if v not in (None, False)}
+        unsupported = {k: v for k, v in kwargs.items()
+                       if not (v is None or v is False or (isinstance(v, str) and not v))}
         if unsupported:
             raise TypeError(f"from_pretrained: unsupported arguments for a q35f model: "
                             f"{sorted(unsupported)}")
