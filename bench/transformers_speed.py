@@ -4,12 +4,12 @@
 
 DIR is a q35f directory (default: the embedded SmolLM2-135M-Instruct quantized with the defaults
 into a temporary directory). Both paths run the same Q35 kernels; they differ in everything
-around them: q35f.model fuses q/k/v and gate/up into one matmul each and runs attention in numpy,
-while transformers calls seven separate linear layers per block from torch and runs its own
-attention, cache and `generate` loop.
+around them: q35f.runtime.model fuses q/k/v and gate/up into one matmul each and runs attention
+in numpy, while transformers calls seven separate linear layers per block from torch and runs its
+own attention, cache and `generate` loop.
 
-Protocol, as `q35f bench model` (q35f.benchmark): the first 16 tokens of the pydoc corpus as
-prompt, then --decode-tokens greedy tokens, one forward pass each; decode tok/s = decode tokens /
+Protocol, as `q35f bench model` (q35f.measure.benchmark): the first 16 tokens of the pydoc corpus
+as prompt, then --decode-tokens greedy tokens, one forward pass each; decode tok/s = decode tokens /
 time of those steps. transformers: `model.generate(max_new_tokens=N + 1, min_new_tokens=N + 1,
 do_sample=False)`, timed from the first to the last new token by a stopping criterion that only
 reads the clock, so the N decode steps include generate's own per-token work. The two paths
@@ -32,7 +32,7 @@ from pathlib import Path
 # package that transformers looks for when it is imported.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-SHORT_PROMPT_TOKENS = 16  # as q35f.benchmark
+SHORT_PROMPT_TOKENS = 16  # as q35f.measure.benchmark
 
 
 def q35f_decode(model, prompt, n) -> float:
@@ -89,9 +89,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
-    from q35f import corpora
-    from q35f.convert import quantize_checkpoint
-    from q35f.model import load_model
+    from q35f.io import corpora
+    from q35f.quantization.convert import quantize_checkpoint
+    from q35f.runtime.model import load_model
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,1 +1,1 @@
-"""Bridges to other tools; imports everything upstream."""
+"""Bridges to other tools (lm-evaluation-harness, transformers). Imports everything upstream."""
