@@ -9,16 +9,15 @@
 module q35_chunk_matmul
     use iso_fortran_env, only: int8, int16, int32, int64, real32
     use q35_half, only: half_to_real
-    use q35_chunks, only: chunk_weights, chunk_span, unpack_chunk
+    use q35_chunks, only: chunk_pairs, chunk_weights, chunk_span, unpack_chunk
     implicit none
     private
     public :: chunk_matmul_int, chunk_matmul_float, chunk_group_dots
 
     ! As in q35_matmul: small products are done by one thread.
     integer(int64), parameter :: parallel_min_bytes = 256 * 1024
-    ! Tokens that share one unpacked chunk, and rows that share one block of tokens (so the
-    ! tokens' activations stay in L2 while the rows' bytes stream by).
-    integer, parameter :: token_block = 8, row_block = 32
+    ! Tokens that share one unpacked chunk (8 tokens' int16 activations: 16 KiB per 1024 of K).
+    integer, parameter :: token_block = 8
 
 contains
 
@@ -54,42 +53,50 @@ contains
         integer(int16) :: levels(chunk_weights)
         integer(int32) :: dots(token_block)
         real(real32) :: scale(size(scales, 1)), offset(size(scales, 1)), acc(token_block)
-        integer :: rb, r, j0, nj, j, g, c, first, pairs, k_pad, chunks_per_group
-        integer(int64) :: work
+        integer :: r, j0, nj, j, g, c, first, pairs, k_pad, chunks_per_group
+        logical :: parallel
 
         k_pad = size(xa, 1)
         chunks_per_group = (group_size + chunk_weights - 1) / chunk_weights
-        work = size(chunks, kind=int64) * size(xa, 2)
-        !$omp parallel do schedule(static) default(shared) if (work >= parallel_min_bytes) &
-        !$omp private(rb, r, j0, nj, j, g, c, first, pairs, levels, dots, scale, offset, acc)
-        do rb = 1, size(chunks, 2), row_block
-            do j0 = 1, size(xa, 2), token_block
-                nj = min(token_block, size(xa, 2) - j0 + 1)
-                do r = rb, min(rb + row_block - 1, size(chunks, 2))
-                    scale = half_to_real(scales(:, r)) / 7.0_real32
-                    offset = half_to_real(offsets(:, r))
-                    acc(1:nj) = 0.0_real32
-                    do g = 0, size(scales, 1) - 1
-                        dots(1:nj) = 0
-                        do c = 0, chunks_per_group - 1
-                            call chunk_span(k_pad, group_size, g, c, first, pairs)
-                            if (pairs <= 0) exit
+        parallel = size(chunks, kind=int64) * size(xa, 2) >= parallel_min_bytes
+        ! Token blocks outside the rows: a block's activations stay in L2 while all rows pass.
+        do j0 = 1, size(xa, 2), token_block
+            nj = min(token_block, size(xa, 2) - j0 + 1)
+            !$omp parallel do schedule(static) default(shared) if (parallel) &
+            !$omp private(r, j, g, c, first, pairs, levels, dots, scale, offset, acc)
+            do r = 1, size(chunks, 2)
+                scale = half_to_real(scales(:, r)) / 7.0_real32
+                offset = half_to_real(offsets(:, r))
+                acc(1:nj) = 0.0_real32
+                do g = 0, size(scales, 1) - 1
+                    dots(1:nj) = 0
+                    do c = 0, chunks_per_group - 1
+                        call chunk_span(k_pad, group_size, g, c, first, pairs)
+                        if (pairs <= 0) exit
+                        if (pairs == chunk_pairs) then
+                            ! Constant bounds: gfortran keeps the levels in vector registers.
+                            call unpack_chunk(chunk_pairs, chunks(7 * first / 16 + 1:, r), levels)
+                            do j = 1, nj
+                                dots(j) = dots(j) + dot_int16(chunk_weights, levels, &
+                                    xa(first + 1:first + chunk_weights, j0 + j - 1))
+                            end do
+                        else
                             call unpack_chunk(pairs, chunks(7 * first / 16 + 1:, r), levels)
                             do j = 1, nj
                                 dots(j) = dots(j) + dot_int16(2 * pairs, levels, &
-                                                              xa(first + 1:, j0 + j - 1))
+                                    xa(first + 1:first + 2 * pairs, j0 + j - 1))
                             end do
-                        end do
-                        do j = 1, nj
-                            acc(j) = acc(j) + scale(g + 1) * xscale(g + 1, j0 + j - 1) &
-                                * real(dots(j), real32) + offset(g + 1) * xsum(g + 1, j0 + j - 1)
-                        end do
+                        end if
                     end do
-                    y(r, j0:j0 + nj - 1) = acc(1:nj)
+                    do j = 1, nj
+                        acc(j) = acc(j) + scale(g + 1) * xscale(g + 1, j0 + j - 1) &
+                            * real(dots(j), real32) + offset(g + 1) * xsum(g + 1, j0 + j - 1)
+                    end do
                 end do
+                y(r, j0:j0 + nj - 1) = acc(1:nj)
             end do
+            !$omp end parallel do
         end do
-        !$omp end parallel do
     end subroutine chunk_matmul_int
 
     !> The same product from float activations in chunk order (7 x_even, 15 x_odd), xf(k_pad, m).
@@ -118,7 +125,8 @@ contains
                     if (pairs <= 0) exit
                     call unpack_chunk(pairs, chunks(7 * first / 16 + 1:, r), levels)
                     do j = 1, size(xf, 2)
-                        dots(j) = dots(j) + dot_float(2 * pairs, levels, xf(first + 1:, j))
+                        dots(j) = dots(j) + dot_float(2 * pairs, levels, &
+                                                      xf(first + 1:first + 2 * pairs, j))
                     end do
                 end do
                 scale = half_to_real(scales(g + 1, r)) / 7.0_real32

@@ -35,7 +35,8 @@ contains
         integer, intent(in) :: pairs
         integer(int8), intent(in) :: bytes(*)
         integer(int16), intent(out) :: levels(chunk_weights)
-        integer(int16) :: even(chunk_pairs / 2), low(chunk_pairs / 4), high(chunk_pairs / 4)
+        integer(int16) :: even(chunk_pairs / 2), low(chunk_pairs / 4), top(chunk_pairs / 8)
+        integer(int16) :: high(chunk_pairs / 4)
         integer :: half, quarter, eighth
         half = pairs / 2
         quarter = pairs / 4
@@ -44,10 +45,12 @@ contains
         levels(1:half) = iand(even(1:half), 15_int16)
         levels(half + 1:pairs) = shiftr(even(1:half), 4)
         low(1:quarter) = iand(int(bytes(half + 1:half + quarter), int16), 255_int16)
-        ! high(i) holds the O1 bits two places up, so bit 2 of shiftr(high, 2j) is field j's.
-        high(1:eighth) = shiftl(iand(int(bytes(half + quarter + 1:half + quarter + eighth), &
-                                         int16), 255_int16), 2)
-        high(eighth + 1:quarter) = shiftr(high(1:eighth), 1)
+        ! high(i) holds O1 bits two places up (one for the second half), so that bit 2 of
+        ! shiftr(high, 2j) is the top bit of field j.
+        top(1:eighth) = iand(int(bytes(half + quarter + 1:half + quarter + eighth), int16), &
+                             255_int16)
+        high(1:eighth) = shiftl(top(1:eighth), 2)
+        high(eighth + 1:quarter) = shiftl(top(1:eighth), 1)
         levels(pairs + 1:pairs + quarter) = ior(iand(low(1:quarter), 3_int16), &
                                                 iand(high(1:quarter), 4_int16))
         levels(pairs + quarter + 1:pairs + 2 * quarter) = &
