@@ -7,7 +7,7 @@ module q35_blocks
     private
     public :: format_q35, format_int8, format_int4, format_int3, tile_rows, block_weights
     public :: block_bytes, top_level, odd_top_level, encode_block, decode_block, to_int8
-    public :: encode_code, decode_code
+    public :: encode_code, decode_code, q35_block_to_planar, q35_block_from_planar
     public :: q35_low, q35_high, q35_shift, int3_low, int3_high, int3_shift
 
     integer, parameter :: format_q35 = 1, format_int8 = 2, format_int4 = 3, format_int3 = 4
@@ -107,14 +107,24 @@ contains
         end do
     end subroutine encode_block
 
-    !> Bytes of one int8/int4/int3 block for a tile of rows (lane r = row r, values 0..255) ->
-    !> float levels (q35 rows use the chunk layout of q35_chunks instead).
+    !> Bytes of one block for a tile of rows (lane r = row r, values 0..255) -> float levels.
+    !> levels(r, 2j) is the even weight of pair j, levels(r, 2j+1) the odd one.
     pure subroutine decode_block(fmt, bytes, levels)
         integer, intent(in) :: fmt
         integer(int32), intent(in) :: bytes(tile_rows, 0:block_weights - 1)
         real(real32), intent(out) :: levels(tile_rows, 0:block_weights - 1)
+        integer(int32) :: code(tile_rows)
         integer :: j
         select case (fmt)
+        case (format_q35)  ! the planar kernel layout, see q35_block_to_planar
+            code = ior(ior(bytes(:, 4), shiftl(bytes(:, 5), 8)), shiftl(bytes(:, 6), 16))
+            do j = 0, 3
+                levels(:, 2 * j) = real(iand(bytes(:, j), 15), real32)
+                levels(:, 2 * j + 8) = real(shiftr(bytes(:, j), 4), real32)
+            end do
+            do j = 0, 7
+                levels(:, 2 * j + 1) = real(iand(shiftr(code, 3 * j), 7), real32)
+            end do
         case (format_int8)
             levels = real(bytes, real32)
         case (format_int4)
@@ -129,5 +139,56 @@ contains
             end do
         end select
     end subroutine decode_block
+
+    !> A q35 block of the bit stream (sec. 3) -> the planar block the kernels read (sec. 7):
+    !> bytes 0..3 hold the 4-bit levels l1 = n1 + 8 (pair j in the low nibble of byte j, pair
+    !> j + 4 in the high one), bytes 4..6 the 3-bit levels l2 = n2 + 4 (pair j at bits 3j of a
+    !> little-endian 24-bit integer). Same 7 bytes, but every field is a shift and a mask away.
+    pure subroutine q35_block_to_planar(stream, planar)
+        integer(int8), intent(in) :: stream(7)
+        integer(int8), intent(out) :: planar(7)
+        integer(int64) :: bits, odd_levels
+        integer(int32) :: code(0:7), even_levels(0:7)
+        integer :: j
+        bits = 0
+        do j = 1, 7
+            bits = ior(bits, shiftl(iand(int(stream(j), int64), 255_int64), 8 * (j - 1)))
+        end do
+        odd_levels = 0
+        do j = 0, 7
+            code(j) = int(iand(shiftr(bits, 7 * j), 127_int64), int32)
+            even_levels(j) = ieor(shiftr(code(j), 3), 8)
+            odd_levels = ior(odd_levels, shiftl(int(ieor(iand(code(j), 7), 4), int64), 3 * j))
+        end do
+        do j = 0, 3
+            planar(j + 1) = to_int8(ior(even_levels(j), shiftl(even_levels(j + 4), 4)))
+        end do
+        do j = 0, 2
+            planar(j + 5) = to_int8(int(iand(shiftr(odd_levels, 8 * j), 255_int64), int32))
+        end do
+    end subroutine q35_block_to_planar
+
+    !> Inverse of q35_block_to_planar.
+    pure subroutine q35_block_from_planar(planar, stream)
+        integer(int8), intent(in) :: planar(7)
+        integer(int8), intent(out) :: stream(7)
+        integer(int64) :: bits
+        integer(int32) :: odd_levels, byte, even_level, code
+        integer :: j
+        odd_levels = 0
+        do j = 0, 2
+            odd_levels = ior(odd_levels, shiftl(iand(int(planar(j + 5), int32), 255), 8 * j))
+        end do
+        bits = 0
+        do j = 0, 7
+            byte = iand(int(planar(mod(j, 4) + 1), int32), 255)
+            even_level = iand(shiftr(byte, 4 * (j / 4)), 15)
+            code = ior(shiftl(ieor(even_level, 8), 3), ieor(iand(shiftr(odd_levels, 3 * j), 7), 4))
+            bits = ior(bits, shiftl(int(code, int64), 7 * j))
+        end do
+        do j = 1, 7
+            stream(j) = to_int8(int(iand(shiftr(bits, 8 * (j - 1)), 255_int64), int32))
+        end do
+    end subroutine q35_block_from_planar
 
 end module q35_blocks

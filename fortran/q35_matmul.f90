@@ -1,5 +1,5 @@
-! Fused dequantize-matmul of int8/int4/int3 weights on the tiled layout (FORMAT.md sec. 7):
-! y = x @ W.T without ever forming W (q35 has its own integer kernels, q35_chunk_matmul). Rows are processed TILE_ROWS at a time, one row per SIMD lane, so decoding a byte column is
+! Fused dequantize-matmul on the tiled layout (FORMAT.md sec. 7): y = x @ W.T without ever forming
+! W. Rows are processed TILE_ROWS at a time, one row per SIMD lane, so decoding a byte column is
 ! the same instruction for every lane. Per group the kernel sums level*x separately for the even
 ! and odd grids and applies the group's parameters once:
 !     y += scale * sum(x_even * l1) + step3 * sum(x_odd * l2) + offset * sum(x)
@@ -8,7 +8,8 @@
 module q35_matmul
     use iso_fortran_env, only: int8, int16, int32, int64, real32
     use q35_half, only: half_to_real
-    use q35_blocks, only: tile_rows, block_weights, block_bytes, format_int8, format_int4
+    use q35_blocks, only: tile_rows, block_weights, block_bytes, format_q35, format_int8, &
+                          format_int4
     use q35_quantize, only: odd_step
     implicit none
     private
@@ -59,6 +60,9 @@ contains
                     ! One specialised loop per format: a generic "decode block, then multiply"
                     ! loop through a level buffer runs ~10x slower (measured).
                     select case (fmt)
+                    case (format_q35)
+                        call group_dot_q35(count, tiles(:, base:, t), &
+                                           x(first * block_weights + 1:, j), acc_even, acc_odd)
                     case (format_int8)
                         call group_dot_int8(count, tiles(:, base:, t), &
                                             x(first * block_weights + 1:, j), acc_even, acc_odd)
@@ -82,6 +86,42 @@ contains
     ! The group dot products: for `count` blocks of a tile, sum level * x over the even and the
     ! odd positions separately. Bytes are widened to int32 lanes, fields cut out with constant
     ! shifts (FORMAT.md sec. 3, 6), and each lane (row) does the same work.
+
+    pure subroutine group_dot_q35(count, bytes, x, acc_even, acc_odd)
+        ! The planar kernel layout (q35_block_to_planar): nibbles of l1, then 24 bits of l2.
+        integer, intent(in) :: count
+        integer(int8), intent(in) :: bytes(tile_rows, 7, count)
+        real(real32), intent(in) :: x(block_weights, count)
+        real(real32), intent(inout) :: acc_even(tile_rows), acc_odd(tile_rows)
+        integer(int32) :: wide(tile_rows, 7), odd
+        integer :: b, r
+        do b = 1, count
+            ! Widening first keeps the lane loop in 32-bit lanes (full-width vectors).
+            wide = iand(int(bytes(:, :, b), int32), 255)
+            !$omp simd private(odd)
+            do r = 1, tile_rows
+                odd = ior(ior(wide(r, 5), shiftl(wide(r, 6), 8)), shiftl(wide(r, 7), 16))
+                acc_even(r) = acc_even(r) &
+                    + real(iand(wide(r, 1), 15), real32) * x(1, b) &
+                    + real(iand(wide(r, 2), 15), real32) * x(3, b) &
+                    + real(iand(wide(r, 3), 15), real32) * x(5, b) &
+                    + real(iand(wide(r, 4), 15), real32) * x(7, b) &
+                    + real(shiftr(wide(r, 1), 4), real32) * x(9, b) &
+                    + real(shiftr(wide(r, 2), 4), real32) * x(11, b) &
+                    + real(shiftr(wide(r, 3), 4), real32) * x(13, b) &
+                    + real(shiftr(wide(r, 4), 4), real32) * x(15, b)
+                acc_odd(r) = acc_odd(r) &
+                    + real(iand(odd, 7), real32) * x(2, b) &
+                    + real(iand(shiftr(odd, 3), 7), real32) * x(4, b) &
+                    + real(iand(shiftr(odd, 6), 7), real32) * x(6, b) &
+                    + real(iand(shiftr(odd, 9), 7), real32) * x(8, b) &
+                    + real(iand(shiftr(odd, 12), 7), real32) * x(10, b) &
+                    + real(iand(shiftr(odd, 15), 7), real32) * x(12, b) &
+                    + real(iand(shiftr(odd, 18), 7), real32) * x(14, b) &
+                    + real(shiftr(odd, 21), real32) * x(16, b)
+            end do
+        end do
+    end subroutine group_dot_q35
 
     pure subroutine group_dot_int8(count, bytes, x, acc_even, acc_odd)
         ! level j = byte j

@@ -145,120 +145,37 @@ subroutine quantize_rows_clip(fmt, k, n_rows, group_size, row_bytes, n_groups, s
     !$omp end parallel do
 end subroutine quantize_rows_clip
 
-! --- q35 integer kernels on the chunk layout (FORMAT.md sec. 7) ----------------------------------
-
-! q35 rows: bit stream (sec. 3) <-> the chunk layout the integer kernels read (sec. 7).
-subroutine q35_rows_to_chunks(n_rows, row_bytes, group_size, stream, chunks)
+! q35 rows: bit stream (sec. 3) <-> the planar layout the kernels read (sec. 7).
+subroutine q35_rows_to_planar(n_rows, n_blocks, stream, planar)
     use iso_fortran_env, only: int8, int32
-    use q35_chunks, only: stream_to_chunks
+    use q35_blocks, only: q35_block_to_planar
     implicit none
-    integer(int32), intent(in) :: n_rows, row_bytes, group_size
-    integer(int8), intent(in) :: stream(row_bytes, n_rows)
-    integer(int8), intent(out) :: chunks(row_bytes, n_rows)
-    integer :: r
-    !$omp parallel do schedule(static) if (int(n_rows, 8) * row_bytes > 1048576)
+    integer(int32), intent(in) :: n_rows, n_blocks
+    integer(int8), intent(in) :: stream(7, n_blocks, n_rows)
+    integer(int8), intent(out) :: planar(7, n_blocks, n_rows)
+    integer :: r, b
+    !$omp parallel do schedule(static) if (n_rows * n_blocks > 65536)
     do r = 1, n_rows
-        call stream_to_chunks(group_size, stream(:, r), chunks(:, r))
+        do b = 1, n_blocks
+            call q35_block_to_planar(stream(:, b, r), planar(:, b, r))
+        end do
     end do
     !$omp end parallel do
-end subroutine q35_rows_to_chunks
+end subroutine q35_rows_to_planar
 
-subroutine q35_rows_from_chunks(n_rows, row_bytes, group_size, chunks, stream)
+subroutine q35_rows_from_planar(n_rows, n_blocks, planar, stream)
     use iso_fortran_env, only: int8, int32
-    use q35_chunks, only: chunks_to_stream
+    use q35_blocks, only: q35_block_from_planar
     implicit none
-    integer(int32), intent(in) :: n_rows, row_bytes, group_size
-    integer(int8), intent(in) :: chunks(row_bytes, n_rows)
-    integer(int8), intent(out) :: stream(row_bytes, n_rows)
-    integer :: r
-    !$omp parallel do schedule(static) if (int(n_rows, 8) * row_bytes > 1048576)
+    integer(int32), intent(in) :: n_rows, n_blocks
+    integer(int8), intent(in) :: planar(7, n_blocks, n_rows)
+    integer(int8), intent(out) :: stream(7, n_blocks, n_rows)
+    integer :: r, b
+    !$omp parallel do schedule(static) if (n_rows * n_blocks > 65536)
     do r = 1, n_rows
-        call chunks_to_stream(group_size, chunks(:, r), stream(:, r))
+        do b = 1, n_blocks
+            call q35_block_from_planar(planar(:, b, r), stream(:, b, r))
+        end do
     end do
     !$omp end parallel do
-end subroutine q35_rows_from_chunks
-
-subroutine q35_dequantize_rows(group_size, row_bytes, n_rows, n_groups, k_pad, chunks, scales, &
-                               offsets, w)
-    use iso_fortran_env, only: int8, int16, int32, real32
-    use q35_chunks, only: dequantize_chunk_row
-    implicit none
-    integer(int32), intent(in) :: group_size, row_bytes, n_rows, n_groups, k_pad
-    integer(int8), intent(in) :: chunks(row_bytes, n_rows)
-    integer(int16), intent(in) :: scales(n_groups, n_rows), offsets(n_groups, n_rows)
-    real(real32), intent(inout) :: w(k_pad, n_rows)
-    integer :: r
-    !$omp parallel do schedule(static) if (int(n_rows, 8) * row_bytes > 1048576)
-    do r = 1, n_rows
-        call dequantize_chunk_row(group_size, chunks(:, r), scales(:, r), offsets(:, r), w(:, r))
-    end do
-    !$omp end parallel do
-end subroutine q35_dequantize_rows
-
-! Activations of m tokens x(k_pad, m), zero-padded -> int16 chunk order, group scales and sums.
-subroutine q35_quantize_activations(group_size, k_pad, m, n_groups, x, xa, xscale, xsum)
-    use iso_fortran_env, only: int16, int32, real32
-    use q35_activations, only: quantize_activations
-    implicit none
-    integer(int32), intent(in) :: group_size, k_pad, m, n_groups
-    real(real32), intent(in) :: x(k_pad, m)
-    integer(int16), intent(out) :: xa(k_pad, m)
-    real(real32), intent(out) :: xscale(n_groups, m), xsum(n_groups, m)
-    integer :: j
-    !$omp parallel do schedule(static) if (int(m, 8) * k_pad > 262144)
-    do j = 1, m
-        call quantize_activations(group_size, x(:, j), xa(:, j), xscale(:, j), xsum(:, j))
-    end do
-    !$omp end parallel do
-end subroutine q35_quantize_activations
-
-subroutine q35_permute_activations(group_size, k_pad, m, n_groups, x, xf, xsum)
-    use iso_fortran_env, only: int32, real32
-    use q35_activations, only: permute_activations
-    implicit none
-    integer(int32), intent(in) :: group_size, k_pad, m, n_groups
-    real(real32), intent(in) :: x(k_pad, m)
-    real(real32), intent(out) :: xf(k_pad, m), xsum(n_groups, m)
-    integer :: j
-    do j = 1, m
-        call permute_activations(group_size, x(:, j), xf(:, j), xsum(:, j))
-    end do
-end subroutine q35_permute_activations
-
-subroutine q35_matmul_int(group_size, row_bytes, n_rows, n_groups, k_pad, m, chunks, scales, &
-                          offsets, xa, xscale, xsum, y)
-    use iso_fortran_env, only: int8, int16, int32, real32
-    use q35_chunk_matmul, only: chunk_matmul_int
-    implicit none
-    integer(int32), intent(in) :: group_size, row_bytes, n_rows, n_groups, k_pad, m
-    integer(int8), intent(in) :: chunks(row_bytes, n_rows)
-    integer(int16), intent(in) :: scales(n_groups, n_rows), offsets(n_groups, n_rows)
-    integer(int16), intent(in) :: xa(k_pad, m)
-    real(real32), intent(in) :: xscale(n_groups, m), xsum(n_groups, m)
-    real(real32), intent(out) :: y(n_rows, m)
-    call chunk_matmul_int(group_size, chunks, scales, offsets, xa, xscale, xsum, y)
-end subroutine q35_matmul_int
-
-subroutine q35_matmul_float(group_size, row_bytes, n_rows, n_groups, k_pad, m, chunks, scales, &
-                            offsets, xf, xsum, y)
-    use iso_fortran_env, only: int8, int16, int32, real32
-    use q35_chunk_matmul, only: chunk_matmul_float
-    implicit none
-    integer(int32), intent(in) :: group_size, row_bytes, n_rows, n_groups, k_pad, m
-    integer(int8), intent(in) :: chunks(row_bytes, n_rows)
-    integer(int16), intent(in) :: scales(n_groups, n_rows), offsets(n_groups, n_rows)
-    real(real32), intent(in) :: xf(k_pad, m), xsum(n_groups, m)
-    real(real32), intent(out) :: y(n_rows, m)
-    call chunk_matmul_float(group_size, chunks, scales, offsets, xf, xsum, y)
-end subroutine q35_matmul_float
-
-subroutine q35_group_dots(group_size, row_bytes, n_rows, n_groups, k_pad, m, chunks, xa, dots)
-    use iso_fortran_env, only: int8, int16, int32
-    use q35_chunk_matmul, only: chunk_group_dots
-    implicit none
-    integer(int32), intent(in) :: group_size, row_bytes, n_rows, n_groups, k_pad, m
-    integer(int8), intent(in) :: chunks(row_bytes, n_rows)
-    integer(int16), intent(in) :: xa(k_pad, m)
-    integer(int32), intent(out) :: dots(n_groups, n_rows, m)
-    call chunk_group_dots(group_size, chunks, xa, dots)
-end subroutine q35_group_dots
+end subroutine q35_rows_from_planar

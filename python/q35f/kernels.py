@@ -94,24 +94,24 @@ def untile_rows(tiles: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(tiles.transpose(0, 2, 1).reshape(n_tiles * TILE_ROWS, c)[:n])
 
 
-def to_kernel_layout(packed: np.ndarray, scale_bits: np.ndarray, offset_bits: np.ndarray,
-                     bits: str, group_size: int):
-    """Canonical file layout -> what the kernels read (FORMAT.md §7): q35 rows in the chunk
-    layout of the integer kernels, the int formats interleaved in tiles of 16 rows."""
+def packed_to_tiles(packed: np.ndarray, bits: str) -> np.ndarray:
+    """Canonical packed rows (file layout) -> the kernels' tiles (FORMAT.md §7): q35 blocks go
+    planar (4-bit levels as nibbles, then 3-bit levels), then rows interleave in tiles of 16."""
     if bits == "q35":
-        stream = np.ascontiguousarray(packed).view(np.int8)
-        chunks = _kernels.q35_rows_to_chunks(group_size, stream.T).T.view(np.uint8)
-        return chunks, np.ascontiguousarray(scale_bits), np.ascontiguousarray(offset_bits)
-    return tile_rows(packed), tile_rows(scale_bits), tile_rows(offset_bits)
+        n, nbytes = packed.shape
+        stream = np.ascontiguousarray(packed).view(np.int8).reshape(n, nbytes // 7, 7)
+        packed = _kernels.q35_rows_to_planar(stream.T).T.reshape(n, nbytes).view(np.uint8)
+    return tile_rows(packed)
 
 
-def from_kernel_layout(layout: np.ndarray, n: int, bits: str, group_size: int) -> np.ndarray:
-    """Inverse of to_kernel_layout for one array: the canonical rows (bytes or parameters)."""
-    if bits != "q35":
-        return untile_rows(layout, n)
-    if layout.dtype == np.uint8:
-        return _kernels.q35_rows_from_chunks(group_size, layout.view(np.int8).T).T.view(np.uint8)
-    return layout
+def tiles_to_packed(tiles: np.ndarray, n: int, bits: str) -> np.ndarray:
+    """Inverse of packed_to_tiles: the canonical bit stream of the first n rows."""
+    rows = untile_rows(tiles, n)
+    if bits == "q35":
+        nbytes = rows.shape[1]
+        planar = rows.view(np.int8).reshape(n, nbytes // 7, 7)
+        rows = _kernels.q35_rows_from_planar(planar.T).T.reshape(n, nbytes).view(np.uint8)
+    return rows
 
 
 # quantize / dequantize / matmul
@@ -128,17 +128,20 @@ def quantize_rows(w: np.ndarray, group_size: int, bits: str):
     # The kernels return float32 values that are exact float16 numbers (§4).
     scale16 = scales.T.astype(np.float16)
     offset16 = offsets.T.astype(np.float16)
-    return to_kernel_layout(packed.T.view(np.uint8), scale16.view(np.int16),
-                            offset16.view(np.int16), bits, group_size)
+    return (
+        packed_to_tiles(packed.T.view(np.uint8), bits),
+        tile_rows(scale16.view(np.int16)),
+        tile_rows(offset16.view(np.int16)),
+    )
 
 
 def _tile_args(qt):
     return (
         FORMAT_IDS[qt.bits],
         qt.group_size,
-        qt._bytes.view(np.int8).T,
-        qt._scales.T,
-        qt._offsets.T,
+        qt._tiles.view(np.int8).T,
+        qt._scale_tiles.T,
+        qt._offset_tiles.T,
     )
 
 
@@ -146,27 +149,24 @@ def padded_width(k: int) -> int:
     return n_blocks(k) * BLOCK_WEIGHTS
 
 
-def _padded(x: np.ndarray, k_pad: int) -> np.ndarray:
-    """x (M, K) as a C-ordered (M, k_pad) array, zero-padded (a view when nothing is missing)."""
-    if x.shape[1] == k_pad and x.flags.c_contiguous:
-        return x
-    xp = np.zeros((x.shape[0], k_pad), dtype=np.float32)
-    xp[:, : x.shape[1]] = x
-    return xp
-
-
 def gemv(x: np.ndarray, qt) -> np.ndarray:
-    """x (M, K) float32 -> (M, N) with the fused tiled kernel (int8/int4/int3), for small M."""
+    """x (M, K) float32 -> (M, N) with the fused kernel; for small M (decode)."""
     n, k = qt.shape
     m = x.shape[0]
+    k_pad = padded_width(k)
+    if k_pad == k and x.flags.c_contiguous:
+        xp = x
+    else:
+        xp = np.zeros((m, k_pad), dtype=np.float32)
+        xp[:, :k] = x
     fmt, group_size, tiles, scales, offsets = _tile_args(qt)
-    y = _kernels.gemv(fmt, group_size, tiles, scales, offsets, _padded(x, padded_width(k)).T)
+    y = _kernels.gemv(fmt, group_size, tiles, scales, offsets, xp.T)
     # y is Fortran (TILE_ROWS, n_tiles, m): as (M, n_pad) it is C-ordered.
     return y.reshape(-1, m, order="F").T[:, :n]
 
 
 def dequantize_tiles(qt, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Tiles [first, first+count) of an int8/int4/int3 tensor -> float32 (count*16, K padded)."""
+    """Tiles [first, first+count) -> float32 (count*TILE_ROWS, K padded) rows."""
     k_pad = padded_width(qt.shape[1])
     if out is None or out.shape[0] < count * TILE_ROWS or out.shape[1] != k_pad:
         out = np.empty((count * TILE_ROWS, k_pad), dtype=np.float32)
@@ -183,60 +183,6 @@ def dequantize_tiles(qt, first: int, count: int, out: np.ndarray | None = None) 
     return band
 
 
-# q35: integer kernels on the chunk layout (FORMAT.md §7)
-
-ACTIVATIONS = ("int8", "float32")
-# Each group's integer dot product is a sum of 11·G products of an int8 value and a level below
-# 16 (7 copies of l1·xq per even weight, 15 of l2·xq per odd one); Q35.accumulator_fits_int32
-# (lean/README.md) guarantees int32 holds any sum of at most 1,118,481 such products.
-INT32_SAFE_GROUP_SIZE = 1118481 // 11
-
-
-def q35_quantize_activations(x: np.ndarray, group_size: int):
-    """x (M, K) float32 -> int16 (M, K_pad) chunk-ordered 7·xq|15·xq, float32 scales and sums
-    (M, groups) (FORMAT.md §7)."""
-    xp = _padded(x, padded_width(x.shape[1]))
-    xa, xscale, xsum = _kernels.q35_quantize_activations(
-        group_size, n_groups(xp.shape[1], group_size), xp.T)
-    return xa.T, xscale.T, xsum.T
-
-
-def q35_group_dots(qt, xa: np.ndarray) -> np.ndarray:
-    """int32 (M, N, groups): each group's integer dot product, as the integer kernel sums it."""
-    dots = _kernels.q35_group_dots(qt.group_size, n_groups(qt.shape[1], qt.group_size),
-                                   qt._bytes.view(np.int8).T, xa.T)
-    return dots.transpose(2, 1, 0)
-
-
-def q35_matmul(x: np.ndarray, qt, activations: str = "int8") -> np.ndarray:
-    """x (M, K) float32 -> (M, N) with int8 activations (the default) or float32 ones."""
-    chunks, scales, offsets = qt._bytes.view(np.int8).T, qt._scales.T, qt._offsets.T
-    if activations == "int8":
-        if qt.group_size > INT32_SAFE_GROUP_SIZE:
-            raise ValueError(
-                f"group_size {qt.group_size} is above {INT32_SAFE_GROUP_SIZE}, the largest group "
-                "whose int32 dot products cannot overflow (Q35.accumulator_fits_int32); use "
-                "activations='float32'")
-        xa, xscale, xsum = q35_quantize_activations(x, qt.group_size)
-        y = _kernels.q35_matmul_int(qt.group_size, chunks, scales, offsets, xa.T, xscale.T,
-                                    xsum.T)
-    elif activations == "float32":
-        xp = _padded(x, padded_width(x.shape[1]))
-        xf, xsum = _kernels.q35_permute_activations(
-            qt.group_size, n_groups(xp.shape[1], qt.group_size), xp.T)
-        y = _kernels.q35_matmul_float(qt.group_size, chunks, scales, offsets, xf, xsum)
-    else:
-        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {activations!r}")
-    return y.T  # Fortran (N, M) is C-ordered (M, N)
-
-
-def q35_dequantize_rows(qt, ids: np.ndarray | None = None) -> np.ndarray:
-    """float32 (rows, K padded) of a q35 tensor: the rows `ids`, all rows by default."""
-    rows = slice(None) if ids is None else ids  # fancy indexing copies only the chosen rows
-    chunks, scales, offsets = qt._bytes[rows], qt._scales[rows], qt._offsets[rows]
-    w = np.empty((chunks.shape[0], padded_width(qt.shape[1])), dtype=np.float32)
-    _kernels.q35_dequantize_rows(qt.group_size, chunks.view(np.int8).T, scales.T, offsets.T, w.T)
-    return w
 
 
 def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
@@ -256,5 +202,8 @@ def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
         FORMAT_IDS[fmt.name], group_size, row_bytes(k, bits), int(bool(search)),
         n_grid, n_steps, w.T, scales, offsets,
     )
-    return to_kernel_layout(packed.T.view(np.uint8), scales.T.astype(np.float16).view(np.int16),
-                            offsets.T.astype(np.float16).view(np.int16), bits, group_size)
+    return (
+        packed_to_tiles(packed.T.view(np.uint8), bits),
+        tile_rows(scales.T.astype(np.float16).view(np.int16)),
+        tile_rows(offsets.T.astype(np.float16).view(np.int16)),
+    )

@@ -1,12 +1,11 @@
 """Quantized tensors: the object a quantized linear layer owns, and the public quantize/matmul.
 
-A QuantizedTensor keeps its bytes in the kernels' layout (FORMAT.md §7) only, so memory is the
-format's size; `.packed`, `.scale`, `.offset` give the canonical file layout back on demand.
+A QuantizedTensor keeps its bytes in the kernels' tiled layout (FORMAT.md §7) only, so memory is
+the format's size; `.packed`, `.scale`, `.offset` give the canonical file layout back on demand.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,12 +21,8 @@ from .formats import (
     tensor_nbytes,
 )
 
-# Above this many activation rows, int8/int4/int3 weights are dequantized a bounded band of
-# tiles at a time for BLAS (q35 has one integer kernel for any number of rows).
+# Above this many activation rows, dequantize tiles of W into a bounded buffer and use BLAS.
 GEMM_MIN_ROWS = 8
-# q35 activations: "int8" (the integer kernels) unless this variable or matmul(activations=)
-# asks for "float32" (kept for measuring what activation quantization costs, FORMAT.md §7).
-ACTIVATIONS_ENV = "Q35F_ACTIVATIONS"
 # The dequantized tile of W used by the GEMM path never exceeds this many float32 values.
 GEMM_BUFFER_FLOATS = 4 * 1024 * 1024
 
@@ -47,13 +42,10 @@ class QuantConfig:
 class QuantizedTensor:
     """An (N, K) weight matrix in one of the packed formats, with float16 group parameters."""
 
-    def __init__(self, layout_bytes, layout_scales, layout_offsets, shape, group_size, bits):
-        # The kernel layout (FORMAT.md §7), C order. q35: chunk rows uint8 (N, row_bytes) and
-        # float16 bits int16 (N, groups); int formats: tiles (n_tiles, row_bytes, TILE_ROWS) and
-        # (n_tiles, groups, TILE_ROWS).
-        self._bytes = layout_bytes
-        self._scales = layout_scales
-        self._offsets = layout_offsets
+    def __init__(self, tiles, scale_tiles, offset_tiles, shape, group_size, bits):
+        self._tiles = tiles  # uint8 (n_tiles, row_bytes, TILE_ROWS), C order
+        self._scale_tiles = scale_tiles  # int16 bits of float16 (n_tiles, groups, TILE_ROWS)
+        self._offset_tiles = offset_tiles
         self.shape = (int(shape[0]), int(shape[1]))
         self.group_size = int(group_size)
         self.bits = bits
@@ -73,8 +65,9 @@ class QuantizedTensor:
         _expect(offset, "offset", np.float16, (n, n_groups(k, group_size)))
         del fmt
         return cls(
-            *kernels.to_kernel_layout(packed, scale.view(np.int16), offset.view(np.int16), bits,
-                                      group_size),
+            kernels.packed_to_tiles(packed, bits),
+            kernels.tile_rows(scale.view(np.int16)),
+            kernels.tile_rows(offset.view(np.int16)),
             (n, k),
             group_size,
             bits,
@@ -82,20 +75,17 @@ class QuantizedTensor:
 
     # canonical views
 
-    def _canonical(self, layout):
-        return kernels.from_kernel_layout(layout, self.shape[0], self.bits, self.group_size)
-
     @property
     def packed(self) -> np.ndarray:
-        return self._canonical(self._bytes)
+        return kernels.tiles_to_packed(self._tiles, self.shape[0], bits=self.bits)
 
     @property
     def scale(self) -> np.ndarray:
-        return self._canonical(self._scales).view(np.float16)
+        return kernels.untile_rows(self._scale_tiles, self.shape[0]).view(np.float16)
 
     @property
     def offset(self) -> np.ndarray:
-        return self._canonical(self._offsets).view(np.float16)
+        return kernels.untile_rows(self._offset_tiles, self.shape[0]).view(np.float16)
 
     @property
     def config(self) -> QuantConfig:
@@ -122,10 +112,7 @@ class QuantizedTensor:
     def dequantize(self) -> np.ndarray:
         """float32 (N, K); materialises the whole matrix, so meant for tests and export."""
         n, k = self.shape
-        if self.bits == "q35":
-            out = kernels.q35_dequantize_rows(self)
-        else:
-            out = kernels.dequantize_tiles(self, 0, self._bytes.shape[0])
+        out = kernels.dequantize_tiles(self, 0, self._tiles.shape[0])
         return np.ascontiguousarray(out[:n, :k])
 
     def take_rows(self, ids) -> np.ndarray:
@@ -136,8 +123,6 @@ class QuantizedTensor:
         n, k = self.shape
         if ids.size and (ids.min() < 0 or ids.max() >= n):
             raise ValueError(f"ids must lie in [0, {n}), got {ids.min()}..{ids.max()}")
-        if self.bits == "q35":  # rows are contiguous in the chunk layout
-            return np.ascontiguousarray(kernels.q35_dequantize_rows(self, ids)[:, :k])
         out = np.empty((ids.size, k), dtype=np.float32)
         tiles, where = np.unique(ids // kernels.TILE_ROWS, return_inverse=True)
         for i, tile in enumerate(tiles):
@@ -146,8 +131,8 @@ class QuantizedTensor:
             out[mine] = band[ids[mine] % kernels.TILE_ROWS, :k]
         return out
 
-    def matmul(self, x: np.ndarray, activations: str | None = None) -> np.ndarray:
-        return matmul(x, self, activations)
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        return matmul(x, self)
 
 
 def _expect(array, name, dtype, shape):
@@ -195,13 +180,8 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
     return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits)
 
 
-def matmul(x: np.ndarray, qt: QuantizedTensor, activations: str | None = None) -> np.ndarray:
-    """y = x @ W.T for x of shape (M, K) (or (K,)), float32; W never materialised whole.
-
-    activations (q35 only): "int8" quantizes x per token and group for the integer kernels
-    (FORMAT.md §7: error bound there), "float32" keeps it float; default: $Q35F_ACTIVATIONS,
-    else "int8".
-    """
+def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
+    """y = x @ W.T for x of shape (M, K) (or (K,)), float32; W never materialised whole."""
     if not isinstance(qt, QuantizedTensor):
         raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
     if not isinstance(x, np.ndarray):
@@ -217,9 +197,7 @@ def matmul(x: np.ndarray, qt: QuantizedTensor, activations: str | None = None) -
         raise ValueError(f"x has {x2.shape[1]} features but the weight expects {k}")
     if x2.shape[0] == 0:
         raise ValueError("x must have at least one row")
-    if qt.bits == "q35":
-        y = kernels.q35_matmul(x2, qt, activations or os.environ.get(ACTIVATIONS_ENV, "int8"))
-    elif x2.shape[0] < GEMM_MIN_ROWS:
+    if x2.shape[0] < GEMM_MIN_ROWS:
         y = kernels.gemv(x2, qt)
     else:
         y = _gemm_by_tiles(x2, qt)
@@ -230,7 +208,7 @@ def _gemm_by_tiles(x, qt):
     """Prefill: dequantize a bounded band of rows at a time and let BLAS multiply it."""
     n, k = qt.shape
     tile_rows = kernels.TILE_ROWS
-    n_tiles = qt._bytes.shape[0]
+    n_tiles = qt._tiles.shape[0]
     tiles_per_band = max(1, GEMM_BUFFER_FLOATS // (tile_rows * k))
     y = np.empty((x.shape[0], n), dtype=np.float32)
     buffer = None
