@@ -2,7 +2,7 @@
 
 import math
 
-from q35f import bench_kernels
+from q35f.measure import bench_kernels
 
 
 def test_every_ratio_is_its_baseline_over_its_median():
