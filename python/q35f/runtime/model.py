@@ -342,14 +342,12 @@ def release_free_memory() -> None:
 
 def rotated_qkv(layer, x: np.ndarray, eps, cos, sin, n_heads: int, n_kv: int, d: int):
     """q (T, heads, d), k and v (T, kv heads, d) of one layer for rows x, q and k rotated."""
-    t, q_size, kv_size = x.shape[0], n_heads * d, n_kv * d
+    t, qk_size = x.shape[0], (n_heads + n_kv) * d
     qkv = layer.qkv(rms_norm(x, layer.attn_norm, eps))
-    q = qkv[:, :q_size].reshape(t, n_heads, d)
-    k = qkv[:, q_size:q_size + kv_size].reshape(t, n_kv, d)
-    v = qkv[:, q_size + kv_size:].reshape(t, n_kv, d)
-    apply_rope(q, cos, sin)
-    apply_rope(k, cos, sin)
-    return q, k, v
+    qk = qkv[:, :qk_size].reshape(t, n_heads + n_kv, d)  # a view: q and k heads rotate together
+    apply_rope(qk, cos, sin)
+    v = qkv[:, qk_size:].reshape(t, n_kv, d)
+    return qk[:, :n_heads], qk[:, n_heads:], v
 
 
 def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible, scale) -> np.ndarray:
