@@ -3,6 +3,6 @@
 
 import sys
 
-from q35f.bench_kernels import main
+from q35f.measure.bench_kernels import main
 
 sys.exit(main())

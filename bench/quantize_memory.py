@@ -50,7 +50,7 @@ def build_checkpoint(directory: Path, config: dict, shards: int, dtype: str = "b
     import ml_dtypes
     from safetensors.numpy import save_file
 
-    from q35f.checkpoint import expected_shapes
+    from q35f.io.llama import expected_shapes
 
     np_dtype = {"bf16": ml_dtypes.bfloat16, "f16": np.float16, "f32": np.float32}[dtype]
     directory.mkdir(parents=True, exist_ok=True)
@@ -78,9 +78,9 @@ def build_checkpoint(directory: Path, config: dict, shards: int, dtype: str = "b
 
 _CHILD = r"""
 import json, resource, sys
-from q35f.checkpoint import open_checkpoint
-from q35f.convert import quantize_checkpoint
-import q35f.tensor, tqdm  # what a quantize run imports, so the baseline holds it too
+from q35f.io.checkpoint import open_checkpoint
+from q35f.quantization.convert import quantize_checkpoint
+import q35f.kernels.tensor, tqdm  # what a quantize run imports, so the baseline holds it too
 src, out, mode, bits = sys.argv[1:5]
 if mode == "quantize":
     summary = quantize_checkpoint(src, out, bits=bits, progress=False)

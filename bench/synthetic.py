@@ -8,7 +8,7 @@ They are deterministic: tensor i is drawn from numpy's default generator seeded 
 The tokenizer (49152 tokens, byte-level BPE, chat template) is copied from the embedded
 SmolLM2-135M GGUF, so prompts tokenize the same way in both tools.
 
-Run it with q35f's interpreter (it reads GGUF metadata through q35f.checkpoint):
+Run it with q35f's interpreter (it reads GGUF metadata through q35f.io):
 
     .venv/bin/python bench/synthetic.py tinyllama-1.1b            # -> ~/.cache/q35f/synthetic/
     .venv/bin/python bench/synthetic.py llama2-7b-layers --layers 8 --dtype f32 -o x.gguf
@@ -109,7 +109,7 @@ def gguf_fields(source: Path) -> tuple:
     """(key, value, type, array item type) of every metadata field of a GGUF file."""
     import gguf
 
-    from q35f.checkpoint import _gguf_reader_class  # parses the 100k token fields 10x faster
+    from q35f.io.gguf import _gguf_reader_class  # parses the 100k token fields 10x faster
 
     reader = _gguf_reader_class()(str(source), "r")
     return tuple((key, field.contents(), field.types[0],
@@ -127,7 +127,7 @@ def tokenizer_fields(source: Path) -> tuple:
 
 def default_tokenizer_source() -> Path:
     """The embedded SmolLM2-135M GGUF."""
-    from q35f.checkpoint import default_model_path
+    from q35f.io.checkpoint import default_model_path
 
     return default_model_path()
 

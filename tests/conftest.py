@@ -1,11 +1,18 @@
-"""Shared hypothesis strategies and fixtures for the kernel tests."""
+"""Shared by the tests: hypothesis strategies for the kernels, and tiny Llama models (as a q35f
+Model, as tensors under Hugging Face names, as a checkpoint directory)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from q35f.io.llama import expected_shapes
+from q35f.runtime.model import LayerWeights, LlamaConfig, Model, Weights
 
 settings.register_profile(
     "q35f",
@@ -53,3 +60,103 @@ def no_array_copies(capfd):
     yield
     err = capfd.readouterr().err
     assert "copied an array" not in err and "created an array" not in err, err
+
+
+# --- tiny Llama models ----------------------------------------------------------------------------
+
+
+def tiny_config(**overrides) -> dict:
+    config = {"vocab_size": 97, "hidden_size": 64, "intermediate_size": 96,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 128,
+              "tie_word_embeddings": True, "eos_token_id": 3}
+    config.update(overrides)
+    return config
+
+
+def tiny_weights(config: dict, seed: int = 0) -> Weights:
+    rng = np.random.default_rng(seed)
+    h, f = config["hidden_size"], config["intermediate_size"]
+    d = h // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * d, config["num_key_value_heads"] * d
+
+    def w(*shape, scale=0.1):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    layers = [
+        LayerWeights(
+            attn_norm=1 + w(h), wq=w(q, h, scale=0.3), wk=w(kv, h, scale=0.3), wv=w(kv, h),
+            wo=w(h, q), mlp_norm=1 + w(h), w_gate=w(f, h), w_up=w(f, h), w_down=w(h, f))
+        for _ in range(config["num_hidden_layers"])
+    ]
+    lm_head = None if config["tie_word_embeddings"] else w(config["vocab_size"], h)
+    return Weights(embed=w(config["vocab_size"], h, scale=1.0), layers=layers, norm=1 + w(h),
+                   lm_head=lm_head)
+
+
+def tiny_model(seed=0, max_seq_len=None, **overrides) -> Model:
+    config = tiny_config(**overrides)
+    return Model(LlamaConfig.from_hf(config), tiny_weights(config, seed), max_seq_len=max_seq_len)
+
+
+
+TINY_CONFIG = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+    "bos_token_id": 0,
+    "eos_token_id": 0,
+}
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def tiny_tokenizer():
+    """A byte-level BPE over the 256 byte symbols: every byte is one token."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def tiny_tensors(config, seed=0) -> dict:
+    """Standard-normal float32 tensors under the Hugging Face names of a Llama `config`."""
+    rng = np.random.default_rng(seed)
+    return {
+        name: rng.standard_normal(shape).astype(np.float32)
+        for name, shape in expected_shapes(config).items()
+    }
+
+
+def write_hf(directory, weights, config=TINY_CONFIG, dtype=np.float32, shards=1):
+    """A Hugging Face checkpoint directory; `shards` > 1 writes an index like transformers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    tiny_tokenizer().save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    stored = {name: w.astype(dtype) for name, w in weights.items()}
+    if shards == 1:
+        save_file(stored, str(directory / "model.safetensors"), metadata={"format": "pt"})
+        return directory
+    names = list(stored)
+    weight_map = {}
+    for s in range(shards):
+        file = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {n: stored[n] for n in names[s::shards]}
+        save_file(part, str(directory / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in part})
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    return directory

@@ -198,7 +198,7 @@ def test_every_marker_names_an_existing_theorem():
 
 def test_every_theorem_has_a_kernel_test():
     """Besides the z3 checks, each theorem is compared with the shipped kernels."""
-    source = (TESTS / "test_lean_kernels.py").read_text(encoding="utf-8")
+    source = (TESTS / "kernels" / "test_lean_kernels.py").read_text(encoding="utf-8")
     kernel_markers = markers_in_source(source, "test_lean_kernels.py")
     missing = sorted(set(all_theorems()) - set(kernel_markers))
     assert not missing, f"theorems with no test in test_lean_kernels.py: {missing}"

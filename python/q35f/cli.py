@@ -12,13 +12,13 @@ import os
 import sys
 
 # Add a module here when it defines a command.
-COMMAND_MODULES: tuple[str, ...] = ("q35f.sizing", "q35f.paper", "q35f.serve", "q35f.convert",
-                                    "q35f.generate", "q35f.perplexity", "q35f.compare")
-BENCH_MODULES: tuple[str, ...] = ("q35f.bench_kernels", "q35f.bench_serve", "q35f.benchmark")
+COMMAND_MODULES: tuple[str, ...] = ("q35f.format.sizing", "q35f.paper", "q35f.serve.server", "q35f.quantization.convert",
+                                    "q35f.runtime.generate", "q35f.measure.perplexity", "q35f.measure.compare")
+BENCH_MODULES: tuple[str, ...] = ("q35f.measure.bench_kernels", "q35f.serve.bench", "q35f.measure.benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from q35f import __version__
 
     parser = argparse.ArgumentParser(
         prog="q35f",

@@ -72,7 +72,7 @@ def _data_args(p) -> None:
     p.add_argument("--work-dir", type=Path, default=None,
                    help="where quantized models are written (default: a temporary directory)")
     p.add_argument("--corpus", default="prideprejudice",
-                   help="evaluation text from q35f.corpora (default prideprejudice)")
+                   help="evaluation text from q35f.io.corpora (default prideprejudice)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="tokens scored for perplexity (default 6144 for the methods and 3072 for "
                    "the ablation; 1024 and 512 with --quick)")

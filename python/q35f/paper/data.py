@@ -6,12 +6,12 @@ Tables (paper columns first, then the honesty columns HONESTY):
 - accuracy.csv: perplexity and ΔPPL of each method, plus lm-evaluation-harness task scores from
   bench/results/lm_eval/ when those runs exist (empty otherwise);
 - scalability.csv: exact memory of the Llama 7B..405B shapes in every format, the devices they
-  fit, a bandwidth-bound decode *estimate* (q35f.sizing);
+  fit, a bandwidth-bound decode *estimate* (q35f.format.sizing);
 - ablation.csv: q35 design choices on the embedded model: dynamic per-group vs static scaling,
   asymmetric vs symmetric grids, group size, which weight of a pair gets 4 bits.
 
-Performance and accuracy come from the model helpers (q35f.compare, q35f.benchmark,
-q35f.perplexity); the ablation runs the model directly with each variant's weights.
+Performance and accuracy come from the model helpers (q35f.measure.compare, q35f.measure.benchmark,
+q35f.measure.perplexity); the ablation runs the model directly with each variant's weights.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .machine import honesty, power_note
+from q35f.measure.machine import honesty, power_note
 
 HONESTY = ("model", "machine", "date", "q35f_version", "source", "formula", "note")
 PERFORMANCE_COLUMNS = (
@@ -92,7 +92,7 @@ def _cell(value):
 
 
 def write_scalability(out_dir, context: int = 2048) -> Path:
-    from ..sizing import scalability_rows
+    from q35f.format.sizing import scalability_rows
 
     rows = []
     for r in scalability_rows(context=context):
@@ -164,7 +164,7 @@ def _pair_swap(k: int) -> np.ndarray:
 def mixed_grid(w, offset, scale, four_bit_even: bool = True):
     """Dequantized q35 grid values of w (float32 (N, K)): 16 levels of `scale` on one parity,
     8 levels of step3 = 15*scale/7 on the other, both from `offset` (FORMAT.md §4, in float32)."""
-    from .. import reference
+    from q35f.kernels import reference
 
     w = np.asarray(w, dtype=np.float32)
     offset = np.broadcast_to(np.asarray(offset, dtype=np.float32), w.shape)
@@ -183,7 +183,7 @@ def mixed_grid(w, offset, scale, four_bit_even: bool = True):
 
 def fake_per_tensor(w):
     """One static range [min, max] for the whole tensor (float16 offset/scale as in §4)."""
-    from .. import reference
+    from q35f.kernels import reference
 
     offset, scale = reference.group_params(np.float32(w.min()), np.float32(w.max()), 15)
     return mixed_grid(w, offset, scale)
@@ -200,7 +200,7 @@ def _group_reduce(w, group_size, fn):
 def fake_symmetric(w, group_size: int = 128):
     """Symmetric grid per group: range [-7.5 s, 7.5 s] with only the float16 scale s stored
     (s = smallest float16 with 7.5 s >= max |w| of the group); same 16/8 levels as q35."""
-    from .. import reference
+    from q35f.kernels import reference
 
     w = np.asarray(w, dtype=np.float32)
     m, _ = _group_reduce(np.abs(w), group_size, np.nanmax)
@@ -218,7 +218,7 @@ def fake_symmetric(w, group_size: int = 128):
 
 def fake_swapped(w, group_size: int = 128):
     """q35 with the 4 bits on the odd weight of each pair: swap the pair, quantize, swap back."""
-    from ..tensor import quantize
+    from q35f.kernels.tensor import quantize
 
     perm = _pair_swap(w.shape[1])
     deq = quantize(np.ascontiguousarray(w[:, perm]), group_size, "q35").dequantize()
@@ -255,8 +255,8 @@ def ablation_variants(quick: bool) -> list[dict]:
 def variant_weight(w: np.ndarray, variant: dict):
     """The weight a variant puts in a linear layer: a QuantizedTensor (real format) or float32
     (fake-quantized), and the exact bytes it would take."""
-    from ..formats import n_groups, tensor_nbytes
-    from ..tensor import quantize
+    from q35f.format.spec import n_groups, tensor_nbytes
+    from q35f.kernels.tensor import quantize
 
     n, k = w.shape
     payload = n * 7 * (-(-k // 16))
@@ -279,8 +279,8 @@ LINEAR_FIELDS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
 def _load_float(path):
-    from ..checkpoint import open_checkpoint
-    from ..model import LlamaConfig, Weights
+    from q35f.io.checkpoint import open_checkpoint
+    from q35f.runtime.model import LlamaConfig, Weights
 
     ckpt = open_checkpoint(path)
     config = LlamaConfig.from_hf(ckpt.config)
@@ -289,7 +289,7 @@ def _load_float(path):
 
 def _model_with(config, base, transform, embed, ctx):
     """A Model whose block linear layers are transform(w); embedding/head = `embed`."""
-    from ..model import LayerWeights, Model, Weights
+    from q35f.runtime.model import LayerWeights, Model, Weights
 
     layers, nbytes, params = [], 0, 0
     for lw in base.layers:
@@ -310,8 +310,8 @@ def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, 
                  head_bits: str = "int8") -> list[dict]:
     from tqdm import tqdm
 
-    from ..perplexity import perplexity
-    from ..tensor import quantize
+    from q35f.measure.perplexity import perplexity
+    from q35f.kernels.tensor import quantize
 
     ckpt, config, base = _load_float(model_path)
     model_name = _model_name(model_path)
@@ -372,7 +372,7 @@ def write_ablation(out_dir, rows) -> Path:
 
 
 def _model_name(path) -> str:
-    from ..checkpoint import default_model_path
+    from q35f.io.checkpoint import default_model_path
 
     path = Path(path)
     try:
@@ -384,8 +384,8 @@ def _model_name(path) -> str:
 
 
 def corpus_ids(model_path, corpus: str) -> np.ndarray:
-    from ..checkpoint import open_checkpoint
-    from ..perplexity import load_text, tokenize
+    from q35f.io.checkpoint import open_checkpoint
+    from q35f.measure.perplexity import load_text, tokenize
 
     text, _ = load_text(corpus=corpus)
     with open_checkpoint(model_path) as ckpt:
@@ -396,7 +396,7 @@ def corpus_ids(model_path, corpus: str) -> np.ndarray:
 def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="prideprejudice",
               max_tokens=None, skip=()) -> list[Path]:
     """Measure and write every table not in `skip`; returns the paths written."""
-    from ..checkpoint import default_model_path
+    from q35f.io.checkpoint import default_model_path
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -431,13 +431,13 @@ def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_di
                     group_size: int = 128, head_bits: str = "int8"):
     """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model.
 
-    Perplexity through q35f.compare (the same token ids for every method, quantized files made
-    by q35f.convert); speed and memory through q35f.benchmark in a fresh process per method,
+    Perplexity through q35f.measure.compare (the same token ids for every method, quantized files made
+    by q35f.quantization.convert); speed and memory through q35f.measure.benchmark in a fresh process per method,
     with RAPL energy read around it when the machine exposes it.
     """
-    from ..benchmark import bench_model
-    from ..compare import compare
-    from .machine import EnergyMeter
+    from q35f.measure.benchmark import bench_model
+    from q35f.measure.compare import compare
+    from q35f.measure.machine import EnergyMeter
 
     bench = QUICK_BENCH if quick else BENCH
     rows = compare(model_path, METHODS, group_size=group_size, corpus=corpus, ctx=ctx,

@@ -73,7 +73,7 @@ def _base(method: str) -> str:
 
 def encoding_example():
     """A worked example computed by the reference quantizer: 16 weights -> 8 codes -> 7 bytes."""
-    from .. import reference
+    from q35f.kernels import reference
 
     # Sixteen weights on a 1/64 lattice, spread over one group's range (all inside it, by
     # construction: the group's range is their own min and max).

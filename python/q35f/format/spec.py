@@ -1,0 +1,71 @@
+"""The numbers of the format (docs/FORMAT.md), shared by the reference, the kernels and the files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1
+BLOCK_WEIGHTS = 16  # every format packs weights in blocks of 16 (FORMAT.md §3, §6)
+FLOAT16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class Bits:
+    """One packed format: its name, the id the Fortran kernels know it by (fortran/q35_blocks.f90),
+    bytes per 16-weight block and grid sizes. tests/format/test_constants.py checks that the
+    Fortran constants agree with this table."""
+
+    name: str
+    format_id: int
+    block_bytes: int
+    even_levels: int  # levels of the grid of even weights (all weights for int formats)
+    odd_levels: int  # levels of the grid of odd weights
+
+    @property
+    def payload_bits(self) -> float:
+        return 8 * self.block_bytes / BLOCK_WEIGHTS
+
+
+FORMATS = {
+    "q35": Bits("q35", 1, 7, 16, 8),
+    "int8": Bits("int8", 2, 16, 256, 256),
+    "int4": Bits("int4", 3, 8, 16, 16),
+    "int3": Bits("int3", 4, 6, 8, 8),
+}
+
+
+def get_format(bits: str) -> Bits:
+    try:
+        return FORMATS[bits]
+    except (KeyError, TypeError):
+        raise ValueError(f"bits must be one of {sorted(FORMATS)}, got {bits!r}") from None
+
+
+def check_group_size(group_size: int) -> int:
+    if not isinstance(group_size, int) or isinstance(group_size, bool):
+        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+    if group_size <= 0 or group_size % BLOCK_WEIGHTS:
+        raise ValueError(f"group_size must be a positive multiple of 16, got {group_size}")
+    return group_size
+
+
+def n_blocks(k: int) -> int:
+    return -(-k // BLOCK_WEIGHTS)
+
+
+def n_groups(k: int, group_size: int) -> int:
+    return -(-k // group_size)
+
+
+def row_bytes(k: int, bits: str = "q35") -> int:
+    return get_format(bits).block_bytes * n_blocks(k)
+
+
+def bits_per_weight(k: int, group_size: int = 128, bits: str = "q35") -> float:
+    """Exact storage cost of one row of k weights, payload plus float16 scale and offset (§5)."""
+    return (8 * row_bytes(k, bits) + 32 * n_groups(k, group_size)) / k
+
+
+def tensor_nbytes(n: int, k: int, group_size: int = 128, bits: str = "q35") -> int:
+    """Bytes of an (n, k) quantized tensor: packed stream plus scales and offsets."""
+    return n * (row_bytes(k, bits) + 4 * n_groups(k, group_size))

@@ -1,0 +1,209 @@
+"""Validated wrappers around the Fortran kernels (q35f._kernels, built by meson from fortran/).
+
+Every function checks dtype, shape and memory order and then hands the kernels views of the
+caller's memory: f2py would otherwise copy silently (FORMAT.md §7 describes the tiled layout).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from q35f import _kernels
+from q35f.format.spec import BLOCK_WEIGHTS, FORMATS, get_format, n_blocks, n_groups, row_bytes
+
+TILE_ROWS = 16  # rows interleaved per tile (FORMAT.md §7); fortran/q35_blocks.f90 tile_rows
+FORMAT_IDS = {name: bits.format_id for name, bits in FORMATS.items()}
+
+
+def _as_array(value, name, dtype):
+    array = np.asarray(value)
+    if array.dtype != dtype:
+        if array.dtype.kind in "iu" and np.dtype(dtype).kind in "iu":
+            info = np.iinfo(dtype)
+            if array.size and (array.min() < info.min or array.max() > info.max):
+                raise ValueError(f"{name} has values outside {np.dtype(dtype).name}")
+            return np.ascontiguousarray(array, dtype=dtype)
+        raise TypeError(f"{name} must be an integer array, got {array.dtype.name}")
+    return np.ascontiguousarray(array)
+
+
+# §2 -- pairs and codes
+
+
+def encode(n1, n2) -> np.ndarray:
+    """7-bit codes of pairs (n1 in [-8, 7], n2 in [-4, 3]); any matching shapes."""
+    a = _as_array(n1, "n1", np.int8)
+    b = _as_array(n2, "n2", np.int8)
+    if a.shape != b.shape:
+        raise ValueError(f"n1 and n2 must have the same shape, got {a.shape} and {b.shape}")
+    if a.size and (a.min() < -8 or a.max() > 7):
+        raise ValueError("n1 must lie in [-8, 7]")
+    if b.size and (b.min() < -4 or b.max() > 3):
+        raise ValueError("n2 must lie in [-4, 3]")
+    codes = _kernels.encode_pairs(a.ravel(), b.ravel())
+    return codes.view(np.uint8).reshape(a.shape)
+
+
+def decode(codes):
+    """(n1, n2) int8 arrays, sign-extended, from 7-bit codes."""
+    c = _as_array(codes, "codes", np.uint8)
+    if c.size and c.max() > 127:
+        raise ValueError("codes must lie in [0, 127]")
+    n1, n2 = _kernels.decode_pairs(c.ravel().view(np.int8))
+    return n1.reshape(c.shape), n2.reshape(c.shape)
+
+
+# §3 -- the bit stream
+
+
+def pack_codes(codes) -> np.ndarray:
+    """(rows, 8*b) codes -> (rows, 7*b) bytes: eight codes per 7-byte block."""
+    c = _as_array(codes, "codes", np.uint8)
+    if c.ndim != 2 or c.shape[1] % 8:
+        raise ValueError(f"codes must be 2-D with a multiple of 8 per row, got shape {c.shape}")
+    if c.size and c.max() > 127:
+        raise ValueError("codes must lie in [0, 127]")
+    packed = _kernels.pack_code_rows(c.view(np.int8).T)
+    return packed.T.view(np.uint8)
+
+
+def unpack_codes(packed) -> np.ndarray:
+    """(rows, 7*b) bytes -> (rows, 8*b) codes."""
+    p = _as_array(packed, "packed", np.uint8)
+    if p.ndim != 2 or p.shape[1] % 7:
+        raise ValueError(f"packed must be 2-D with a multiple of 7 per row, got shape {p.shape}")
+    codes = _kernels.unpack_code_rows(p.view(np.int8).T)
+    return codes.T.view(np.uint8)
+
+
+# tiled layout (§7)
+
+
+def tile_rows(rows: np.ndarray) -> np.ndarray:
+    """(n, c) C-ordered -> (n_tiles, c, TILE_ROWS) C-ordered, zero rows padding the last tile."""
+    n, c = rows.shape
+    n_tiles = -(-n // TILE_ROWS)
+    padded = np.zeros((n_tiles * TILE_ROWS, c), dtype=rows.dtype)
+    padded[:n] = rows
+    return np.ascontiguousarray(padded.reshape(n_tiles, TILE_ROWS, c).transpose(0, 2, 1))
+
+
+def untile_rows(tiles: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of tile_rows."""
+    n_tiles, c, _ = tiles.shape
+    return np.ascontiguousarray(tiles.transpose(0, 2, 1).reshape(n_tiles * TILE_ROWS, c)[:n])
+
+
+def packed_to_tiles(packed: np.ndarray, bits: str) -> np.ndarray:
+    """Canonical packed rows (file layout) -> the kernels' tiles (FORMAT.md §7): q35 blocks go
+    planar (4-bit levels as nibbles, then 3-bit levels), then rows interleave in tiles of 16."""
+    if bits == "q35":
+        n, nbytes = packed.shape
+        stream = np.ascontiguousarray(packed).view(np.int8).reshape(n, nbytes // 7, 7)
+        packed = _kernels.q35_rows_to_planar(stream.T).T.reshape(n, nbytes).view(np.uint8)
+    return tile_rows(packed)
+
+
+def tiles_to_packed(tiles: np.ndarray, n: int, bits: str) -> np.ndarray:
+    """Inverse of packed_to_tiles: the canonical bit stream of the first n rows."""
+    rows = untile_rows(tiles, n)
+    if bits == "q35":
+        nbytes = rows.shape[1]
+        planar = rows.view(np.int8).reshape(n, nbytes // 7, 7)
+        rows = _kernels.q35_rows_from_planar(planar.T).T.reshape(n, nbytes).view(np.uint8)
+    return rows
+
+
+# quantize / dequantize / matmul
+
+
+def quantize_rows(w: np.ndarray, group_size: int, bits: str):
+    """float32 C-ordered (N, K) -> tiled packed bytes, float16 scale and offset bits."""
+    fmt = get_format(bits)
+    n, k = w.shape
+    w = np.ascontiguousarray(w)
+    packed, scales, offsets = _kernels.quantize_rows(
+        FORMAT_IDS[fmt.name], group_size, row_bytes(k, bits), n_groups(k, group_size), w.T
+    )
+    # The kernels return float32 values that are exact float16 numbers (§4).
+    scale16 = scales.T.astype(np.float16)
+    offset16 = offsets.T.astype(np.float16)
+    return (
+        packed_to_tiles(packed.T.view(np.uint8), bits),
+        tile_rows(scale16.view(np.int16)),
+        tile_rows(offset16.view(np.int16)),
+    )
+
+
+def _tile_args(qt):
+    return (
+        FORMAT_IDS[qt.bits],
+        qt.group_size,
+        qt._tiles.view(np.int8).T,
+        qt._scale_tiles.T,
+        qt._offset_tiles.T,
+    )
+
+
+def padded_width(k: int) -> int:
+    return n_blocks(k) * BLOCK_WEIGHTS
+
+
+def gemv(x: np.ndarray, qt) -> np.ndarray:
+    """x (M, K) float32 -> (M, N) with the fused kernel; for small M (decode)."""
+    n, k = qt.shape
+    m = x.shape[0]
+    k_pad = padded_width(k)
+    if k_pad == k and x.flags.c_contiguous:
+        xp = x
+    else:
+        xp = np.zeros((m, k_pad), dtype=np.float32)
+        xp[:, :k] = x
+    fmt, group_size, tiles, scales, offsets = _tile_args(qt)
+    y = _kernels.gemv(fmt, group_size, tiles, scales, offsets, xp.T)
+    # y is Fortran (TILE_ROWS, n_tiles, m): as (M, n_pad) it is C-ordered.
+    return y.reshape(-1, m, order="F").T[:, :n]
+
+
+def dequantize_tiles(qt, first: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Tiles [first, first+count) -> float32 (count*TILE_ROWS, K padded) rows."""
+    k_pad = padded_width(qt.shape[1])
+    if out is None or out.shape[0] < count * TILE_ROWS or out.shape[1] != k_pad:
+        out = np.empty((count * TILE_ROWS, k_pad), dtype=np.float32)
+    band = out[: count * TILE_ROWS]
+    fmt, group_size, tiles, scales, offsets = _tile_args(qt)
+    _kernels.dequantize(
+        fmt,
+        group_size,
+        tiles[:, :, first : first + count],
+        scales[:, :, first : first + count],
+        offsets[:, :, first : first + count],
+        band.T,
+    )
+    return band
+
+
+
+
+def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
+                       n_grid: int = 32, n_steps: int = 8, scale=None, offset=None):
+    """Like quantize_rows, with clip-searched (search) or given float16 parameters (q35_clip)."""
+    fmt = get_format(bits)
+    n, k = w.shape
+    w = np.ascontiguousarray(w)
+    groups = n_groups(k, group_size)
+    if search:
+        scales = np.zeros((groups, n), dtype=np.float32, order="F")
+        offsets = np.zeros((groups, n), dtype=np.float32, order="F")
+    else:
+        scales = np.asfortranarray(np.asarray(scale, dtype=np.float32).T)
+        offsets = np.asfortranarray(np.asarray(offset, dtype=np.float32).T)
+    packed = _kernels.quantize_rows_clip(
+        FORMAT_IDS[fmt.name], group_size, row_bytes(k, bits), int(bool(search)),
+        n_grid, n_steps, w.T, scales, offsets,
+    )
+    return (
+        packed_to_tiles(packed.T.view(np.uint8), bits),
+        tile_rows(scales.T.astype(np.float16).view(np.int16)),
+        tile_rows(offsets.T.astype(np.float16).view(np.int16)),
+    )

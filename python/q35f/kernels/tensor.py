@@ -1,0 +1,222 @@
+"""Quantized tensors: the object a quantized linear layer owns, and the public quantize/matmul.
+
+A QuantizedTensor keeps its bytes in the kernels' tiled layout (FORMAT.md §7) only, so memory is
+the format's size; `.packed`, `.scale`, `.offset` give the canonical file layout back on demand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from q35f.kernels import fortran as kernels
+from q35f.format.spec import (
+    FLOAT16_MAX,
+    bits_per_weight,
+    check_group_size,
+    get_format,
+    n_groups,
+    row_bytes,
+    tensor_nbytes,
+)
+
+# Above this many activation rows, dequantize tiles of W into a bounded buffer and use BLAS.
+GEMM_MIN_ROWS = 8
+# The dequantized tile of W used by the GEMM path never exceeds this many float32 values.
+GEMM_BUFFER_FLOATS = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How a tensor was quantized; written into a q35f file's metadata per tensor and read back
+    (q35f.io.directory). Tensors of equal configs and widths can be stacked row-wise."""
+
+    bits: str = "q35"
+    group_size: int = 128
+
+    def __post_init__(self):
+        get_format(self.bits)
+        check_group_size(self.group_size)
+
+
+class QuantizedTensor:
+    """An (N, K) weight matrix in one of the packed formats, with float16 group parameters."""
+
+    def __init__(self, tiles, scale_tiles, offset_tiles, shape, group_size, bits):
+        self._tiles = tiles  # uint8 (n_tiles, row_bytes, TILE_ROWS), C order
+        self._scale_tiles = scale_tiles  # int16 bits of float16 (n_tiles, groups, TILE_ROWS)
+        self._offset_tiles = offset_tiles
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.group_size = int(group_size)
+        self.bits = bits
+
+    # construction
+
+    @classmethod
+    def from_packed(cls, packed, scale, offset, shape, group_size=128, bits="q35"):
+        """Wrap the canonical file layout (e.g. read from safetensors); checks every shape."""
+        fmt = get_format(bits)
+        check_group_size(group_size)
+        n, k = (int(v) for v in shape)
+        if n <= 0 or k <= 0:
+            raise ValueError(f"shape must be positive, got {tuple(shape)}")
+        _expect(packed, "packed", np.uint8, (n, row_bytes(k, bits)))
+        _expect(scale, "scale", np.float16, (n, n_groups(k, group_size)))
+        _expect(offset, "offset", np.float16, (n, n_groups(k, group_size)))
+        del fmt
+        return cls(
+            kernels.packed_to_tiles(packed, bits),
+            kernels.tile_rows(scale.view(np.int16)),
+            kernels.tile_rows(offset.view(np.int16)),
+            (n, k),
+            group_size,
+            bits,
+        )
+
+    # canonical views
+
+    @property
+    def packed(self) -> np.ndarray:
+        return kernels.tiles_to_packed(self._tiles, self.shape[0], bits=self.bits)
+
+    @property
+    def scale(self) -> np.ndarray:
+        return kernels.untile_rows(self._scale_tiles, self.shape[0]).view(np.float16)
+
+    @property
+    def offset(self) -> np.ndarray:
+        return kernels.untile_rows(self._offset_tiles, self.shape[0]).view(np.float16)
+
+    @property
+    def config(self) -> QuantConfig:
+        return QuantConfig(self.bits, self.group_size)
+
+    @property
+    def bits_per_weight(self) -> float:
+        return bits_per_weight(self.shape[1], self.group_size, self.bits)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the format: packed stream plus float16 scales and offsets."""
+        return tensor_nbytes(*self.shape, self.group_size, self.bits)
+
+    def __repr__(self):
+        n, k = self.shape
+        return (
+            f"QuantizedTensor(shape=({n}, {k}), bits={self.bits!r}, group_size={self.group_size}, "
+            f"bits_per_weight={self.bits_per_weight:.4f})"
+        )
+
+    # operations
+
+    def dequantize(self) -> np.ndarray:
+        """float32 (N, K); materialises the whole matrix, so meant for tests and export."""
+        n, k = self.shape
+        out = kernels.dequantize_tiles(self, 0, self._tiles.shape[0])
+        return np.ascontiguousarray(out[:n, :k])
+
+    def take_rows(self, ids) -> np.ndarray:
+        """float32 (len(ids), K): selected rows only (an embedding lookup), via their tiles."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise TypeError(f"ids must be a 1-D integer array, got {ids.dtype.name} {ids.shape}")
+        n, k = self.shape
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise ValueError(f"ids must lie in [0, {n}), got {ids.min()}..{ids.max()}")
+        out = np.empty((ids.size, k), dtype=np.float32)
+        tiles, where = np.unique(ids // kernels.TILE_ROWS, return_inverse=True)
+        for i, tile in enumerate(tiles):
+            band = kernels.dequantize_tiles(self, int(tile), 1)
+            mine = where == i
+            out[mine] = band[ids[mine] % kernels.TILE_ROWS, :k]
+        return out
+
+    def matmul(self, x: np.ndarray) -> np.ndarray:
+        return matmul(x, self)
+
+
+def _expect(array, name, dtype, shape):
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
+    if array.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {array.dtype.name}")
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {array.shape}")
+
+
+def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_search: bool = False,
+             params=None) -> QuantizedTensor:
+    """Quantize a float32 (N, K) matrix row by row in groups of `group_size` (FORMAT.md §4, §6).
+
+    clip_search: choose each group's parameters among shrunken ranges by least squared error
+    (q35_clip) instead of raw min/max. params: (offset, scale) float16 (N, groups) to use as
+    given; levels are then computed per §4 from them, clamped (for error feedback, q35f.quantization.gptq).
+    """
+    get_format(bits)
+    check_group_size(group_size)
+    if not isinstance(w, np.ndarray):
+        raise TypeError(f"w must be a numpy array, got {type(w).__name__}")
+    if w.dtype != np.float32:
+        raise TypeError(f"w must be float32, got {w.dtype.name} (convert explicitly)")
+    if w.ndim != 2:
+        raise ValueError(f"w must be 2-D (out_features, in_features), got shape {w.shape}")
+    if w.size == 0:
+        raise ValueError(f"w must not be empty, got shape {w.shape}")
+    if not np.isfinite(w).all():
+        raise ValueError("w contains NaN or Inf")
+    if np.abs(w).max() > FLOAT16_MAX:
+        raise ValueError(f"w has |values| above {FLOAT16_MAX}, the float16 range of offsets")
+    if params is not None:
+        offset, scale = params
+        groups = (w.shape[0], n_groups(w.shape[1], group_size))
+        _expect(offset, "params offset", np.float16, groups)
+        _expect(scale, "params scale", np.float16, groups)
+        tiles, scales, offsets = kernels.quantize_rows_clip(
+            w, group_size, bits, False, scale=scale, offset=offset)
+    elif clip_search:
+        tiles, scales, offsets = kernels.quantize_rows_clip(w, group_size, bits, True)
+    else:
+        tiles, scales, offsets = kernels.quantize_rows(w, group_size, bits)
+    return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits)
+
+
+def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
+    """y = x @ W.T for x of shape (M, K) (or (K,)), float32; W never materialised whole."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be float32, got {x.dtype.name}")
+    vector = x.ndim == 1
+    x2 = x[None, :] if vector else x
+    if x2.ndim != 2:
+        raise ValueError(f"x must be 1-D or 2-D, got shape {x.shape}")
+    n, k = qt.shape
+    if x2.shape[1] != k:
+        raise ValueError(f"x has {x2.shape[1]} features but the weight expects {k}")
+    if x2.shape[0] == 0:
+        raise ValueError("x must have at least one row")
+    if x2.shape[0] < GEMM_MIN_ROWS:
+        y = kernels.gemv(x2, qt)
+    else:
+        y = _gemm_by_tiles(x2, qt)
+    return y[0] if vector else y
+
+
+def _gemm_by_tiles(x, qt):
+    """Prefill: dequantize a bounded band of rows at a time and let BLAS multiply it."""
+    n, k = qt.shape
+    tile_rows = kernels.TILE_ROWS
+    n_tiles = qt._tiles.shape[0]
+    tiles_per_band = max(1, GEMM_BUFFER_FLOATS // (tile_rows * k))
+    y = np.empty((x.shape[0], n), dtype=np.float32)
+    buffer = None
+    for first in range(0, n_tiles, tiles_per_band):
+        count = min(tiles_per_band, n_tiles - first)
+        buffer = kernels.dequantize_tiles(qt, first, count, out=buffer)
+        rows = slice(first * tile_rows, min(n, (first + count) * tile_rows))
+        band = buffer[: rows.stop - rows.start, :k]
+        np.matmul(x, band.T, out=y[:, rows])
+    return y

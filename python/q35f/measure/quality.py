@@ -1,0 +1,121 @@
+"""Measure quantization options: quantize the model with each, then its perplexity on held-out text.
+
+    python -m q35f.measure.quality --out results/quality.csv --windows 16 \
+        --config rtn: --config clip:clip_search=1 --config gptq:gptq=1,calibration=emma
+
+Perplexity: the text is tokenized once; the first `windows` non-overlapping windows of
+`window` tokens are run through the model, every token but the first of each window scored
+(the yardstick's protocol). The float32 model is the source checkpoint itself; ΔPPL is
+relative to it. Every number written comes from the run that writes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+
+def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
+               progress: bool = True) -> tuple[float, int]:
+    """(perplexity, scored tokens) of a checkpoint (None = embedded model) on the first `windows`
+    windows of `text`, by the one protocol of q35f.measure.perplexity."""
+    from q35f.measure import perplexity as ppl
+    from q35f.runtime.model import load_model
+
+    model, ck = load_model(model_path, max_seq_len=window)
+    try:
+        ids = ppl.tokenize(ck.tokenizer, text)
+    finally:
+        ck.close()
+    result = ppl.perplexity(model, ids, ctx=window, max_tokens=windows * window, progress=progress)
+    return result["ppl"], result["tokens"]
+
+
+def _parse_config(spec: str):
+    """'name:key=value,key=value' -> (name, kwargs of quantize_checkpoint)."""
+    name, _, rest = spec.partition(":")
+    kwargs = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key in ("clip_search", "gptq"):
+            kwargs[key] = value not in ("0", "false", "")
+        elif key in ("group_size", "calibration_tokens"):
+            kwargs[key] = int(value)
+        else:
+            kwargs[key] = value
+    return name, kwargs
+
+
+def main(argv=None) -> int:
+    from q35f.io import corpora
+    from q35f.quantization.convert import quantize_checkpoint
+
+    parser = argparse.ArgumentParser(prog="python -m q35f.measure.quality", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--src", default=None, help="source checkpoint (default: embedded)")
+    parser.add_argument("--eval", default="prideprejudice", help="evaluation corpus or file")
+    parser.add_argument("--windows", type=int, default=64)
+    parser.add_argument("--window", type=int, default=512)
+    parser.add_argument("--config", action="append", default=[],
+                        help="NAME:key=value,... options of quantize_checkpoint (repeatable)")
+    parser.add_argument("--fp32", action="store_true", help="also measure the float model")
+    parser.add_argument("--out", required=True, help="CSV to append rows to")
+    args = parser.parse_args(argv)
+
+    from q35f.quantization import calibrate
+    from q35f.quantization.calibrate import calibration_text
+
+    calibrate.CACHE = True  # configs sharing a calibration compute it once
+
+    text = calibration_text(args.eval) if Path(args.eval).is_file() else corpora.text(args.eval)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fields = ["config", "options", "bits", "group_size", "linear_bits_per_weight",
+              "file_bits_per_weight", "quantize_seconds", "eval", "windows", "tokens", "ppl",
+              "delta_ppl_pct", "fp32_ppl"]
+    new = not out.exists()
+    fp32 = None
+    rows = []
+    if args.fp32:
+        fp32, tokens = perplexity(args.src, text, args.windows, args.window)
+        rows.append({"config": "fp32", "options": "{}", "bits": "fp32", "ppl": f"{fp32:.4f}",
+                     "eval": args.eval, "windows": args.windows, "tokens": tokens,
+                     "delta_ppl_pct": "0.00", "fp32_ppl": f"{fp32:.4f}"})
+        print(f"fp32: ppl {fp32:.4f} on {tokens} tokens", flush=True)
+    with open(out, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+        f.flush()
+        for spec in args.config:
+            name, kwargs = _parse_config(spec)
+            with tempfile.TemporaryDirectory(prefix="q35f-quality-") as tmp:
+                started = time.perf_counter()
+                summary = quantize_checkpoint(args.src, Path(tmp) / "model", progress=True,
+                                              **kwargs)
+                seconds = time.perf_counter() - started
+                ppl, tokens = perplexity(Path(tmp) / "model", text, args.windows, args.window)
+            row = {"config": name, "options": json.dumps(kwargs, sort_keys=True),
+                   "bits": summary["bits"], "group_size": summary["group_size"],
+                   "linear_bits_per_weight": f"{summary['linear_bits_per_weight']:.4f}",
+                   "file_bits_per_weight": f"{summary['bits_per_weight']:.4f}",
+                   "quantize_seconds": f"{seconds:.1f}", "eval": args.eval,
+                   "windows": args.windows, "tokens": tokens, "ppl": f"{ppl:.4f}"}
+            if fp32:
+                row["fp32_ppl"] = f"{fp32:.4f}"
+                row["delta_ppl_pct"] = f"{100 * (ppl / fp32 - 1):.2f}"
+            writer.writerow(row)
+            f.flush()
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Calibration activations: what each linear layer of a model sees on real text.
+
+For every transformer block and each of its four distinct linear inputs
+
+    attn_in    rms(x) before q/k/v        (hidden)
+    attn_out   attention output before o  (heads * head_dim)
+    mlp_in     rms(x) before gate/up      (hidden)
+    mlp_hidden silu(gate) * up before down (intermediate)
+
+`collect` accumulates over the calibration tokens the per-input-channel mean square
+E[x_c^2] (importance-aware pairing, q35f.quantization.pairing) and, optionally, the Hessian X^T X
+(error feedback, q35f.quantization.gptq). Everything comes from the float model in one pass: a layer's
+statistics do not see the quantization error of the layers before it.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+INPUTS = ("attn_in", "attn_out", "mlp_in", "mlp_hidden")
+# which input each linear layer reads
+LAYER_INPUT = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in",
+               "o_proj": "attn_out", "gate_proj": "mlp_in", "up_proj": "mlp_in",
+               "down_proj": "mlp_hidden"}
+_NAME = re.compile(r"model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.weight")
+DEFAULT_SEQUENCE_LENGTH = 128
+# Keep the last calibration for the next conversion of the same checkpoint (measurement runs
+# that convert one model many ways; off by default: a calibration with Hessians is large).
+CACHE = False
+_CACHE: dict = {}
+
+
+def input_key(name: str) -> tuple[int, str] | None:
+    """(layer index, input) read by linear weight `name`; None for other tensors."""
+    m = _NAME.fullmatch(name)
+    if not m or m.group(2) not in LAYER_INPUT:
+        return None
+    return int(m.group(1)), LAYER_INPUT[m.group(2)]
+
+
+@dataclass
+class Calibration:
+    """Per (layer, input): mean square per channel and (optionally) the Hessian X^T X."""
+
+    source: str
+    n_sequences: int
+    sequence_length: int
+    mean_square: dict = field(default_factory=dict)  # (layer, input) -> float64 (K,)
+    hessian: dict = field(default_factory=dict)  # (layer, input) -> float64 (K, K)
+
+    @property
+    def tokens(self) -> int:
+        return self.n_sequences * self.sequence_length
+
+    def describe(self) -> dict:
+        return {"source": self.source, "tokens": self.tokens, "sequences": self.n_sequences,
+                "sequence_length": self.sequence_length}
+
+
+def calibration_text(spec: str) -> str:
+    """An existing text file's contents, else a corpus name of q35f.corpora."""
+    path = Path(spec)
+    if path.is_file():
+        return path.read_text(encoding="utf-8", errors="replace")
+    from q35f.io import corpora
+
+    try:
+        return corpora.text(spec)
+    except ValueError:
+        raise ValueError(f"--calibration {spec!r} is neither a file nor a corpus "
+                         f"({', '.join(corpora.NAMES)})") from None
+
+
+def sequences(token_ids, n_tokens: int, sequence_length: int) -> np.ndarray:
+    """(n, sequence_length) windows spread evenly over the text, n = n_tokens // length."""
+    ids = np.asarray(token_ids, dtype=np.int64)
+    if sequence_length <= 0:
+        raise ValueError(f"sequence length must be positive, got {sequence_length}")
+    n = n_tokens // sequence_length
+    if n < 1:
+        raise ValueError(f"--calibration-tokens {n_tokens} is less than one sequence of "
+                         f"{sequence_length} tokens")
+    available = ids.size // sequence_length
+    if n > available:
+        raise ValueError(f"--calibration-tokens {n_tokens}: the text has only {ids.size} tokens "
+                         f"({available} sequences of {sequence_length})")
+    starts = (np.arange(n) * available // n) * sequence_length
+    return np.stack([ids[s:s + sequence_length] for s in starts])
+
+
+class _Recorder:
+    """Wraps a layer's linear: accumulates its input's statistics, then calls it."""
+
+    def __init__(self, inner, calib: Calibration, key, hessian: bool):
+        self.inner, self.calib, self.key, self.hessian = inner, calib, key, hessian
+
+    def __call__(self, x):
+        x64 = x.astype(np.float64)
+        ms = self.calib.mean_square
+        ms[self.key] = ms.get(self.key, 0.0) + (x64 * x64).sum(axis=0)
+        if self.hessian:
+            h = self.calib.hessian
+            if self.key not in h:
+                h[self.key] = np.zeros((x.shape[1], x.shape[1]))
+            h[self.key] += x.T @ x  # float32 per batch, summed in float64
+        return self.inner(x)
+
+
+def collect(model, batches: np.ndarray, source: str = "?", hessians: bool = True,
+            progress: bool = True) -> Calibration:
+    """Run the (float) model over each row of `batches` and gather every layer's statistics."""
+    from tqdm import tqdm
+
+    n, length = batches.shape
+    calib = Calibration(source, n, length)
+    saved = []
+    for i, layer in enumerate(model.layers):
+        saved.append((layer.qkv, layer.wo, layer.gate_up, layer.down))
+        layer.qkv = _Recorder(layer.qkv, calib, (i, "attn_in"), hessians)
+        layer.wo = _Recorder(layer.wo, calib, (i, "attn_out"), hessians)
+        layer.gate_up = _Recorder(layer.gate_up, calib, (i, "mlp_in"), hessians)
+        layer.down = _Recorder(layer.down, calib, (i, "mlp_hidden"), hessians)
+    try:
+        for row in tqdm(batches, desc="calibrate", unit="seq", disable=not progress,
+                        file=sys.stderr):
+            model.hidden_states(row, 0)
+    finally:
+        for layer, (qkv, wo, gate_up, down) in zip(model.layers, saved):
+            layer.qkv, layer.wo, layer.gate_up, layer.down = qkv, wo, gate_up, down
+    tokens = n * length
+    for key in calib.mean_square:
+        calib.mean_square[key] = calib.mean_square[key] / tokens
+    return calib
+
+
+def calibrate_checkpoint(ck, spec: str, n_tokens: int, sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
+                         hessians: bool = True, progress: bool = True) -> Calibration:
+    """Calibration statistics of the float model of open checkpoint `ck` on text `spec`."""
+    from q35f.runtime.model import LlamaConfig, Model, Weights
+
+    key = (str(ck.path), spec, int(n_tokens), int(sequence_length))
+    if _CACHE.get("key") == key and (_CACHE["value"].hessian or not hessians):
+        return _CACHE["value"]
+    text = calibration_text(spec)
+    ids = ck.tokenizer.encode(text, add_special_tokens=False).ids
+    batches = sequences(ids, n_tokens, sequence_length)
+    config = LlamaConfig.from_hf(ck.config)
+    model = Model(config, Weights.from_checkpoint(ck, config), max_seq_len=sequence_length)
+    try:
+        calib = collect(model, batches, source=spec, hessians=hessians, progress=progress)
+    finally:
+        del model
+    if CACHE:
+        _CACHE.update(key=key, value=calib)
+    return calib

@@ -1,0 +1,359 @@
+"""Quantize a checkpoint into a q35f directory, tensor by tensor; describe any checkpoint.
+
+What is quantized (the default, configurable):
+- every linear layer of the transformer blocks (q, k, v, o, gate, up, down projections) with
+  `bits` (q35 by default, FORMAT.md §2-4);
+- the token embedding and, when not tied to it, the output head with `head_bits`: int8 by
+  default (8.25 bits/weight at G = 128). On SmolLM2-135M the tied embedding/head is 21% of the
+  parameters and the head's GEMV is the largest of every decoded token, so it is worth shrinking,
+  but it sees every token, so it gets 8 bits rather than 3.5. "fp16"/"fp32" keep it float;
+  q35/int4/int3 are allowed too;
+- everything else (RMSNorm weights, biases if any) stays float32.
+
+Memory stays bounded independent of model size: a matrix is read, quantized and written one band
+of rows at a time (at most BAND_FLOATS floats), straight to its place in the output file, whose
+safetensors header is computed beforehand from the shapes alone. The output is built in a
+temporary sibling directory and renamed into place at the end, so an interrupted run never
+leaves a complete-looking model behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from q35f.format.spec import FORMAT_VERSION, FORMATS, check_group_size, n_groups, row_bytes
+from q35f.io import directory
+from q35f.io.checkpoint import open_checkpoint
+from q35f.io.llama import HEAD_NAMES, LINEAR
+from q35f.io.safetensors import SafetensorsWriter
+
+HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
+# One band of a matrix read and quantized at a time: 4 Mi float32 values = 16 MiB.
+BAND_FLOATS = 4 * 1024 * 1024
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+_FLOAT_STORE = {"fp16": ("F16", np.float16), "fp32": ("F32", np.float32)}
+
+
+@dataclass
+class _Planned:
+    """One tensor of the output: how it is stored and where its pieces go."""
+
+    name: str
+    shape: tuple
+    bits: str | None  # quantized with these bits, or None for float
+    store: str = "F32"  # dtype of a float tensor
+    entries: list = field(default_factory=list)  # (raw name, dtype, shape, nbytes)
+
+    @property
+    def nbytes(self):
+        return sum(e[3] for e in self.entries)
+
+    @property
+    def n_params(self):
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def _plan_tensor(name, shape, bits, group_size, head_bits):
+    treatment = None
+    if len(shape) == 2 and LINEAR.fullmatch(name):
+        treatment = bits
+    elif len(shape) == 2 and name in HEAD_NAMES:
+        treatment = head_bits
+    if treatment in FORMATS:
+        entries = directory.quantized_entries(name, shape, treatment, group_size)
+        return _Planned(name, tuple(shape), treatment, "", entries)
+    store, dtype = _FLOAT_STORE[treatment] if treatment in _FLOAT_STORE else _FLOAT_STORE["fp32"]
+    nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
+    return _Planned(name, tuple(shape), None, store, [(name, store, tuple(shape), nbytes)])
+
+
+def _band_rows(k: int) -> int:
+    return max(1, BAND_FLOATS // max(1, k))
+
+
+def _write_tensor(src, p: _Planned, writer: SafetensorsWriter, group_size, bar, quantizer=None):
+    """Read, convert and write one tensor, a band of rows at a time."""
+    from q35f.kernels.tensor import quantize
+
+    if p.bits is None and len(p.shape) != 2:
+        w = src.get(p.name)
+        writer.write(p.name, w.astype(np.float16 if p.store == "F16" else np.float32))
+        bar.update(p.n_params)
+        return
+    n, k = p.shape
+    rows = _band_rows(k)
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        w = src.get_rows(p.name, start, stop)
+        if p.bits is None:
+            out = w.astype(np.float16 if p.store == "F16" else np.float32)
+            if p.store == "F16" and not np.isfinite(out).all() and np.isfinite(w).all():
+                raise ValueError(f"{src.path}: tensor {p.name} overflows float16; use fp32")
+            itemsize = out.dtype.itemsize
+            writer.write(p.name, out, start * k * itemsize)
+        else:
+            try:
+                qt = (quantize(w, group_size, p.bits) if quantizer is None
+                      else quantizer(p.name, w, group_size, p.bits))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{src.path}: tensor {p.name} (rows {start}:{stop}): {err}") from None
+            qweight, scales, offsets = (e[0] for e in p.entries)
+            writer.write(qweight, qt.packed, start * row_bytes(k, p.bits))
+            groups = n_groups(k, group_size)
+            writer.write(scales, qt.scale, start * groups * 2)
+            writer.write(offsets, qt.offset, start * groups * 2)
+            del qt
+        del w
+        bar.update((stop - start) * k)
+
+
+def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", force=False,
+                        progress=True, max_shard_bytes=DEFAULT_SHARD_BYTES, clip_search=False,
+                        pairing="none", gptq=False, calibration=None,
+                        calibration_tokens=None) -> dict:
+    """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
+    the q35f directory `out`. Returns a summary with sizes and bits/weight."""
+    from tqdm import tqdm
+
+    if bits not in FORMATS:
+        _bad("bits", bits, tuple(FORMATS))
+    if head_bits not in HEAD_CHOICES:
+        _bad("head_bits", head_bits, HEAD_CHOICES)
+    check_group_size(group_size)
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out}: already exists; pass --force (force=True) to overwrite")
+    started = time.perf_counter()
+    with open_checkpoint(src) as ck:
+        if ck.path.resolve() == out.resolve() or out.resolve() in ck.path.resolve().parents:
+            raise ValueError(f"{out}: the output must not be the source checkpoint {ck.path}")
+        if ck.quant_config is not None:
+            raise ValueError(f"{ck.path}: already quantized by q35f; quantize the original")
+        planned = [
+            _plan_tensor(info.name, info.shape, bits, group_size, head_bits) for info in ck.infos()
+        ]
+        config = dict(ck.config)
+        config["quantization_config"] = {
+            "quant_method": directory.QUANT_METHOD,
+            "format_version": FORMAT_VERSION,
+            "bits": bits,
+            "group_size": group_size,
+            "head_bits": head_bits,
+        }
+        improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
+        if clip_search or gptq or pairing != "none" or calibration is not None:
+            from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS, Improver
+
+            improver = Improver(ck, clip_search, pairing, gptq, calibration,
+                                calibration_tokens or DEFAULT_CALIBRATION_TOKENS,
+                                progress=progress)
+            config["quantization_config"].update(improver.describe())
+        tmp = directory.partial_directory(out)
+        try:
+            shards = directory.shard_plan(planned, max_shard_bytes)
+            names = directory.shard_names(len(shards))
+            total = sum(p.n_params for p in planned)
+            with tqdm(total=total, unit="w", unit_scale=True, desc=f"quantize {bits}",
+                      disable=not progress, file=sys.stderr) as bar:
+                for file, shard in zip(names, shards):
+                    writer = SafetensorsWriter(tmp / file, shard,
+                                               directory.tensor_metadata(shard, group_size))
+                    try:
+                        for p in shard:
+                            _write_tensor(improver.source if improver else ck, p, writer,
+                                          group_size, bar, improver and improver.quantize)
+                    except BaseException:
+                        writer.abort()
+                        raise
+                    writer.close()
+            if len(shards) > 1:
+                directory.write_index(tmp, names, shards)
+            directory.write_side_files(ck, tmp, config)
+            source = {"path": str(ck.path), "kind": ck.kind, "file_bytes": ck.file_bytes}
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    directory.replace_directory(tmp, out)
+    summary = _summary(planned, out, names)
+    summary.update(source=source, bits=bits, group_size=group_size, head_bits=head_bits,
+                   seconds=round(time.perf_counter() - started, 3))
+    return summary
+
+
+def _bad(what, value, choices):
+    raise ValueError(f"{what} must be one of {list(choices)}, got {value!r}")
+
+
+def _summary(planned, out: Path, names) -> dict:
+    quantized = [p for p in planned if p.bits is not None and LINEAR.fullmatch(p.name)]
+    q_params = sum(p.n_params for p in quantized)
+    q_bytes = sum(p.nbytes for p in quantized)
+    total_params = sum(p.n_params for p in planned)
+    file_bytes = sum((out / n).stat().st_size for n in names)
+    return {
+        "output": str(out),
+        "tensors": len(planned),
+        "params": total_params,
+        "linear_params": q_params,
+        "linear_bytes": q_bytes,
+        "linear_bits_per_weight": 8 * q_bytes / q_params if q_params else None,
+        "file_bytes": file_bytes,
+        "bits_per_weight": 8 * file_bytes / total_params,
+        "files": list(names),
+    }
+
+
+def model_info(path):
+    """Per-tensor rows (name, shape, dtype, bits_per_weight, bytes, params) and totals."""
+    with open_checkpoint(path) as ck:
+        rows = [
+            {
+                "name": info.name,
+                "shape": list(info.shape),
+                "dtype": info.dtype,
+                "group_size": info.group_size,
+                "bits_per_weight": info.bits_per_weight,
+                "bytes": info.nbytes,
+                "params": info.n_params,
+            }
+            for info in ck.infos()
+        ]
+        linear = [r for r in rows if LINEAR.fullmatch(r["name"])]
+        params = sum(r["params"] for r in rows)
+        totals = {
+            "path": str(ck.path),
+            "kind": ck.kind,
+            "quantization_config": ck.quant_config,
+            "tensors": len(rows),
+            "params": params,
+            "tensor_bytes": sum(r["bytes"] for r in rows),
+            "file_bytes": ck.file_bytes,
+            "bits_per_weight": 8 * ck.file_bytes / params,
+            "linear_params": sum(r["params"] for r in linear),
+            "linear_bytes": sum(r["bytes"] for r in linear),
+        }
+        lp = totals["linear_params"]
+        totals["linear_bits_per_weight"] = 8 * totals["linear_bytes"] / lp if lp else None
+    return rows, totals
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def _format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "quantize",
+        help="quantize a checkpoint (GGUF, HF directory) into a q35f directory",
+        description="Quantize every linear layer of the transformer blocks with --bits, the token "
+        "embedding / output head with --head-bits, keep norms float32; stream tensor by tensor "
+        "and write an HF-style directory (config.json with quantization_config, tokenizer.json, "
+        "safetensors with packed bytes, scales and offsets; docs/FORMAT.md §8).",
+    )
+    p.add_argument("src", nargs="?", default="default",
+                   help="GGUF file or HF checkpoint directory; omitted or 'default': the "
+                   "embedded SmolLM2-135M-Instruct")
+    p.add_argument("-o", "--output", required=True, help="output directory")
+    p.add_argument("--bits", default="q35", choices=list(FORMATS),
+                   help="format of the transformer blocks' linear layers (default q35)")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="weights per scale/offset group, a multiple of 16 (default 128)")
+    p.add_argument("--head-bits", default="int8", choices=list(HEAD_CHOICES),
+                   help="format of the token embedding and output head (default int8; fp16/fp32 "
+                   "keep them float)")
+    p.add_argument("--clip-search", action="store_true",
+                   help="per group, float16 offset/scale of the shrunken range with the least "
+                   "squared error instead of raw min/max (no data needed)")
+    p.add_argument("--pairing", default="none", choices=["none", "weight", "activation"],
+                   help="order input channels so the important half gets the 4-bit positions: "
+                   "by weight column norms or by calibration activations (folded into the "
+                   "model; the file format does not change)")
+    p.add_argument("--gptq", action="store_true",
+                   help="error feedback: push each column's rounding error onto later columns "
+                   "with the inverse Hessian of the calibration inputs")
+    p.add_argument("--calibration", default=None, metavar="FILE|CORPUS",
+                   help="calibration text for --gptq / --pairing activation: a text file or a "
+                   "corpus name (pydoc, emma, ...; default emma)")
+    p.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
+                   help="calibration tokens, in sequences of 128 (default 8192)")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.add_argument("--max-shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 1024**3,
+                   help="largest safetensors file before sharding (default 2)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_quantize_command)
+
+    p = subparsers.add_parser(
+        "info",
+        help="per-tensor shapes, formats, bits/weight and sizes of a checkpoint",
+        description="List every tensor of a GGUF file, HF or q35f directory: name, shape, "
+        "storage type, bits/weight, bytes; then totals, with bits/weight of the linear layers "
+        "and of the whole file.",
+    )
+    p.add_argument("path", nargs="?", default="default",
+                   help="checkpoint (default: the embedded model)")
+    p.add_argument("--json", action="store_true", help="print {rows, totals} as JSON")
+    p.set_defaults(func=_info_command)
+
+
+def _quantize_command(args) -> int:
+    summary = quantize_checkpoint(
+        args.src, args.output, bits=args.bits, group_size=args.group_size,
+        head_bits=args.head_bits, force=args.force, progress=not args.no_progress,
+        max_shard_bytes=int(args.max_shard_gb * 1024**3), clip_search=args.clip_search,
+        pairing=args.pairing, gptq=args.gptq, calibration=args.calibration,
+        calibration_tokens=args.calibration_tokens,
+    )
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    s = summary
+    print(f"wrote {s['output']}: {s['tensors']} tensors, {s['params']:,} weights, "
+          f"{_format_bytes(s['file_bytes'])} in {s['seconds']:.1f} s")
+    if s["linear_params"]:
+        print(f"  linear layers ({s['bits']}, G={s['group_size']}): "
+              f"{s['linear_bits_per_weight']:.4f} bits/weight, {s['linear_params']:,} weights")
+    print(f"  embedding/head: {s['head_bits']}; norms: fp32")
+    print(f"  whole file: {s['bits_per_weight']:.4f} bits/weight "
+          f"(source {s['source']['kind']}: {_format_bytes(s['source']['file_bytes'])})")
+    return 0
+
+
+def _info_command(args) -> int:
+    rows, totals = model_info(args.path)
+    if args.json:
+        print(json.dumps({"rows": rows, "totals": totals}))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'shape':>14}  {'type':>9}  {'bits/w':>7}  {'bytes':>12}")
+    for r in rows:
+        shape = "x".join(str(v) for v in r["shape"])
+        kind = r["dtype"] + (f"/g{r['group_size']}" if r["group_size"] else "")
+        print(f"{r['name']:<{width}}  {shape:>14}  {kind:>9}  {r['bits_per_weight']:>7.3f}  "
+              f"{r['bytes']:>12,}")
+    t = totals
+    print(f"\n{t['kind']} checkpoint {t['path']}")
+    if t["quantization_config"]:
+        print(f"quantization_config: {json.dumps(t['quantization_config'])}")
+    print(f"tensors: {t['tensors']}, weights: {t['params']:,}")
+    if t["linear_params"]:
+        print(f"linear layers: {t['linear_params']:,} weights, {_format_bytes(t['linear_bytes'])}, "
+              f"{t['linear_bits_per_weight']:.4f} bits/weight")
+    print(f"file: {_format_bytes(t['file_bytes'])} ({t['file_bytes']:,} bytes), "
+          f"{t['bits_per_weight']:.4f} bits/weight overall")
+    return 0

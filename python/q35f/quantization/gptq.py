@@ -1,0 +1,91 @@
+"""Error feedback (GPTQ, Frantar et al. 2022) on the mixed 4/3-bit q35 grid.
+
+Columns of W (N, K) are quantized in order; the error of column k, divided by the k-th diagonal
+of the upper Cholesky factor U of H^-1 (H = X^T X + damping, from calibration), is pushed onto
+the not yet quantized columns through row k of U, which minimises the layer's output error
+||X (W - Q)||^2 column by column. The grid of column k is the 4-bit one for even k and the 3-bit
+one for odd k (FORMAT.md §2, §4). A group's float16 parameters are chosen when the group is
+reached, from its current (already updated) weights: by min/max (§4) or by the clip search.
+
+The result is an ordinary QuantizedTensor: the levels are those of §4 computed from the stored
+parameters on the updated weights (`q35f.quantize(..., params=...)`), so the file format does
+not change. Rows are independent, so a layer can be processed a band of rows at a time; memory
+is O(N K + K^2).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from q35f.kernels import reference
+from q35f.format.spec import get_format, n_groups
+
+DEFAULT_DAMPING = 0.01
+
+
+def inverse_hessian_factor(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """Upper Cholesky factor U (float64) of (H + damping * mean(diag H) * I)^-1, U^T U = H^-1.
+
+    Channels never active in calibration get a unit diagonal (their error costs nothing)."""
+    h = np.array(hessian, dtype=np.float64, copy=True)
+    k = h.shape[0]
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1.0
+    diag = np.diag(h)
+    h[np.diag_indices(k)] += damping * diag.mean()
+    lower = np.linalg.cholesky(h)
+    inv_lower = np.linalg.solve(lower, np.eye(k))  # L^-1
+    h_inv = inv_lower.T @ inv_lower
+    return np.ascontiguousarray(np.linalg.cholesky(h_inv).T)  # H^-1 = L L^T, U = L^T
+
+
+def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search: bool):
+    """float16 offset, scale (N,) of one group's current weights."""
+    from q35f.kernels.tensor import quantize
+
+    qt = quantize(np.ascontiguousarray(block), group_size, bits, clip_search=clip_search)
+    return qt.offset[:, 0], qt.scale[:, 0]
+
+
+def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits: str = "q35",
+                  clip_search: bool = False):
+    """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H)."""
+    from q35f.kernels.tensor import quantize
+
+    fmt = get_format(bits)
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    if factor.shape != (k, k):
+        raise ValueError(f"the Hessian factor must be ({k}, {k}), got {factor.shape}")
+    u = factor.astype(np.float32)
+    work = w.copy()  # weights as updated by the errors of the columns before them
+    rounded_input = np.empty_like(work)  # each column as it was when quantized
+    groups = n_groups(k, group_size)
+    offsets = np.empty((n, groups), dtype=np.float16)
+    scales = np.empty((n, groups), dtype=np.float16)
+    for g in range(groups):
+        first, last = g * group_size, min((g + 1) * group_size, k)
+        block = work[:, first:last]  # a view: updated in place below
+        off16, scale16 = _group_parameters(block, group_size, bits, clip_search)
+        offsets[:, g], scales[:, g] = off16, scale16
+        offset = off16.astype(np.float32)
+        scale = scale16.astype(np.float32)
+        odd_step = reference.step3(scale) if fmt.name == "q35" else scale
+        errors = np.empty((n, last - first), dtype=np.float32)
+        for i in range(last - first):
+            col = block[:, i]
+            step, count = (odd_step, fmt.odd_levels) if i % 2 else (scale, fmt.even_levels)
+            q = offset + step * reference.to_levels(col, offset, step, count).astype(np.float32)
+            rounded_input[:, first + i] = col
+            err = (col - q) / u[first + i, first + i]
+            errors[:, i] = err
+            block[:, i + 1:] -= np.outer(err, u[first + i, first + i + 1:last])
+        if last < k:  # the whole group's errors reach the later columns at once
+            work[:, last:] -= errors @ u[first:last, last:]
+    return quantize(rounded_input, group_size, bits, params=(offsets, scales))
+
+
+def output_error(w: np.ndarray, q: np.ndarray, hessian: np.ndarray) -> float:
+    """||X (W - Q)^T||_F^2 = trace((W - Q) H (W - Q)^T) with H = X^T X."""
+    d = np.asarray(w, dtype=np.float64) - np.asarray(q, dtype=np.float64)
+    return float(np.einsum("ij,jk,ik->", d, hessian, d))

@@ -1,0 +1,560 @@
+"""A Llama-family transformer in numpy, float32 throughout, read top to bottom like the paper.
+
+    x = embed(tokens)
+    for each layer:
+        x = x + Wo · attention(rope(Wq · rms(x)), rope(Wk · rms(x)), Wv · rms(x))   (GQA, KV cache)
+        x = x + Wdown · (silu(Wgate · rms(x)) * (Wup · rms(x)))                      (SwiGLU)
+    logits = Whead · rms(x)
+
+Every linear layer is a `Linear`: a float32 (N, K) matrix multiplied by numpy/BLAS, or a
+`QuantizedTensor` multiplied by the Fortran kernels (`q35f.matmul`: GEMV for one token, tiled GEMM
+for a prompt). A quantized weight is never turned back into a float matrix; the embedding table,
+when quantized, is read one row per token (`take_rows`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from q35f.io.llama import LLAMA_DEFAULTS
+
+# Prompts longer than this are run in chunks, so attention scores stay small (T x S per head).
+PREFILL_CHUNK = 512
+
+
+# --- configuration -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = LLAMA_DEFAULTS["rms_norm_eps"]
+    rope_theta: float = LLAMA_DEFAULTS["rope_theta"]
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = LLAMA_DEFAULTS["max_position_embeddings"]
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "LlamaConfig":
+        """From a Hugging Face `config.json` dictionary (LlamaConfig field names)."""
+        for key in ("attention_bias", "mlp_bias"):
+            if cfg.get(key):
+                raise ValueError(f"config {key}=true is not supported (Llama without biases only)")
+        act = cfg.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"config hidden_act={act!r} is not supported (only 'silu')")
+        heads = int(cfg["num_attention_heads"])
+        hidden = int(cfg["hidden_size"])
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(int(e) for e in eos) if isinstance(eos, (list, tuple)) else (
+            () if eos is None else (int(eos),))
+        scaling = cfg.get("rope_scaling")
+        theta = cfg.get("rope_theta")
+        rope_parameters = cfg.get("rope_parameters")  # newer transformers spelling
+        if theta is None and isinstance(rope_parameters, dict):
+            theta = rope_parameters.get("rope_theta")
+            if scaling is None and rope_parameters.get("rope_type", "default") != "default":
+                scaling = rope_parameters
+        config = cls(
+            vocab_size=int(cfg["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(cfg["intermediate_size"]),
+            num_hidden_layers=int(cfg["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(cfg.get("num_key_value_heads") or heads),
+            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", LLAMA_DEFAULTS["rms_norm_eps"])),
+            rope_theta=float(theta if theta is not None else LLAMA_DEFAULTS["rope_theta"]),
+            rope_scaling=dict(scaling) if scaling else None,
+            max_position_embeddings=int(cfg.get("max_position_embeddings",
+                                                LLAMA_DEFAULTS["max_position_embeddings"])),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            bos_token_id=cfg.get("bos_token_id"),
+            eos_token_ids=eos_ids,
+        )
+        if config.num_attention_heads % config.num_key_value_heads:
+            raise ValueError(
+                f"num_attention_heads={heads} is not a multiple of "
+                f"num_key_value_heads={config.num_key_value_heads}"
+            )
+        if config.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {config.head_dim}")
+        return config
+
+
+# --- linear layers -------------------------------------------------------------------------------
+
+
+class Linear:
+    """y = x @ W.T with W float32 (N, K) (BLAS) or a QuantizedTensor (Fortran kernels)."""
+
+    def __init__(self, weight):
+        self.weight = weight
+        self.shape = tuple(weight.shape)
+        self.quantized = not isinstance(weight, np.ndarray)
+        if self.quantized:
+            from q35f.kernels.tensor import matmul
+
+            self._matmul = matmul
+        elif weight.dtype != np.float32 or weight.ndim != 2:
+            raise TypeError(f"float weights must be float32 2-D, got {weight.dtype} {weight.shape}")
+        else:
+            self._weight_t = weight.T  # a view: BLAS reads W transposed without a copy
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.quantized:
+            return self._matmul(x, self.weight)
+        return x @ self._weight_t
+
+    @property
+    def n_params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.weight.nbytes)
+
+
+def stack_rows(weights: list) -> object:
+    """One weight whose rows are those of `weights` in order (fuses q/k/v and gate/up matmuls).
+
+    Float matrices are concatenated; quantized ones are concatenated in their packed form
+    (rows are quantized independently, so this is exact). Mixed or differently quantized
+    weights are returned as a list and multiplied one by one.
+    """
+    if all(isinstance(w, np.ndarray) for w in weights):
+        return np.concatenate(weights, axis=0)
+    from q35f.kernels.tensor import QuantizedTensor
+
+    first = weights[0]
+    same = all(
+        isinstance(w, QuantizedTensor)
+        and w.config == first.config
+        and w.shape[1] == first.shape[1]
+        for w in weights
+    )
+    if not same:
+        return list(weights)
+    return QuantizedTensor.from_packed(
+        np.concatenate([w.packed for w in weights]),
+        np.concatenate([w.scale for w in weights]),
+        np.concatenate([w.offset for w in weights]),
+        (sum(w.shape[0] for w in weights), first.shape[1]),
+        first.group_size,
+        first.bits,
+    )
+
+
+class FusedLinear:
+    """Several linear layers on the same input, computed as one matmul where possible."""
+
+    def __init__(self, weights: list):
+        self.sizes = [int(w.shape[0]) for w in weights]
+        stacked = stack_rows(weights)
+        self.parts = [Linear(w) for w in stacked] if isinstance(stacked, list) else None
+        self.linear = None if self.parts else Linear(stacked)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.linear is not None:
+            return self.linear(x)
+        return np.concatenate([part(x) for part in self.parts], axis=-1)
+
+
+# --- weights -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray  # (hidden,)
+    wq: object  # (heads*head_dim, hidden), HF layout (rotate-half rotary pairs)
+    wk: object  # (kv_heads*head_dim, hidden)
+    wv: object
+    wo: object  # (hidden, heads*head_dim)
+    mlp_norm: np.ndarray
+    w_gate: object  # (intermediate, hidden)
+    w_up: object
+    w_down: object  # (hidden, intermediate)
+
+
+@dataclass
+class Weights:
+    embed: object  # (vocab, hidden): float32 or QuantizedTensor
+    layers: list[LayerWeights]
+    norm: np.ndarray
+    lm_head: object | None = None  # None when tied to the embedding
+
+    @classmethod
+    def from_checkpoint(cls, ckpt, config: LlamaConfig) -> "Weights":
+        """Read HF-named tensors from a q35f.io.checkpoint.Checkpoint (float32 or quantized)."""
+
+        def get(name):
+            return ckpt.get(name)
+
+        layers = []
+        for i in range(config.num_hidden_layers):
+            p = f"model.layers.{i}."
+            layers.append(
+                LayerWeights(
+                    attn_norm=_vector(get(p + "input_layernorm.weight")),
+                    wq=get(p + "self_attn.q_proj.weight"),
+                    wk=get(p + "self_attn.k_proj.weight"),
+                    wv=get(p + "self_attn.v_proj.weight"),
+                    wo=get(p + "self_attn.o_proj.weight"),
+                    mlp_norm=_vector(get(p + "post_attention_layernorm.weight")),
+                    w_gate=get(p + "mlp.gate_proj.weight"),
+                    w_up=get(p + "mlp.up_proj.weight"),
+                    w_down=get(p + "mlp.down_proj.weight"),
+                )
+            )
+        names = set(ckpt.names())
+        lm_head = None
+        if "lm_head.weight" in names and not config.tie_word_embeddings:
+            lm_head = get("lm_head.weight")
+        embed = get("model.embed_tokens.weight")
+        return cls(embed=embed, layers=layers, norm=_vector(get("model.norm.weight")),
+                   lm_head=lm_head)
+
+    def check(self, config: LlamaConfig) -> None:
+        """Every shape must agree with the config; errors name the tensor."""
+        h, d = config.hidden_size, config.head_dim
+        q, kv, f = config.num_attention_heads * d, config.num_key_value_heads * d, \
+            config.intermediate_size
+        expect = {"model.embed_tokens.weight": (self.embed, (config.vocab_size, h)),
+                  "model.norm.weight": (self.norm, (h,))}
+        if self.lm_head is not None:
+            expect["lm_head.weight"] = (self.lm_head, (config.vocab_size, h))
+        for i, layer in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            expect.update({
+                p + "input_layernorm.weight": (layer.attn_norm, (h,)),
+                p + "self_attn.q_proj.weight": (layer.wq, (q, h)),
+                p + "self_attn.k_proj.weight": (layer.wk, (kv, h)),
+                p + "self_attn.v_proj.weight": (layer.wv, (kv, h)),
+                p + "self_attn.o_proj.weight": (layer.wo, (h, q)),
+                p + "post_attention_layernorm.weight": (layer.mlp_norm, (h,)),
+                p + "mlp.gate_proj.weight": (layer.w_gate, (f, h)),
+                p + "mlp.up_proj.weight": (layer.w_up, (f, h)),
+                p + "mlp.down_proj.weight": (layer.w_down, (h, f)),
+            })
+        for name, (tensor, shape) in expect.items():
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"tensor {name} has shape {tuple(tensor.shape)}, "
+                                 f"the config implies {shape}")
+
+
+def _vector(w) -> np.ndarray:
+    if not isinstance(w, np.ndarray):
+        w = w.dequantize().reshape(-1)  # norms are tiny; a quantized one is unusual but valid
+    return np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
+
+
+# --- rotary embeddings ---------------------------------------------------------------------------
+
+
+def rope_inv_freq(config: LlamaConfig) -> np.ndarray:
+    """Inverse frequencies (head_dim/2,) float32, with the config's rope_scaling applied.
+
+    Mirrors transformers' `ROPE_INIT_FUNCTIONS` for the types Llama checkpoints use:
+    default, linear and llama3.
+    """
+    d = config.head_dim
+    exponents = np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor = float(scaling["factor"])
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        old_context = float(scaling["original_max_position_embeddings"])
+        low_wavelen = old_context / low
+        high_wavelen = old_context / high
+        wavelen = (2 * math.pi / inv_freq).astype(np.float32)
+        # long wavelengths are slowed down by `factor`, short ones kept, the band between blended
+        scaled = np.where(wavelen > low_wavelen, inv_freq / np.float32(factor), inv_freq)
+        smooth = (old_context / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise ValueError(f"rope_scaling type {kind!r} is not supported (default, linear, llama3)")
+
+
+def rope_tables(config: LlamaConfig, n_positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin (n_positions, head_dim/2) float32."""
+    positions = np.arange(n_positions, dtype=np.float32)[:, None]
+    angles = positions * rope_inv_freq(config)[None, :]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
+    """Rotate (T, heads, head_dim) in place; pairs are (i, i + head_dim/2) ("rotate half")."""
+    half = x.shape[-1] // 2
+    x1 = x[..., :half]
+    x2 = x[..., half:]
+    c = cos[:, None, :]
+    s = sin[:, None, :]
+    rotated1 = x1 * c - x2 * s
+    x2 *= c
+    x2 += x1 * s
+    x1[...] = rotated1
+
+
+# --- the model -----------------------------------------------------------------------------------
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """RMSNorm of rows x (T, hidden)."""
+    mean_square = np.einsum("ij,ij->i", x, x)[:, None] / np.float32(x.shape[1])
+    return x * (weight / np.sqrt(mean_square + np.float32(eps)))
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc's malloc_trim), so RSS counts live data only.
+
+    Fusing q/k/v and gate/up frees the separate matrices after the fused ones are allocated; glibc
+    keeps such holes mapped, which would make resident memory look 1.5x the model. A no-op where
+    the C library has no malloc_trim.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def rotated_qkv(layer, x: np.ndarray, eps, cos, sin, n_heads: int, n_kv: int, d: int):
+    """q (T, heads, d), k and v (T, kv heads, d) of one layer for rows x, q and k rotated."""
+    t, qk_size = x.shape[0], (n_heads + n_kv) * d
+    qkv = layer.qkv(rms_norm(x, layer.attn_norm, eps))
+    qk = qkv[:, :qk_size].reshape(t, n_heads + n_kv, d)  # a view: q and k heads rotate together
+    apply_rope(qk, cos, sin)
+    v = qkv[:, qk_size:].reshape(t, n_kv, d)
+    return qk[:, :n_heads], qk[:, n_heads:], v
+
+
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible, scale) -> np.ndarray:
+    """softmax(q k^T * scale) v of T tokens, query heads grouped over their shared kv heads (GQA).
+
+    q is (T, heads, d); keys and values are (kv heads, S, d) with the T tokens' own positions
+    last. visible (T, T) says which of those own positions each token sees (None: all of them);
+    every earlier position is seen by every token. Returns (T, heads * d).
+    """
+    t, n_heads, d = q.shape
+    n_kv, s = keys.shape[0], keys.shape[1]
+    group = n_heads // n_kv
+    # query heads h*group..h*group+group-1 share kv head h: (n_kv, group*T, d)
+    qg = q.reshape(t, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * t, d)
+    scores = (qg * scale) @ keys.transpose(0, 2, 1)  # (n_kv, group*T, S)
+    if visible is not None:
+        scores.reshape(n_kv, group, t, s)[:, :, :, s - t:][:, :, ~visible] = -np.inf
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = scores @ values  # (n_kv, group*T, d)
+    return out.reshape(n_kv, group, t, d).transpose(2, 0, 1, 3).reshape(t, n_heads * d)
+
+
+def feed_forward(layer, x: np.ndarray, eps) -> np.ndarray:
+    """x + SwiGLU(RMSNorm(x)) of one layer, for rows x (T, hidden)."""
+    h = rms_norm(x, layer.mlp_norm, eps)
+    gate_up = layer.gate_up(h)
+    f = gate_up.shape[1] // 2
+    gate, up = gate_up[:, :f], gate_up[:, f:]
+    with np.errstate(over="ignore"):
+        hidden = gate / (1 + np.exp(-gate))  # silu; exp overflow gives -0, as it should
+    hidden *= up
+    return x + layer.down(hidden)
+
+
+def positions_in_segments(segments: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... restarting wherever the segment id changes (segments are contiguous runs)."""
+    starts = np.flatnonzero(np.r_[True, segments[1:] != segments[:-1]])
+    lengths = np.diff(np.r_[starts, segments.size])
+    return np.arange(segments.size) - np.repeat(starts, lengths)
+
+
+@dataclass
+class Layer:
+    """One transformer block, with its q/k/v and gate/up projections fused into one matmul each."""
+
+    attn_norm: np.ndarray
+    qkv: FusedLinear
+    wo: Linear
+    mlp_norm: np.ndarray
+    gate_up: FusedLinear
+    down: Linear
+
+
+@dataclass
+class Model:
+    config: LlamaConfig
+    weights: Weights
+    max_seq_len: int | None = None
+    layers: list[Layer] = field(init=False)
+
+    def __post_init__(self):
+        c = self.config
+        self.weights.check(c)
+        self.max_seq_len = int(self.max_seq_len or c.max_position_embeddings)
+        self.layers = [
+            Layer(
+                attn_norm=lw.attn_norm,
+                qkv=FusedLinear([lw.wq, lw.wk, lw.wv]),
+                wo=Linear(lw.wo),
+                mlp_norm=lw.mlp_norm,
+                gate_up=FusedLinear([lw.w_gate, lw.w_up]),
+                down=Linear(lw.w_down),
+            )
+            for lw in self.weights.layers
+        ]
+        # the fused copies replace the separate matrices
+        for lw in self.weights.layers:
+            lw.wq = lw.wk = lw.wv = lw.w_gate = lw.w_up = None
+        embed = self.weights.embed
+        self.embed_quantized = not isinstance(embed, np.ndarray)
+        self.head = Linear(self.weights.lm_head if self.weights.lm_head is not None else embed)
+        self.cos, self.sin = rope_tables(c, self.max_seq_len)
+        # KV cache: np.zeros maps untouched pages lazily, so only the used prefix is resident.
+        shape = (c.num_hidden_layers, c.num_key_value_heads, self.max_seq_len, c.head_dim)
+        self.k_cache = np.zeros(shape, dtype=np.float32)
+        self.v_cache = np.zeros(shape, dtype=np.float32)
+        self.scale = np.float32(1.0 / math.sqrt(c.head_dim))
+        release_free_memory()  # fusing left the separate matrices' memory free but mapped
+
+    # parameters and sizes
+
+    def linears(self) -> list[Linear]:
+        out = []
+        for layer in self.layers:
+            for lin in (layer.qkv, layer.gate_up):
+                out.extend(lin.parts if lin.parts else [lin.linear])
+            out.extend([layer.wo, layer.down])
+        return out
+
+    def stats(self) -> dict:
+        """Parameter counts and the bits per weight of what is held in memory."""
+        block = self.linears()
+        block_params = sum(lin.n_params for lin in block)
+        block_bytes = sum(lin.nbytes for lin in block)
+        tensors = [self.weights.embed, self.weights.norm]
+        tensors += [t for lw in self.weights.layers for t in (lw.attn_norm, lw.mlp_norm)]
+        if self.weights.lm_head is not None:
+            tensors.append(self.weights.lm_head)
+        other_params = sum(int(np.prod(t.shape)) for t in tensors)
+        other_bytes = sum(int(t.nbytes) for t in tensors)
+        total_params = block_params + other_params
+        return {
+            "params": total_params,
+            "block_params": block_params,
+            "block_bits_per_weight": 8 * block_bytes / block_params,
+            "bits_per_weight": 8 * (block_bytes + other_bytes) / total_params,
+            "weight_bytes": block_bytes + other_bytes,
+        }
+
+    # the forward pass
+
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        if self.embed_quantized:
+            return self.weights.embed.take_rows(token_ids)
+        return self.weights.embed[token_ids]
+
+    def forward(self, token_ids, start_pos: int, all_logits: bool = False) -> np.ndarray:
+        """Run tokens at positions start_pos.. through the model, filling the KV cache.
+
+        Returns logits (T, vocab) for every token when all_logits, else (vocab,) for the last.
+        """
+        hidden = self.hidden_states(token_ids, start_pos)
+        return self.head(hidden) if all_logits else self.head(hidden[-1:])[0]
+
+    def hidden_states(self, token_ids, pos: int, segments=None) -> np.ndarray:
+        """Final-normed hidden states (T, hidden) of tokens continuing the cached positions 0..pos-1.
+
+        Without segments the tokens are one sequence at positions pos..pos+T-1, run in chunks of
+        PREFILL_CHUNK and written into the KV cache. With segments (T,) the tokens are several
+        independent branches (contiguous runs of equal ids) that each continue the cache: every
+        branch starts again at position pos and sees the cache and its own earlier tokens only;
+        the cache is read, never written (the lm-eval scorer runs all continuations at once).
+        """
+        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        if ids.size == 0:
+            raise ValueError("token_ids must not be empty")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size})")
+        if segments is None:
+            self._check_positions(pos, ids.size)
+            parts = [self._blocks(ids[i:i + PREFILL_CHUNK], pos + i, None)
+                     for i in range(0, ids.size, PREFILL_CHUNK)]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        segments = np.asarray(segments).reshape(-1)
+        if segments.shape != ids.shape:
+            raise ValueError(f"segments must have one id per token, got {segments.shape} "
+                             f"for {ids.size} tokens")
+        offsets = positions_in_segments(segments)
+        self._check_positions(pos, int(offsets.max()) + 1)
+        return self._blocks(ids, pos, (segments, offsets))
+
+    def _check_positions(self, pos: int, length: int) -> None:
+        if pos < 0 or pos + length > self.max_seq_len:
+            raise ValueError(f"positions {pos}..{pos + length - 1} exceed the context of "
+                             f"{self.max_seq_len} tokens")
+
+    def _blocks(self, ids: np.ndarray, pos: int, branches) -> np.ndarray:
+        """The transformer blocks and the final norm for one chunk (see hidden_states)."""
+        c = self.config
+        eps = c.rms_norm_eps
+        t = ids.size
+        n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        if branches is None:  # one sequence, causal, written into the cache
+            positions = slice(pos, pos + t)
+            visible = np.tri(t, dtype=bool) if t > 1 else None
+        else:
+            segments, offsets = branches
+            positions = pos + offsets
+            visible = (segments[:, None] == segments[None, :]) & np.tri(t, dtype=bool)
+        cos, sin = self.cos[positions], self.sin[positions]
+
+        x = self.embed(ids)  # (T, hidden)
+        for li, layer in enumerate(self.layers):
+            q, k, v = rotated_qkv(layer, x, eps, cos, sin, n_heads, n_kv, d)
+            k_cache, v_cache = self.k_cache[li], self.v_cache[li]  # (n_kv, S, d)
+            if branches is None:
+                k_cache[:, pos:pos + t] = k.transpose(1, 0, 2)
+                v_cache[:, pos:pos + t] = v.transpose(1, 0, 2)
+                keys, values = k_cache[:, :pos + t], v_cache[:, :pos + t]
+            else:
+                keys = np.concatenate([k_cache[:, :pos], k.transpose(1, 0, 2)], axis=1)
+                values = np.concatenate([v_cache[:, :pos], v.transpose(1, 0, 2)], axis=1)
+            x = x + layer.wo(attention(q, keys, values, visible, self.scale))
+            x = feed_forward(layer, x, eps)
+        return rms_norm(x, self.weights.norm, eps)
+
+
+def load_model(path=None, max_seq_len: int | None = None):
+    """Open a checkpoint (GGUF, HF directory or q35f directory; None = the embedded default).
+
+    Returns (model, checkpoint). Quantized layers stay packed.
+    """
+    from q35f.io import checkpoint
+
+    ckpt = checkpoint.open_checkpoint(path if path is not None else checkpoint.default_model_path())
+    config = LlamaConfig.from_hf(ckpt.config)
+    model = Model(config, Weights.from_checkpoint(ckpt, config), max_seq_len=max_seq_len)
+    return model, ckpt
