@@ -28,6 +28,20 @@ With --q35f-model PATH (repeatable) it also runs `q35f perplexity ... --json` an
 Writes one CSV row per method to --out (bench/results/llama_cpp.csv) and prints a table.
 bits_per_weight = 8 * GGUF file size / parameter count (all tensors; tokenizer metadata included);
 tensor_bits_per_weight = 8 * bytes of tensor data / parameter count.
+
+--speed-only (no perplexity) times llama.cpp --methods (default Q4_0 Q3_K_M, requantized from
+--model, e.g. a random-weight model from bench/synthetic.py) and each --q35f-model side by side:
+for each --threads value, --runs rounds, each round every entry once in a fresh process (llama.cpp
+through this script's worker mode, q35f through `q35f bench model --runs 1`), the order reversed
+on odd rounds. Rows (--out, default bench/results/speed.csv) hold medians over the rounds of
+decode tok/s, prompt tok/s and TTFT, every round's value and 1-minute load, peak RSS, and ratios
+to --reference (default llama.cpp Q4_0) at the same thread count: the median of the per-round
+ratios, so load that drifts between rounds cancels out.
+
+    .venv/bin/python bench/synthetic.py tinyllama-1.1b -o models/tinyllama-synth.gguf
+    .venv/bin/q35f quantize models/tinyllama-synth.gguf -o models/tinyllama-synth-q35
+    /work/llvenv/bin/python bench/llama_cpp.py --speed-only --model models/tinyllama-synth.gguf \
+        --q35f-model models/tinyllama-synth-q35 --threads 1 2 --runs 3
 """
 
 from __future__ import annotations
@@ -44,7 +58,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -165,7 +178,7 @@ def corpus_text(name: str, q35f_python: Path | None) -> str:
             raise FileNotFoundError(f"{path} is missing and no q35f interpreter to fetch it "
                                     "(set --q35f-python)")
         subprocess.run([str(q35f_python), "-c",
-                        f"from q35f import corpora; corpora.text({name!r})"], check=True)
+                        f"from q35f.io import corpora; corpora.text({name!r})"], check=True)
     return path.read_text(encoding="utf-8")
 
 
@@ -274,8 +287,9 @@ def llama_perplexity(llama_cpp, path: Path, ids, starts, ctx: int, threads: int)
 
 
 def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int,
-                threads: int) -> tuple[float, float]:
-    """(decode tok/s, prompt tok/s), medians of `runs`, q35f.measure.benchmark's protocol."""
+                threads: int) -> dict:
+    """decode tok/s, prompt tok/s and TTFT ms, medians of `runs`, q35f.measure.benchmark's
+    protocol."""
     import numpy as np
 
     n_ctx = max(len(prompt_ids), SHORT_PROMPT_TOKENS + decode_tokens) + 16
@@ -292,7 +306,9 @@ def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int
         llm.reset()
         t0 = time.perf_counter()
         llm.eval(prompt_ids)
-        return time.perf_counter() - t0
+        t1 = time.perf_counter()
+        int(np.argmax(last_logits()))  # TTFT = prefill + picking the first token, as q35f
+        return t1 - t0, time.perf_counter() - t0
 
     def decode():
         llm.reset()
@@ -304,12 +320,16 @@ def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int
 
     llm.reset()
     llm.eval(prompt_ids[:32])  # warm-up, as q35f.measure.benchmark
-    prefill_s, decode_s = [], []
+    prefill_s, ttft_s, decode_s = [], [], []
     for _ in range(runs):
-        prefill_s.append(prefill())
+        p, t = prefill()
+        prefill_s.append(p)
+        ttft_s.append(t)
         decode_s.append(decode())
-    return (decode_tokens / statistics.median(decode_s),
-            len(prompt_ids) / statistics.median(prefill_s))
+    llm.close()
+    return {"decode_tok_s": decode_tokens / statistics.median(decode_s),
+            "prompt_tok_s": len(prompt_ids) / statistics.median(prefill_s),
+            "ttft_ms": 1000 * statistics.median(ttft_s)}
 
 
 # --- q35f (through its own interpreter) ----------------------------------------------------------
@@ -326,19 +346,27 @@ def cached_q35f_perplexity(cmd, model: Path, work_dir: Path) -> tuple[dict, str]
         return kept["result"], kept["when"]
     print("  $ " + " ".join(cmd), file=sys.stderr)
     result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
-    when = now()
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
-    when += f" at q35f commit {head or '?'}"
+    when = f"{now()} at q35f commit {q35f_commit()}"
     path.write_text(json.dumps({"command": cmd, "when": when, "result": result}))
     return result, when
+
+
+def q35f_commit() -> str:
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    return head or "?"
+
+
+def q35f_label(model) -> str:
+    """A q35f row's method: its directory's name, or fp32 for a GGUF run as float32."""
+    return "fp32" if str(model).endswith(".gguf") else Path(model).name
 
 
 def q35f_rows(q35f_python: Path, models, corpus, windows, ctx, runs, threads, base_row,
               work_dir: Path, speed: bool = True) -> list:
     rows = []
     for model in models:
-        label = "fp32" if str(model).endswith(".gguf") else Path(model).name
+        label = q35f_label(model)
         ppl_cmd = [str(q35f_python), "-m", "q35f", "perplexity", str(model), "--corpus", corpus,
                    "--ctx", str(ctx), "--max-tokens", str(windows * ctx), "--json"]
         bench_cmd = [str(q35f_python), "-m", "q35f", "bench", "model", str(model), "--runs",
@@ -365,6 +393,216 @@ def q35f_rows(q35f_python: Path, models, corpus, windows, ctx, runs, threads, ba
     return rows
 
 
+# --- speed only: both tools interleaved on one model ---------------------------------------------
+
+SPEED_METHODS = ("Q4_0", "Q3_K_M")
+SPEED_REFERENCE = "llama.cpp:Q4_0"
+# metric -> its ratio column; every ratio is this row / the reference row (TTFT: lower is better)
+SPEED_RATIOS = {"decode_tok_s": "decode_ratio", "prompt_tok_s": "prompt_ratio",
+                "ttft_ms": "ttft_ratio"}
+SPEED_COLUMNS = ("tool", "method", "threads", "decode_tok_s", "prompt_tok_s", "ttft_ms",
+                 "reference", "decode_ratio", "prompt_ratio", "ttft_ratio", "peak_rss_mb",
+                 "file_bytes", "bits_per_weight", "runs", "decode_tok_s_runs", "prompt_tok_s_runs",
+                 "ttft_ms_runs", "load_1m_runs", "prompt_tokens", "decode_tokens",
+                 "prompt_ids_match", "model", "source_model", "machine", "date",
+                 "llama_cpp_version", "q35f_commit", "source", "note")
+SAMPLE_TIMEOUT_S = 3600
+
+
+def paired_ratio(values, reference):
+    """Median over rounds of values[i] / reference[i]: round i of both was measured minutes
+    apart, so a load that drifts during the benchmark cancels out of each ratio."""
+    if reference is None:
+        return None
+    if len(values) != len(reference):
+        raise ValueError(f"{len(values)} runs against {len(reference)} reference runs")
+    return statistics.median(v / r for v, r in zip(values, reference))
+
+
+def speed_rows(samples: dict, reference: tuple[str, str]) -> list[dict]:
+    """One row per key of samples {(threads, tool, method): [one sample dict per round]}:
+    the median of each metric over the rounds, the per-round values, the 1-minute load of each
+    round, and the paired ratios to the `reference` (tool, method) at the same thread count."""
+    rows = []
+    for (threads, tool, method), runs in samples.items():
+        ref = samples.get((threads, *reference))
+        row = {"tool": tool, "method": method, "threads": threads, "runs": len(runs),
+               "reference": ":".join(reference) if ref else "",
+               "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+               "load_1m_runs": [r["load_1m"] for r in runs]}
+        for metric, ratio in SPEED_RATIOS.items():
+            values = [r[metric] for r in runs]
+            row[metric] = statistics.median(values)
+            row[metric + "_runs"] = values
+            row[ratio] = paired_ratio(values, [r[metric] for r in ref] if ref else None)
+        rows.append(row)
+    return rows
+
+
+def peak_rss_mb() -> float:
+    """VmHWM of this process (q35f.measure.benchmark reports the same; q35f is not
+    importable here)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("/proc/self/status has no VmHWM")
+
+
+def speed_worker(spec: dict) -> int:
+    """One llama.cpp sample in a fresh process (as `q35f bench model` does for q35f), so its
+    peak RSS is this model's alone: load, warm up, one prefill and one decode."""
+    llama_cpp = require_llama_cpp()
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    result = llama_speed(llama_cpp, Path(spec["path"]), spec["prompt_ids"], 1,
+                         spec["decode_tokens"], spec["threads"])
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(result))
+    return 0
+
+
+def last_json_line(cmd, what: str) -> dict:
+    run = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                         timeout=SAMPLE_TIMEOUT_S)
+    if run.returncode != 0:
+        tail = run.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"{what} failed ({run.returncode}): {' | '.join(tail)}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def llama_sample(path: Path, prompt_ids, decode_tokens: int, threads: int) -> dict:
+    spec = {"path": str(path), "prompt_ids": [int(t) for t in prompt_ids],
+            "decode_tokens": decode_tokens, "threads": threads}
+    result = last_json_line([sys.executable, Path(__file__).resolve(), "--speed-worker",
+                             json.dumps(spec)], f"llama.cpp on {path.name}")
+    result["file_bytes"] = path.stat().st_size
+    return result
+
+
+def q35f_sample(q35f_python: Path, model: Path, prompt_tokens: int, decode_tokens: int,
+                threads: int) -> dict:
+    return last_json_line([q35f_python, "-m", "q35f", "bench", "model", model, "--runs", 1,
+                           "--threads", threads, "--prompt-tokens", prompt_tokens,
+                           "--decode-tokens", decode_tokens, "--json"], f"q35f on {model}")
+
+
+def q35f_prompt_ids(q35f_python: Path, model: Path, n: int) -> list[int] | None:
+    """The prompt `q35f bench model` feeds (q35f.measure.benchmark: pydoc text, q35f's
+    tokenizer)."""
+    code = ("import json, sys; from q35f.io import corpora; "
+            "from q35f.io.checkpoint import open_checkpoint; ck = open_checkpoint(sys.argv[1]); "
+            "ids = ck.tokenizer.encode(corpora.text('pydoc')[:200_000], "
+            "add_special_tokens=False).ids; "
+            f"json.dump(ids[:{n}], sys.stdout)")
+    run = subprocess.run([str(q35f_python), "-c", code, str(model)], capture_output=True,
+                         text=True)
+    if run.returncode != 0:
+        print(f"q35f prompt not checked: {run.stderr.strip().splitlines()[-1:]}",
+              file=sys.stderr)
+        return None
+    return json.loads(run.stdout)
+
+
+def speed_main(args) -> int:
+    """Interleaved speed of llama.cpp --methods and q35f --q35f-model on one source GGUF."""
+    llama_cpp = require_llama_cpp()
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    source = args.model or embedded_model()
+    if not source.is_file():
+        raise SystemExit(f"--model {source}: no such file")
+    if args.q35f_model and args.q35f_python is None:
+        raise SystemExit("--q35f-model needs --q35f-python")
+    reference = tuple(args.reference.split(":", 1))
+    began = time.perf_counter()
+    entries = []
+    for method in args.methods or SPEED_METHODS:
+        t0 = time.perf_counter()
+        path = requantize(llama_cpp, source, method, args.work_dir, max(args.threads))
+        print(f"llama.cpp {method}: {path} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        entries.append(("llama.cpp", method, path))
+    entries += [("q35f", q35f_label(m), Path(m)) for m in args.q35f_model]
+    if reference not in [(tool, method) for tool, method, _ in entries]:
+        print(f"--reference {args.reference} is not measured: no ratios", file=sys.stderr)
+    params, _, _ = gguf_sizes(source)
+
+    vocab = llama_cpp.Llama(str(source), vocab_only=True, verbose=False)
+    prompt_ids = vocab.tokenize(pydoc_text()[:200_000].encode("utf-8"),
+                                add_bos=False)[:args.prompt_tokens]
+    del vocab
+    match = "not checked (no q35f model)"
+    if args.q35f_model:
+        theirs = q35f_prompt_ids(args.q35f_python, Path(args.q35f_model[0]), args.prompt_tokens)
+        match = ("not checked" if theirs is None else "identical" if theirs == prompt_ids else
+                 f"differ at {compare_ids(prompt_ids, theirs)['first_diff']}")
+    print(f"prompt: {len(prompt_ids)} tokens; q35f's prompt: {match}", file=sys.stderr)
+
+    samples = {}
+    for threads in args.threads:
+        for round_ in range(args.runs):
+            # alternate the order, so neither tool always runs right after the other
+            for tool, method, path in entries if round_ % 2 == 0 else entries[::-1]:
+                load, t0 = os.getloadavg()[0], time.perf_counter()
+                if tool == "llama.cpp":
+                    sample = llama_sample(path, prompt_ids, args.decode_tokens, threads)
+                else:
+                    sample = q35f_sample(args.q35f_python, path, args.prompt_tokens,
+                                         args.decode_tokens, threads)
+                sample["load_1m"] = load
+                samples.setdefault((threads, tool, method), []).append(sample)
+                print(f"  threads {threads} round {round_ + 1}/{args.runs} {tool} {method}: "
+                      f"decode {sample['decode_tok_s']:.1f} tok/s, prompt "
+                      f"{sample['prompt_tok_s']:.1f} tok/s, TTFT {sample['ttft_ms']:.0f} ms "
+                      f"(load {load:.1f}, {time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+
+    rows = speed_rows(samples, reference)
+    paths = {(tool, method): path for tool, method, path in entries}
+    common = {"prompt_tokens": len(prompt_ids), "decode_tokens": args.decode_tokens,
+              "prompt_ids_match": match, "source_model": source.name,
+              "machine": machine_description(), "date": now(),
+              "llama_cpp_version": f"llama-cpp-python {llama_cpp.__version__}",
+              "q35f_commit": q35f_commit(), "source": "measured"}
+    for row in rows:
+        first = samples[(row["threads"], row["tool"], row["method"])][0]
+        row.update(common, model=str(paths[(row["tool"], row["method"])]),
+                   file_bytes=first["file_bytes"],
+                   bits_per_weight=bits_per_weight(first["file_bytes"], params),
+                   note=(f"interleaved: {args.runs} rounds per thread count, each round every "
+                         "tool once in a fresh process (load, 32-token warm-up, one prefill, "
+                         "one decode), order reversed on odd rounds; metrics are medians over "
+                         "rounds, ratios the median of per-round ratios to the reference; "
+                         "load_1m_runs = 1-minute load average as each run started; "
+                         f"bits_per_weight = 8*file bytes/{params} source parameters; "
+                         f"whole benchmark {time.perf_counter() - began:.0f} s"))
+    write_speed_csv(rows, args.out)
+    print(f"{'tool':10} {'method':24} {'thr':>3} {'decode':>8} {'prompt':>8} {'TTFT ms':>8} "
+          f"{'dec x':>6} {'pr x':>6} {'ttft x':>6}  load")
+    for r in rows:
+        print(f"{r['tool']:10} {r['method'][:24]:24} {r['threads']:3d} "
+              f"{r['decode_tok_s']:8.1f} {r['prompt_tok_s']:8.1f} {r['ttft_ms']:8.0f} "
+              f"{fmt(r['decode_ratio'], '6.2f'):>6} {fmt(r['prompt_ratio'], '6.2f'):>6} "
+              f"{fmt(r['ttft_ratio'], '6.2f'):>6}  "
+              + "/".join(f"{v:.1f}" for v in r["load_1m_runs"]))
+    print(f"(x = ratio to {args.reference} at the same threads, per-round medians; "
+          f"{source.name} on {machine_description()}; written to {args.out})")
+    return 0
+
+
+def write_speed_csv(rows, out: Path) -> None:
+    """Floats to 4 decimals, per-run lists joined with ';'."""
+    def cell(value):
+        if value is None:
+            return ""
+        if isinstance(value, list):
+            return ";".join(str(cell(v)) for v in value)
+        return round(value, 4) if isinstance(value, float) else value
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SPEED_COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: cell(r.get(k)) for k in SPEED_COLUMNS})
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -373,14 +611,17 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None,
                    help="source GGUF (default: the embedded SmolLM2-135M-Instruct.Q4_1.gguf)")
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+    p.add_argument("--methods", nargs="+", default=None,
                    help="llama.cpp types: F32 and LLAMA_FTYPE_MOSTLY_* names "
-                        f"(default {' '.join(DEFAULT_METHODS)})")
+                        f"(default {' '.join(DEFAULT_METHODS)}; --speed-only: "
+                        f"{' '.join(SPEED_METHODS)})")
     p.add_argument("--corpus", default="prideprejudice", help="q35f corpus name")
     p.add_argument("--ctx", type=int, default=512, help="window length (default 512)")
     p.add_argument("--windows", type=int, default=64, help="windows scored (default 64)")
-    p.add_argument("--threads", type=int, default=2, help="threads (default 2)")
-    p.add_argument("--runs", type=int, default=3, help="speed runs, median (default 3)")
+    p.add_argument("--threads", type=int, nargs="+", default=[2],
+                   help="threads (default 2); --speed-only measures each value given, e.g. 1 2")
+    p.add_argument("--runs", type=int, default=3,
+                   help="speed runs, median (default 3); --speed-only: rounds")
     p.add_argument("--decode-tokens", type=int, default=128)
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--no-speed", action="store_true", help="perplexity only")
@@ -391,12 +632,32 @@ def main(argv=None) -> int:
                         "(default $Q35F_PYTHON or the repository's .venv)")
     p.add_argument("--q35f-model", action="append", default=[], metavar="PATH",
                    help="also measure this model with q35f (repeatable; a .gguf runs as fp32)")
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "llama_cpp.csv")
+    p.add_argument("--out", type=Path, default=None,
+                   help="CSV (default bench/results/llama_cpp.csv; --speed-only: speed.csv)")
     p.add_argument("--q35f-only", action="store_true",
                    help="only the --q35f-model rows (needs no llama-cpp-python)")
+    p.add_argument("--speed-only", action="store_true",
+                   help="no perplexity: decode/prompt speed and TTFT of --methods and "
+                        "--q35f-model on --model, interleaved run by run, to one CSV")
+    p.add_argument("--reference", default=SPEED_REFERENCE, metavar="TOOL:METHOD",
+                   help=f"--speed-only: the row ratios are taken to (default {SPEED_REFERENCE})")
+    p.add_argument("--speed-worker", default=None, help=argparse.SUPPRESS)  # one sample, JSON
     args = p.parse_args(argv)
 
+    if args.speed_worker is not None:
+        return speed_worker(json.loads(args.speed_worker))
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    args.out = args.out or REPO / "bench" / "results" / ("speed.csv" if args.speed_only
+                                                         else "llama_cpp.csv")
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.speed_only:
+        return speed_main(args)
+    if len(args.threads) != 1:
+        p.error("--threads takes one value without --speed-only")
+    args.threads = args.threads[0]
+    args.methods = args.methods or list(DEFAULT_METHODS)
+
     if args.q35f_only:
         rows = q35f_rows(args.q35f_python, args.q35f_model, args.corpus, args.windows, args.ctx,
                          args.runs, args.threads, {"source": "measured", "ctx": args.ctx,
@@ -445,8 +706,9 @@ def main(argv=None) -> int:
         ppl, scored = llama_perplexity(llama_cpp, path, ids, starts, args.ctx, args.threads)
         decode = prompt = None
         if not args.no_speed:
-            decode, prompt = llama_speed(llama_cpp, path, prompt_ids, args.runs,
-                                         args.decode_tokens, args.threads)
+            speed = llama_speed(llama_cpp, path, prompt_ids, args.runs, args.decode_tokens,
+                                args.threads)
+            decode, prompt = speed["decode_tok_s"], speed["prompt_tok_s"]
         file_bytes = path.stat().st_size
         rows.append(dict(base_row, tool="llama.cpp", method=method,
                          bits_per_weight=bits_per_weight(file_bytes, params),

@@ -9,7 +9,7 @@ module q35_matmul
     use iso_fortran_env, only: int8, int16, int32, int64, real32
     use q35_half, only: half_to_real
     use q35_blocks, only: tile_rows, block_weights, block_bytes, format_q35, format_int8, &
-                          format_int4
+                          format_int4, format_int3
     use q35_quantize, only: odd_step
     implicit none
     private
@@ -35,6 +35,9 @@ contains
         integer :: t, g, j, nb, n_blocks, blocks_per_group, first, count
         integer(int64) :: base
 
+        ! The Python wrapper only passes known ids; anything else is a bug, never a format.
+        if (all(fmt /= [format_q35, format_int8, format_int4, format_int3])) &
+            error stop "gemv_tiles: unknown format id"
         nb = block_bytes(fmt)
         n_blocks = size(x, 1) / block_weights
         blocks_per_group = group_size / block_weights
@@ -69,7 +72,7 @@ contains
                     case (format_int4)
                         call group_dot_int4(count, tiles(:, base:, t), &
                                             x(first * block_weights + 1:, j), acc_even, acc_odd)
-                    case default
+                    case (format_int3)
                         call group_dot_int3(count, tiles(:, base:, t), &
                                             x(first * block_weights + 1:, j), acc_even, acc_odd)
                     end select

@@ -1,9 +1,17 @@
-"""Shared by the tests: hypothesis strategies for the kernels, and tiny Llama models (as a q35f
-Model, as tensors under Hugging Face names, as a checkpoint directory)."""
+"""Shared by the tests: hypothesis strategies for the kernels, tiny Llama models (as a q35f
+Model, as tensors under Hugging Face names, as a checkpoint directory), and one real `q35f serve`
+process for the API client tests (serve/test_serve.py: groq SDK, serve/test_openai_client.py:
+openai SDK)."""
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +168,105 @@ def write_hf(directory, weights, config=TINY_CONFIG, dtype=np.float32, shards=1)
     index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     return directory
+
+
+# --- a real `q35f serve` subprocess ----------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port nothing listens on (at the time of asking)."""
+    return _free_port()
+
+
+class Server:
+    """`q35f serve` with the embedded SmolLM2-135M-Instruct on 127.0.0.1, an API key, a queue of
+    one and a completion limit of max_tokens; requests time out after request_timeout s."""
+
+    api_key = "test-key-q35f"
+    max_tokens = 64
+    startup_timeout = 180
+    request_timeout = 180
+
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self, api_key: str | None = api_key):
+        """The groq SDK's client (it appends /openai/v1/... to the server root)."""
+        import groq
+
+        return groq.Groq(base_url=self.url, api_key=api_key or "no-key", max_retries=0,
+                         timeout=self.request_timeout)
+
+    def health(self) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.url}/health", timeout=10).json()
+
+    def post(self, body, path="/openai/v1/chat/completions", api_key=api_key):
+        import httpx
+
+        headers = {"content-type": "application/json"}
+        if api_key is not None:
+            headers["authorization"] = f"Bearer {api_key}"
+        content = body if isinstance(body, (bytes, str)) else json.dumps(body)
+        return httpx.post(self.url + path, content=content, headers=headers,
+                          timeout=self.request_timeout)
+
+    def wait_for(self, predicate, what: str, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.health()
+            if predicate(state):
+                return state
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}; last state {state}")
+
+
+@pytest.fixture(scope="session")
+def server():
+    """One server for the whole session (loading the model is the slow part); always stopped."""
+    import httpx
+
+    port = _free_port()
+    log = Path(tempfile.mkdtemp(prefix="q35f-serve-")) / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "q35f", "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--api-key", Server.api_key, "--max-queue", "1", "--max-tokens",
+             str(Server.max_tokens), "--log-level", "warning"],
+            stdout=out, stderr=subprocess.STDOUT)
+    srv = Server(proc, port, log)
+    try:
+        deadline = time.monotonic() + Server.startup_timeout
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"q35f serve exited with {proc.returncode}:\n"
+                                     f"{log.read_text()}")
+            try:
+                if httpx.get(f"{srv.url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"q35f serve not ready after {Server.startup_timeout} s:\n"
+                                     f"{log.read_text()}")
+            time.sleep(0.2)
+        yield srv
+        assert proc.poll() is None, f"the server died during the tests:\n{log.read_text()}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -334,3 +334,84 @@ def test_cli_runs_a_q35_model_and_writes_results(q35_dir, tmp_path):
     assert 0.0 <= doc["results"]["q35f_tiny_mc"]["acc,none"] <= 1.0
     assert doc["results"]["q35f_tiny_ppl"]["word_perplexity,none"] > 1.0
     assert "q35f_tiny_mc" in proc.stdout
+
+
+# --- stock lm-eval: its own `hf` model on the same q35f directory -------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_lm(q35_dir):
+    """The harness's Hugging Face model, made as `--model hf --model_args ...` makes it: it loads
+    the q35f directory with AutoModelForCausalLM and the directory's remote code."""
+    from lm_eval.api.registry import get_model
+
+    return get_model("hf").create_from_arg_string(
+        f"pretrained={q35_dir},trust_remote_code=True,max_length={MAX_LENGTH}",
+        {"batch_size": 1, "device": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def hf_evaluated(hf_lm):
+    cwd = os.getcwd()
+    os.chdir(DATA)
+    try:
+        return lm_eval.simple_evaluate(model=hf_lm, tasks=TASKS, task_manager=local_tasks(),
+                                       log_samples=True, verbosity="WARNING")
+    finally:
+        os.chdir(cwd)
+
+
+def test_stock_hf_model_runs_q35f_modules(hf_lm):
+    from q35f.integrations.transformers import Q35fEmbedding, Q35fLinear
+
+    model = hf_lm.model
+    attn = model.model.layers[0].self_attn
+    assert isinstance(attn.q_proj, Q35fLinear) and attn.q_proj.quantized.bits == "q35"
+    assert isinstance(model.model.embed_tokens, Q35fEmbedding)
+    assert model.model.embed_tokens.quantized.bits == "int8"
+    assert model.lm_head.quantized is model.model.embed_tokens.quantized  # tied, one table
+
+
+def _flat(resps):
+    for r in resps:
+        yield from (_flat(r) if isinstance(r, (list, tuple)) else [r])
+
+
+def test_stock_hf_model_agrees_with_the_q35f_adapter(evaluated, hf_evaluated):
+    """Every per-document answer of the three tasks (log-likelihoods, greedy flags, rolling
+    perplexity sums, generated text) and every metric equal the q35f adapter's."""
+    for task in TASKS:
+        ours = sorted(evaluated["samples"][task], key=lambda s: s["doc_id"])
+        stock = sorted(hf_evaluated["samples"][task], key=lambda s: s["doc_id"])
+        assert [s["doc"] for s in stock] == [s["doc"] for s in ours]
+        for a, b in zip(ours, stock):
+            assert b["arguments"] == a["arguments"]
+            want, got = list(_flat(a["resps"])), list(_flat(b["resps"]))
+            assert len(got) == len(want) > 0
+            for w, g in zip(want, got):
+                if isinstance(w, float):
+                    assert g == pytest.approx(w, rel=1e-5, abs=1e-3), task
+                else:
+                    assert g == w, task
+        for metric, value in evaluated["results"][task].items():
+            if isinstance(value, float) and not metric.endswith("_stderr,none"):
+                assert hf_evaluated["results"][task][metric] == pytest.approx(value, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_stock_lm_eval_cli_runs_a_q35f_directory(q35_dir, evaluated, tmp_path):
+    """The unmodified harness's command line, `lm_eval --model hf`, on a q35f directory."""
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+         f"pretrained={q35_dir},trust_remote_code=True,max_length={MAX_LENGTH}",
+         "--tasks", "q35f_tiny_mc,q35f_tiny_ppl", "--include_path", str(DATA), "--device", "cpu",
+         "--output_path", str(out)],
+        cwd=DATA, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (file,) = out.rglob("results_*.json")
+    results = json.loads(file.read_text())["results"]
+    assert results["q35f_tiny_mc"]["acc,none"] == evaluated["results"]["q35f_tiny_mc"]["acc,none"]
+    assert results["q35f_tiny_ppl"]["word_perplexity,none"] == pytest.approx(
+        evaluated["results"]["q35f_tiny_ppl"]["word_perplexity,none"], rel=1e-5)

@@ -5,6 +5,7 @@ These tests need no llama-cpp-python: they load the script by path and call its 
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import subprocess
 import sys
@@ -78,3 +79,72 @@ def test_without_llama_cpp_the_script_says_so_in_one_line_and_fails():
     assert run.returncode != 0
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "llama-cpp-python is not installed" in lines[0]
+
+
+# --- --speed-only: the arithmetic on made-up timings (a unit test, never published numbers) -----
+
+
+def fake_sample(decode, prompt, ttft, load=1.0, rss=100.0):
+    return {"decode_tok_s": decode, "prompt_tok_s": prompt, "ttft_ms": ttft, "load_1m": load,
+            "peak_rss_mb": rss, "file_bytes": 1000}
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    # round 2 ran under load for both tools: its ratio is still 2, the ratio of medians is not
+    assert bench.paired_ratio([20.0, 5.0, 22.0], [10.0, 2.5, 11.0]) == 2.0
+    assert bench.paired_ratio([1.0, 3.0], [1.0, 1.0]) == 2.0  # even count: mean of the middle
+    assert bench.paired_ratio([1.0], None) is None
+    with pytest.raises(ValueError, match="runs against"):
+        bench.paired_ratio([1.0, 2.0], [1.0])
+
+
+def test_speed_rows_take_medians_and_ratios_within_each_thread_count():
+    samples = {
+        (1, "llama.cpp", "Q4_0"): [fake_sample(20, 100, 500, load=3), fake_sample(10, 50, 1000),
+                                   fake_sample(22, 110, 450)],
+        (1, "q35f", "q35"): [fake_sample(10, 50, 1000), fake_sample(5, 25, 2000),
+                             fake_sample(11, 55, 900, rss=80)],
+        (2, "llama.cpp", "Q4_0"): [fake_sample(40, 200, 250)] * 3,
+        (2, "q35f", "q35"): [fake_sample(60, 100, 500)] * 3,
+    }
+    rows = {(r["threads"], r["tool"]): r for r in bench.speed_rows(samples, ("llama.cpp", "Q4_0"))}
+    one = rows[(1, "q35f")]
+    assert (one["decode_tok_s"], one["prompt_tok_s"], one["ttft_ms"]) == (10, 50, 1000)
+    assert one["decode_tok_s_runs"] == [10, 5, 11] and one["runs"] == 3
+    assert one["decode_ratio"] == pytest.approx(0.5)
+    assert one["ttft_ratio"] == pytest.approx(2.0)
+    assert one["peak_rss_mb"] == 100 and one["reference"] == "llama.cpp:Q4_0"
+    assert rows[(1, "llama.cpp")]["decode_ratio"] == 1.0
+    assert rows[(1, "llama.cpp")]["load_1m_runs"] == [3, 1.0, 1.0]
+    two = rows[(2, "q35f")]
+    assert (two["decode_ratio"], two["prompt_ratio"], two["ttft_ratio"]) == (1.5, 0.5, 2.0)
+
+
+def test_speed_rows_without_the_reference_have_no_ratios():
+    rows = bench.speed_rows({(1, "q35f", "q35"): [fake_sample(10, 50, 1000)]},
+                            ("llama.cpp", "Q4_0"))
+    assert rows[0]["decode_ratio"] is None and rows[0]["reference"] == ""
+
+
+def test_speed_csv_has_every_column_and_joins_runs(tmp_path):
+    samples = {(2, "llama.cpp", "Q4_0"): [fake_sample(40.123456, 200, 250)] * 2}
+    rows = bench.speed_rows(samples, ("llama.cpp", "Q4_0"))
+    out = tmp_path / "speed.csv"
+    bench.write_speed_csv(rows, out)
+    with open(out, newline="") as f:
+        read = list(csv.DictReader(f))
+    assert tuple(read[0]) == bench.SPEED_COLUMNS
+    assert read[0]["decode_tok_s"] == "40.1235"
+    assert read[0]["decode_tok_s_runs"] == "40.1235;40.1235"
+    assert read[0]["decode_ratio"] == "1.0" and read[0]["note"] == ""
+
+
+def test_q35f_label_names_a_gguf_fp32():
+    assert bench.q35f_label("x/tiny.gguf") == "fp32"
+    assert bench.q35f_label("models/tiny-q35") == "tiny-q35"
+
+
+def test_several_thread_counts_need_speed_only(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--threads", "1", "2", "--work-dir", str(tmp_path)])
+    assert "--threads takes one value without --speed-only" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from q35f.quantization import convert
 from q35f.io.checkpoint import default_model_path, open_checkpoint
 from q35f.cli import main as cli_main
 from q35f.format.spec import tensor_nbytes
+from q35f.io.remote_code import AUTO_MAP
 from conftest import TINY_CONFIG, tiny_tensors, write_hf
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +82,8 @@ def test_output_is_hf_style_directory(tmp_path):
     convert.quantize_checkpoint(src, tmp_path / "out", progress=False)
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+        "config.json", "model.safetensors", "modeling_q35f.py", "tokenizer.json",
+        "tokenizer_config.json"]  # modeling_q35f.py: for transformers (q35f.integrations)
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "q35f"
     assert config["hidden_size"] == ODD_CONFIG["hidden_size"]
@@ -236,7 +238,8 @@ def test_embedded_model_quantize_info_and_round_trip(tmp_path, capsys):
     assert summary["source"]["kind"] == "gguf"
     assert summary["linear_params"] == 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 1536)
     with open_checkpoint(out) as q, open_checkpoint(default_model_path()) as g:
-        assert q.config == {**g.config, "quantization_config": q.quant_config}
+        assert q.config == {**g.config, "quantization_config": q.quant_config,
+                            "auto_map": AUTO_MAP}
         assert q.chat_template == g.chat_template
         assert q.tokenizer.encode("Hello, world!").ids == g.tokenizer.encode("Hello, world!").ids
         for name in ("model.layers.7.self_attn.q_proj.weight", "model.layers.7.self_attn.k_proj.weight",

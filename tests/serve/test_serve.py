@@ -1,21 +1,17 @@
 """`q35f serve` and `q35f bench serve`: the real groq SDK against a real server process.
 
-One `q35f serve` subprocess (the embedded SmolLM2-135M-Instruct, 127.0.0.1, a free port, an API
-key, a queue of one) serves every test in this module; requests ask for a handful of tokens so
-the module stays quick on two cores. The fixture always stops the server.
+One `q35f serve` subprocess (conftest.py's `server`: the embedded SmolLM2-135M-Instruct,
+127.0.0.1, a free port, an API key, a queue of one) serves every test; requests ask for a handful
+of tokens so the module stays quick on two cores. The fixture always stops the server.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
-import time
-from pathlib import Path
 
 import groq
 import httpx
@@ -27,87 +23,8 @@ from q35f import cli
 from q35f.serve.bench import CSV_COLUMNS, append_csv, normalize_base_url
 from q35f.serve.requests import StopFilter
 
-API_KEY = "test-key-q35f"
-MAX_TOKENS_LIMIT = 64
 PROMPT = [{"role": "user", "content": "Name three colors."}]
 LONG_PROMPT = [{"role": "user", "content": "Write a long story about a dragon."}]
-STARTUP_TIMEOUT_S = 180
-REQUEST_TIMEOUT_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
-        self.proc = proc
-        self.port = port
-        self.log = log
-        self.url = f"http://127.0.0.1:{port}"
-
-    def client(self, api_key: str | None = API_KEY) -> groq.Groq:
-        return groq.Groq(base_url=self.url, api_key=api_key or "no-key", max_retries=0,
-                         timeout=REQUEST_TIMEOUT_S)
-
-    def health(self) -> dict:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
-
-    def post(self, body, path="/openai/v1/chat/completions", api_key=API_KEY):
-        headers = {"content-type": "application/json"}
-        if api_key is not None:
-            headers["authorization"] = f"Bearer {api_key}"
-        content = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        return httpx.post(self.url + path, content=content, headers=headers,
-                          timeout=REQUEST_TIMEOUT_S)
-
-    def wait_for(self, predicate, what: str, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = self.health()
-            if predicate(state):
-                return state
-            time.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}; last state {state}")
-
-
-@pytest.fixture(scope="module")
-def server():
-    port = _free_port()
-    log = Path(tempfile.mkdtemp(prefix="q35f-serve-")) / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "q35f", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--api-key", API_KEY, "--max-queue", "1", "--max-tokens", str(MAX_TOKENS_LIMIT),
-             "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT)
-    srv = Server(proc, port, log)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"q35f serve exited with {proc.returncode}:\n"
-                                     f"{log.read_text()}")
-            try:
-                if httpx.get(f"{srv.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"q35f serve not ready after {STARTUP_TIMEOUT_S} s:\n"
-                                     f"{log.read_text()}")
-            time.sleep(0.2)
-        yield srv
-        assert proc.poll() is None, f"the server died during the tests:\n{log.read_text()}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +54,9 @@ def test_models_endpoint_lists_the_served_model(server, model_name):
     assert card.id == model_name and card.owned_by == "q35f"
     # The OpenAI-style prefix serves the same thing.
     plain = httpx.get(f"{server.url}/v1/models",
-                      headers={"authorization": f"Bearer {API_KEY}"}).json()
+                      headers={"authorization": f"Bearer {server.api_key}"}).json()
     assert plain["data"][0]["id"] == model_name
-    assert plain["data"][0]["context_window"] > MAX_TOKENS_LIMIT
+    assert plain["data"][0]["context_window"] > server.max_tokens
 
 
 def test_non_streaming_completion_has_groq_usage(greedy_answer, model_name):
@@ -197,8 +114,8 @@ def test_raw_sse_stream_ends_with_done(server, model_name, greedy_answer):
     body = {"model": model_name, "messages": PROMPT, "max_tokens": 2, "temperature": 0,
             "stream": True, "stream_options": {"include_usage": True}}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body,
-                      headers={"authorization": f"Bearer {API_KEY}"},
-                      timeout=REQUEST_TIMEOUT_S) as response:
+                      headers={"authorization": f"Bearer {server.api_key}"},
+                      timeout=server.request_timeout) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line[len("data: "):] for line in response.iter_lines()
                   if line.startswith("data: ")]
@@ -223,7 +140,7 @@ TOO_LONG = "hello " * 9000  # more tokens than the model's 8192-token context
      "invalid_messages"),
     ({"model": "MODEL", "messages": [{"role": "user", "content": 7}]}, 400, "invalid_messages"),
     ({"model": "MODEL", "messages": PROMPT, "max_tokens": 0}, 400, "invalid_parameter"),
-    ({"model": "MODEL", "messages": PROMPT, "max_tokens": MAX_TOKENS_LIMIT + 1}, 400,
+    ({"model": "MODEL", "messages": PROMPT, "max_tokens": "LIMIT+1"}, 400,
      "invalid_parameter"),
     ({"model": "MODEL", "messages": PROMPT, "max_completion_tokens": -3}, 400,
      "invalid_parameter"),
@@ -239,6 +156,8 @@ TOO_LONG = "hello " * 9000  # more tokens than the model's 8192-token context
 def test_bad_request_gets_4xx_error_body(server, model_name, body, status, code):
     if isinstance(body, dict) and body.get("model") == "MODEL":
         body = {**body, "model": model_name}
+    if isinstance(body, dict) and body.get("max_tokens") == "LIMIT+1":
+        body = {**body, "max_tokens": server.max_tokens + 1}
     response = server.post(body)
     assert response.status_code == status, response.text
     error = response.json()["error"]
@@ -258,7 +177,7 @@ def test_sdk_raises_the_matching_errors(server, model_name):
     assert "messages" in err.value.body["error"]["message"]
     with pytest.raises(groq.BadRequestError):
         client.chat.completions.create(model=model_name, messages=PROMPT,
-                                       max_tokens=MAX_TOKENS_LIMIT + 1, stream=True)
+                                       max_tokens=server.max_tokens + 1, stream=True)
 
 
 def test_unknown_route_and_method_get_json_errors(server):
@@ -291,7 +210,7 @@ def test_full_queue_gets_429_and_a_dropped_stream_frees_the_model(server, model_
 
     # A: a long streamed answer; read until the first token so it is running.
     running = client.chat.completions.create(model=model_name, messages=LONG_PROMPT,
-                                             max_tokens=MAX_TOKENS_LIMIT, temperature=0,
+                                             max_tokens=server.max_tokens, temperature=0,
                                              stream=True)
     for chunk in running:
         if chunk.choices and chunk.choices[0].delta.content:
@@ -321,7 +240,7 @@ def test_full_queue_gets_429_and_a_dropped_stream_frees_the_model(server, model_
     finally:
         # A's client goes away mid-stream: the server stops A and runs B.
         running.close()
-        waiter.join(timeout=REQUEST_TIMEOUT_S)
+        waiter.join(timeout=server.request_timeout)
     assert not waiter.is_alive()
     assert "error" not in waiting_result, waiting_result.get("error")
     answer = waiting_result["answer"]
@@ -342,7 +261,7 @@ def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(server, mod
     client = server.client()
     before = server.health()
     running = client.chat.completions.create(model=model_name, messages=LONG_PROMPT,
-                                             max_tokens=MAX_TOKENS_LIMIT, temperature=0,
+                                             max_tokens=server.max_tokens, temperature=0,
                                              stream=True)
     try:
         for chunk in running:
@@ -367,7 +286,7 @@ def test_a_client_that_leaves_while_queued_is_dropped_from_the_queue(server, mod
 def test_bench_serve_appends_measured_rows(server, model_name, tmp_path):
     out = tmp_path / "performance.csv"
     command = [sys.executable, "-m", "q35f", "bench", "serve", "--base-url", server.url,
-               "--model", model_name, "--api-key", API_KEY, "-n", "2", "--concurrency", "1,2",
+               "--model", model_name, "--api-key", server.api_key, "-n", "2", "--concurrency", "1,2",
                "--max-tokens", "3", "--warmup", "0", "--prompt", PROMPT[0]["content"],
                "--csv", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
@@ -407,9 +326,9 @@ def test_bench_serve_without_groq_key_measures_nothing(monkeypatch, capsys, tmp_
     assert captured.out == "" and not out.exists()
 
 
-def test_bench_serve_unreachable_endpoint_measures_nothing(capsys, tmp_path):
+def test_bench_serve_unreachable_endpoint_measures_nothing(capsys, tmp_path, free_port):
     out = tmp_path / "x.csv"
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port}"  # nothing listens there
     assert cli.main(["bench", "serve", "--base-url", url, "--model", "m", "--csv",
                      str(out)]) != 0
     captured = capsys.readouterr()

@@ -1,1 +1,1 @@
-"""Bridges to other tools (lm-evaluation-harness). Imports everything upstream."""
+"""Bridges to other tools (lm-evaluation-harness, transformers). Imports everything upstream."""

@@ -286,7 +286,10 @@ def tensor_metadata(planned, group_size):
 
 
 def write_side_files(src, tmp: Path, config: dict):
-    """config.json, tokenizer files and the chat template, copied when the source has them."""
+    """config.json, tokenizer files and the chat template, copied when the source has them; the
+    remote code that lets transformers load the directory (q35f.io.remote_code)."""
+    from q35f.io.remote_code import write_transformers_files  # it imports this module
+
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     copied = []
     if src.path.is_dir():
@@ -311,6 +314,7 @@ def write_side_files(src, tmp: Path, config: dict):
                 if isinstance(token_id, int) and tok.id_to_token(token_id) is not None:
                     tc[key.replace("_id", "")] = tok.id_to_token(token_id)
         (tmp / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n", encoding="utf-8")
+    write_transformers_files(tmp)  # modeling_q35f.py + auto_map: transformers and lm-eval load it
 
 
 def shard_plan(planned, max_bytes):

@@ -136,13 +136,8 @@ def quantize_rows(w: np.ndarray, group_size: int, bits: str):
 
 
 def _tile_args(qt):
-    return (
-        FORMAT_IDS[qt.bits],
-        qt.group_size,
-        qt._tiles.view(np.int8).T,
-        qt._scale_tiles.T,
-        qt._offset_tiles.T,
-    )
+    tiles, scales, offsets = qt.tile_arrays
+    return FORMAT_IDS[qt.bits], qt.group_size, tiles.view(np.int8).T, scales.T, offsets.T
 
 
 def padded_width(k: int) -> int:

@@ -83,6 +83,12 @@ class QuantizedTensor:
             bits,
         )
 
+    @property
+    def tile_arrays(self):
+        """What the kernels read (FORMAT.md §7), C order: packed bytes uint8 (n_tiles, row_bytes,
+        TILE_ROWS) and the float16 bits of scales and offsets int16 (n_tiles, groups, TILE_ROWS)."""
+        return self._tiles, self._scale_tiles, self._offset_tiles
+
     # canonical views
 
     @property

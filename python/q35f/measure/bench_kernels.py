@@ -2,13 +2,17 @@
 
 Everything here is measured now, on this machine: the read bandwidth (numpy sum over >= 1 GiB),
 OpenBLAS sgemv/sgemm on the same matrix, and each format's fused GEMV, band GEMM and quantizer.
-Times are medians of several runs; the CSV keeps the raw median next to each ratio.
+Times are medians of several runs; each kernel's float baseline is measured just before and just
+after it, so a ratio compares medians taken over the same stretch of time (on a shared machine the
+load moves; the 1-minute load average is recorded next to every row). The CSV keeps the raw
+medians next to each ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 import time
@@ -16,11 +20,13 @@ from pathlib import Path
 
 DEFAULT_SHAPE = (28672, 8192)  # Llama-3-70B MLP up/gate projection: (intermediate, hidden)
 QUICK_SHAPE = (2048, 1024)
+# TinyLlama-1.1B's matrices (q/o, gate/up, down): the prompt GEMM is also measured on these.
+TINYLLAMA_SHAPES = ((2048, 2048), (5632, 2048), (2048, 5632))
 METHODS = ("fp32", "int8", "int4", "q35", "int3")
 FIELDS = [
     "benchmark", "method", "shape", "median_s", "runs", "bytes_read", "gb_per_s", "speedup_vs_fp32",
-    "fraction_of_read_bandwidth", "weights_per_s", "model", "machine", "date", "q35f_version",
-    "source", "formula", "note",
+    "fraction_of_read_bandwidth", "weights_per_s", "baseline_median_s", "load_average", "model",
+    "machine", "date", "q35f_version", "source", "formula", "note",
 ]
 
 
@@ -34,6 +40,23 @@ def median_time(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def paired_medians(fn, baseline, runs: int) -> tuple[float, float]:
+    """Median of fn and of its baseline measured just before and just after it (runs each).
+
+    Calls are not interleaved one by one: OpenMP's and OpenBLAS's worker threads both spin for
+    a while after a parallel region, so alternating the two pools call by call measures their
+    fight for the cores rather than either kernel.
+    """
+    before = median_time(baseline, runs)
+    seconds = median_time(fn, runs)
+    after = median_time(baseline, runs)
+    return seconds, (before + after) / 2
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
 def read_bandwidth(gib: float, runs: int) -> tuple[float, int]:
     """Bytes/s of numpy summing a float32 array of `gib` GiB (too large for any cache)."""
     import numpy as np
@@ -44,7 +67,7 @@ def read_bandwidth(gib: float, runs: int) -> tuple[float, int]:
 
 
 def run(shape=DEFAULT_SHAPE, group_size=128, runs=5, gemm_rows=256, bandwidth_gib=1.0,
-        reference_rows=256, progress=True):
+        reference_rows=256, gemm_shapes=(), progress=True):
     """Measure everything; returns CSV rows (dicts)."""
     import numpy as np
     from tqdm import tqdm
@@ -57,60 +80,76 @@ def run(shape=DEFAULT_SHAPE, group_size=128, runs=5, gemm_rows=256, bandwidth_gi
     rows = []
     tag = honesty(model=f"random normal W {n}x{k}", source="measured")
     shape_text = f"{n}x{k}"
-    bar = tqdm(total=3 + 3 * len(METHODS), disable=not progress, desc="bench kernels", file=sys.stderr)
+    gemm_runs = max(3, runs // 2)
+    bar = tqdm(total=1 + 3 * (len(METHODS) - 1) + len(gemm_shapes), disable=not progress,
+               desc="bench kernels", file=sys.stderr)
 
     bandwidth, nbytes = read_bandwidth(bandwidth_gib, runs)
     rows.append({"benchmark": "read_bandwidth", "method": "numpy.sum", "shape": f"{nbytes} bytes",
                  "median_s": nbytes / bandwidth, "runs": runs, "bytes_read": nbytes,
-                 "gb_per_s": bandwidth / 1e9, **tag})
+                 "gb_per_s": bandwidth / 1e9, "load_average": load_average(), **tag})
     bar.update()
 
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
     x = rng.standard_normal((1, k)).astype(np.float32)
     xm = rng.standard_normal((gemm_rows, k)).astype(np.float32)
-    fp32_gemv = median_time(lambda: x @ w.T, runs)
-    bar.update()
-    fp32_gemm = median_time(lambda: xm @ w.T, max(3, runs // 2))
-    bar.update()
+    sgemv = lambda: x @ w.T  # noqa: E731
+    sgemm = lambda: xm @ w.T  # noqa: E731
 
-    for method in METHODS:
-        if method == "fp32":
-            gemv_s, gemm_s, nbytes, quant_s = fp32_gemv, fp32_gemm, w.nbytes, None
-            bar.update(3)
-        else:
-            quant_s = median_time(lambda: q35f.quantize(w, group_size, method), 3)
-            bar.update()
-            qt = q35f.quantize(w, group_size, method)
-            nbytes = qt.nbytes
-            gemv_s = median_time(lambda: q35f.matmul(x, qt), runs)
-            bar.update()
-            gemm_s = median_time(lambda: q35f.matmul(xm, qt), max(3, runs // 2))
-            bar.update()
-            del qt
-        label = "OpenBLAS sgemv" if method == "fp32" else "fused dequantize-GEMV"
-        rows.append({"benchmark": "gemv", "method": method, "shape": shape_text, "median_s": gemv_s,
-                     "runs": runs, "bytes_read": nbytes, "gb_per_s": nbytes / gemv_s / 1e9,
-                     "speedup_vs_fp32": fp32_gemv / gemv_s,
-                     "fraction_of_read_bandwidth": nbytes / gemv_s / bandwidth,
-                     "weights_per_s": n * k / gemv_s, **tag, "note": label})
-        rows.append({"benchmark": f"gemm_m{gemm_rows}", "method": method, "shape": shape_text,
-                     "median_s": gemm_s, "runs": max(3, runs // 2), "bytes_read": nbytes,
-                     "speedup_vs_fp32": fp32_gemm / gemm_s,
-                     "weights_per_s": n * k / gemm_s, **tag,
-                     "note": "OpenBLAS sgemm" if method == "fp32"
-                     else "bounded band dequantization + OpenBLAS sgemm"})
-        if quant_s is not None:
-            rows.append({"benchmark": "quantize", "method": method, "shape": shape_text,
-                         "median_s": quant_s, "runs": 3, "weights_per_s": n * k / quant_s,
-                         **tag, "note": "Fortran kernel"})
+    def gemv_row(method, seconds, base, nbytes, note):
+        return {"benchmark": "gemv", "method": method, "shape": shape_text, "median_s": seconds,
+                "runs": runs, "bytes_read": nbytes, "gb_per_s": nbytes / seconds / 1e9,
+                "speedup_vs_fp32": base / seconds,
+                "fraction_of_read_bandwidth": nbytes / seconds / bandwidth,
+                "weights_per_s": n * k / seconds, "baseline_median_s": base,
+                "load_average": load_average(), **tag, "note": note}
+
+    def gemm_row(method, text, weights, seconds, base, note):
+        return {"benchmark": f"gemm_m{gemm_rows}", "method": method, "shape": text,
+                "median_s": seconds, "runs": gemm_runs, "speedup_vs_fp32": base / seconds,
+                "weights_per_s": weights / seconds, "baseline_median_s": base,
+                "load_average": load_average(), **tag, "note": note}
+
+    fp32_gemv = median_time(sgemv, runs)
+    rows.append(gemv_row("fp32", fp32_gemv, fp32_gemv, w.nbytes, "OpenBLAS sgemv"))
+    fp32_gemm = median_time(sgemm, gemm_runs)
+    rows.append(gemm_row("fp32", shape_text, n * k, fp32_gemm, fp32_gemm, "OpenBLAS sgemm"))
+    for method in METHODS[1:]:
+        quant_s = median_time(lambda: q35f.quantize(w, group_size, method), 3)
+        rows.append({"benchmark": "quantize", "method": method, "shape": shape_text,
+                     "median_s": quant_s, "runs": 3, "weights_per_s": n * k / quant_s,
+                     "load_average": load_average(), **tag, "note": "Fortran kernel"})
+        bar.update()
+        qt = q35f.quantize(w, group_size, method)
+        gemv_s, base = paired_medians(lambda: q35f.matmul(x, qt), sgemv, runs)
+        rows.append(gemv_row(method, gemv_s, base, qt.nbytes, "fused dequantize-GEMV"))
+        bar.update()
+        gemm_s, base = paired_medians(lambda: q35f.matmul(xm, qt), sgemm, gemm_runs)
+        rows.append(gemm_row(method, shape_text, n * k, gemm_s, base,
+                             "bounded band dequantization + OpenBLAS sgemm"))
+        bar.update()
+        del qt
+
+    # The prompt GEMM of q35 on smaller, real model shapes (where the band overhead weighs more).
+    for n2, k2 in gemm_shapes:
+        w2 = np.ascontiguousarray(w[:n2, :k2]) if (n2 <= n and k2 <= k) else (
+            rng.standard_normal((n2, k2)) * 0.02).astype(np.float32)
+        x2 = np.ascontiguousarray(xm[:, :k2]) if k2 <= k else rng.standard_normal(
+            (gemm_rows, k2)).astype(np.float32)
+        qt = q35f.quantize(w2, group_size, "q35")
+        gemm_s, base = paired_medians(lambda: q35f.matmul(x2, qt), lambda: x2 @ w2.T, gemm_runs)
+        rows.append(gemm_row("q35", f"{n2}x{k2}", n2 * k2, gemm_s, base,
+                             "bounded band dequantization + OpenBLAS sgemm"))
+        bar.update()
 
     # The numpy reference is slow: time it on the first reference_rows rows only.
     band = np.ascontiguousarray(w[:reference_rows])
     for method in METHODS[1:]:
         ref_s = median_time(lambda: reference.quantize(band, group_size, method), 3)
         rows.append({"benchmark": "quantize", "method": method, "shape": f"{band.shape[0]}x{k}",
-                     "median_s": ref_s, "runs": 3, "weights_per_s": band.size / ref_s, **tag,
+                     "median_s": ref_s, "runs": 3, "weights_per_s": band.size / ref_s,
+                     "load_average": load_average(), **tag,
                      "note": "numpy reference (first rows only)"})
     bar.close()
     return rows
@@ -120,14 +159,15 @@ def print_table(rows, out=sys.stdout):
     bandwidth = next(r for r in rows if r["benchmark"] == "read_bandwidth")["gb_per_s"]
     print(f"read bandwidth (numpy sum): {bandwidth:.1f} GB/s", file=out)
     print(f"{'benchmark':<10} {'method':<6} {'shape':<12} {'median ms':>10} {'GB/s':>7} "
-          f"{'x fp32':>7} {'of bw':>6} {'Gweights/s':>10}  note", file=out)
+          f"{'x fp32':>7} {'of bw':>6} {'Gweights/s':>10} {'load':>5}  note", file=out)
     for r in rows[1:]:
         def fmt(key, spec):
             return format(r[key], spec) if r.get(key) not in (None, "") else ""
         print(f"{r['benchmark']:<10} {r['method']:<6} {r['shape']:<12} "
               f"{r['median_s'] * 1e3:>10.2f} {fmt('gb_per_s', '7.1f'):>7} "
               f"{fmt('speedup_vs_fp32', '7.2f'):>7} {fmt('fraction_of_read_bandwidth', '6.0%'):>6} "
-              f"{r['weights_per_s'] / 1e9:>10.3f}  {r.get('note', '')}", file=out)
+              f"{r['weights_per_s'] / 1e9:>10.3f} {fmt('load_average', '5.1f'):>5}  "
+              f"{r.get('note', '')}", file=out)
 
 
 def write_csv(rows, path: Path):
@@ -143,7 +183,8 @@ def handler(args) -> int:
     shape = QUICK_SHAPE if args.quick else tuple(args.shape)
     rows = run(shape=shape, group_size=args.group_size, runs=args.runs,
                gemm_rows=args.gemm_rows, bandwidth_gib=0.25 if args.quick else 1.0,
-               reference_rows=64 if args.quick else 256, progress=not args.no_progress)
+               reference_rows=64 if args.quick else 256,
+               gemm_shapes=() if args.quick else TINYLLAMA_SHAPES, progress=not args.no_progress)
     print_table(rows)
     if args.csv:
         write_csv(rows, Path(args.csv))
@@ -157,9 +198,10 @@ def register_bench(sub) -> None:
         help="GEMV/GEMM/quantize speed of every format vs OpenBLAS and the memory bandwidth",
         description="Measure, in one run: the read bandwidth (numpy sum over 1 GiB), fp32 "
         "OpenBLAS sgemv/sgemm and the fused q35/int8/int4/int3 kernels on one weight matrix "
-        "(default: a Llama-70B MLP matrix, 28672x8192), and quantization throughput (Fortran "
-        "vs the numpy reference). Medians of --runs runs; ratios are against baselines of the "
-        "same run.",
+        "(default: a Llama-70B MLP matrix, 28672x8192), the q35 prompt GEMM on TinyLlama-1.1B's "
+        "matrices, and quantization throughput (Fortran vs the numpy reference). Medians of "
+        "--runs runs, each kernel's float baseline measured just before and after it; the "
+        "load average is recorded on every row.",
     )
     parser.add_argument("--shape", type=int, nargs=2, default=list(DEFAULT_SHAPE),
                         metavar=("N", "K"), help="weight matrix shape (default: %(default)s)")
