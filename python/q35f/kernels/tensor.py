@@ -44,11 +44,26 @@ class QuantizedTensor:
     """An (N, K) weight matrix in one of the packed formats, with float16 group parameters."""
 
     def __init__(self, tiles, scale_tiles, offset_tiles, shape, group_size, bits):
+        """From the kernels' tiled arrays (see tile_arrays); each is checked against shape,
+        group_size and bits, since the kernels read exactly what these imply."""
+        get_format(bits)
+        check_group_size(group_size)
+        n, k = _check_shape(shape)
+        n_tiles = -(-n // kernels.TILE_ROWS)
+        groups = n_groups(k, group_size)
+        _expect(tiles, "tiles", np.uint8, (n_tiles, row_bytes(k, bits), kernels.TILE_ROWS))
+        _expect(scale_tiles, "scale_tiles", np.int16, (n_tiles, groups, kernels.TILE_ROWS))
+        _expect(offset_tiles, "offset_tiles", np.int16, (n_tiles, groups, kernels.TILE_ROWS))
+        for name, array in (("tiles", tiles), ("scale_tiles", scale_tiles),
+                            ("offset_tiles", offset_tiles)):
+            if not (array.flags.c_contiguous and array.flags.aligned):
+                raise ValueError(f"{name} must be C-contiguous and aligned (the kernels read it "
+                                 "in place)")
         self._tiles = tiles  # uint8 (n_tiles, row_bytes, TILE_ROWS), C order
         self._scale_tiles = scale_tiles  # int16 bits of float16 (n_tiles, groups, TILE_ROWS)
         self._offset_tiles = offset_tiles
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.group_size = int(group_size)
+        self.shape = (n, k)
+        self.group_size = group_size
         self.bits = bits
 
     # construction
@@ -58,12 +73,7 @@ class QuantizedTensor:
         """Wrap the canonical file layout (e.g. read from safetensors); checks every shape."""
         fmt = get_format(bits)
         check_group_size(group_size)
-        if len(shape) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                                      for v in shape):
-            raise TypeError(f"shape must be two integers (N, K), got {tuple(shape)}")
-        n, k = (int(v) for v in shape)
-        if n <= 0 or k <= 0:
-            raise ValueError(f"shape must be positive, got {tuple(shape)}")
+        n, k = _check_shape(shape)
         _expect(packed, "packed", np.uint8, (n, row_bytes(k, bits)))
         _expect(scale, "scale", np.float16, (n, n_groups(k, group_size)))
         _expect(offset, "offset", np.float16, (n, n_groups(k, group_size)))
@@ -149,6 +159,16 @@ class QuantizedTensor:
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         return matmul(x, self)
+
+
+def _check_shape(shape) -> tuple[int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shape):
+        raise TypeError(f"shape must be two integers (N, K), got {shape!r}")
+    n, k = (int(v) for v in shape)
+    if n <= 0 or k <= 0:
+        raise ValueError(f"shape must be positive, got {(n, k)}")
+    return n, k
 
 
 def _expect(array, name, dtype, shape):
