@@ -67,7 +67,7 @@ def _parse_config(spec: str):
             from .improve import RECIPES
 
             kwargs.update(RECIPES[value])
-        elif key in ("clip_search", "gptq"):
+        elif key in ("clip_search", "gptq", "sequential"):
             kwargs[key] = value not in ("0", "false", "")
         elif key in ("group_size", "calibration_tokens"):
             kwargs[key] = int(value)
