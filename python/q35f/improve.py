@@ -24,7 +24,7 @@ from .pairing import PAIRINGS, PermutedCheckpoint, build_permutations
 
 DEFAULT_CALIBRATION = "generated"  # the model's own text (q35f.generated_corpus), no author
 DEFAULT_CALIBRATION_TOKENS = 8192
-PAIRING_TOKENS = 2048  # float-model tokens for the pairing's mean squares (sequential GPTQ)
+PAIRING_TOKENS = 1024  # float-model tokens for the pairing's mean squares (sequential GPTQ)
 IMPORTANCES = ("none", "activation")
 # What `q35f quantize` does without options, and with --no-calibration / --round-to-nearest.
 RECIPES = {

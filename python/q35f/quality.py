@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     parser.add_argument("--config", action="append", default=[],
                         help="NAME:key=value,... options of quantize_checkpoint (repeatable)")
     parser.add_argument("--fp32", action="store_true", help="also measure the float model")
+    parser.add_argument("--fp32-from", metavar="CSV", default=None,
+                        help="take the float model's PPL from the fp32 rows of an earlier run "
+                        "with the same --windows/--window instead of measuring it again")
     parser.add_argument("--out", required=True, help="CSV to append rows to")
     args = parser.parse_args(argv)
 
@@ -108,6 +111,10 @@ def main(argv=None) -> int:
               "delta_ppl_pct", "fp32_ppl", "note"]
     new = not out.exists()
     fp32 = {}
+    if args.fp32_from:
+        with open(args.fp32_from, newline="") as old:
+            fp32 = {r["eval"]: float(r["ppl"]) for r in csv.DictReader(old)
+                    if r["config"] == "fp32" and int(r["windows"]) == args.windows}
     with open(out, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new:
