@@ -103,7 +103,7 @@ def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
         assert np.allclose(np.diag(hessian) / batches.size, mean_square)
         return q35f.quantize(w, 32, "int8")
 
-    stream = LayerStream(ck, TINY_CONFIG, batches, quantize, progress=False)
+    stream = LayerStream(ck, TINY_CONFIG, batches, quantize)
     layers = TINY_CONFIG["num_hidden_layers"]
     blocks = [stream.block(i) for i in range(layers)]
     assert len(seen) == 7 * layers

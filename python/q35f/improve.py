@@ -158,8 +158,7 @@ class Improver:
             started = time.perf_counter()
             batches = calibration_batches(self.source, self.spec, self.calibration_tokens,
                                           self.sequence_length)
-            self._stream = LayerStream(self.source, self.source.config, batches, quantize_full,
-                                       self.progress)
+            self._stream = LayerStream(self.source, self.source.config, batches, quantize_full)
             self.seconds["sequential_setup"] = round(time.perf_counter() - started, 3)
         if name not in self._block:
             self._block = self._stream.block(input_key(name)[0])

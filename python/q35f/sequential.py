@@ -16,8 +16,6 @@ for a 7B Llama (hidden 4096, intermediate 11008) about 0.13 + 0.8 + 1.4 GB.
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 
 _PARTS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
@@ -52,16 +50,16 @@ class LayerStream:
 
     quantize(name, w, hessian, mean_square) -> QuantizedTensor is called for every linear
     weight of a block, with its input's statistics; `block(l)` returns block l's quantized
-    tensors {name: QuantizedTensor}, running the blocks before it first.
+    tensors {name: QuantizedTensor}, running the blocks before it first. (The writer's progress
+    bar moves as blocks finish: each block's first tensor waits for the whole block.)
     """
 
-    def __init__(self, source, config: dict, batches: np.ndarray, quantize, progress=True):
+    def __init__(self, source, config: dict, batches: np.ndarray, quantize):
         from .model import LlamaConfig, rope_tables
 
         self.source = source
         self.config = LlamaConfig.from_hf(config)
         self.quantize = quantize
-        self.progress = progress
         embed = source.get("model.embed_tokens.weight")
         self.x = np.ascontiguousarray(embed[np.asarray(batches)], dtype=np.float32)  # (n, T, h)
         del embed
@@ -148,10 +146,5 @@ class LayerStream:
         stats.add(hidden)
         quantize_all(("down_proj",), stats)
         self.x += linear("down_proj", hidden)
-        if self.progress:
-            print(f"\rsequential: block {layer + 1}/{c.num_hidden_layers}", end="",
-                  file=sys.stderr, flush=True)
-            if layer + 1 == c.num_hidden_layers:
-                print(file=sys.stderr)
         return quantized
 
