@@ -95,6 +95,8 @@ def main(argv=None) -> int:
                         help="take the float model's PPL from the fp32 rows of an earlier run "
                         "with the same --windows/--window instead of measuring it again")
     parser.add_argument("--out", required=True, help="CSV to append rows to")
+    parser.add_argument("--keep", metavar="DIR", default=None,
+                        help="keep each quantized model as DIR/NAME (default: a temporary one)")
     args = parser.parse_args(argv)
 
     from . import calibrate
@@ -131,14 +133,14 @@ def main(argv=None) -> int:
         for spec in args.config:
             name, kwargs = _parse_config(spec)
             with tempfile.TemporaryDirectory(prefix="q35f-quality-") as tmp:
+                model = Path(args.keep) / name if args.keep else Path(tmp) / "model"
                 started, cpu = time.perf_counter(), time.process_time()
-                summary = quantize_checkpoint(args.src, Path(tmp) / "model", progress=True,
+                summary = quantize_checkpoint(args.src, model, progress=True, force=True,
                                               **kwargs)
                 seconds = time.perf_counter() - started
                 note = f"{_load()}; quantize cpu {time.process_time() - cpu:.0f} s"
                 for e in evals:
-                    ppl, tokens = perplexity(Path(tmp) / "model", texts[e], args.windows,
-                                             args.window)
+                    ppl, tokens = perplexity(model, texts[e], args.windows, args.window)
                     row = {"config": name, "options": json.dumps(kwargs, sort_keys=True),
                            "bits": summary["bits"], "group_size": summary["group_size"],
                            "linear_bits_per_weight": f"{summary['linear_bits_per_weight']:.4f}",
