@@ -33,10 +33,10 @@ def inverse_hessian_factor(hessian: np.ndarray, damping: float = DEFAULT_DAMPING
     h[dead, dead] = 1.0
     diag = np.diag(h)
     h[np.diag_indices(k)] += damping * diag.mean()
-    lower = np.linalg.cholesky(h)
-    inv_lower = np.linalg.solve(lower, np.eye(k))  # L^-1
-    h_inv = inv_lower.T @ inv_lower
-    return np.ascontiguousarray(np.linalg.cholesky(h_inv).T)  # H^-1 = L L^T, U = L^T
+    # One Cholesky: reversing the order (J H J = M M^T) gives H = R R^T with R = J M J upper,
+    # so U = R^-1 is upper and U^T U = R^-T R^-1 = H^-1.
+    r = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+    return np.ascontiguousarray(np.triu(np.linalg.inv(r)))
 
 
 def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search: bool,

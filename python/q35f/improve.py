@@ -149,11 +149,15 @@ class Improver:
         from .tensor import QuantizedTensor
 
         if self._stream is None:
+            factor = [None, None]  # (hessian, its factor): q/k/v and gate/up share an input
+
             def quantize_full(tensor, weight, hessian, mean_square):
+                if factor[0] is not hessian:
+                    factor[:] = hessian, inverse_hessian_factor(hessian, self.damping)
                 imp = (mixed_importance(mean_square, self.importance_prior)
                        if self.importance != "none" else None)
-                return gptq_quantize(weight, inverse_hessian_factor(hessian, self.damping),
-                                     group_size, bits, self.clip_search, importance=imp)
+                return gptq_quantize(weight, factor[1], group_size, bits, self.clip_search,
+                                     importance=imp)
 
             started = time.perf_counter()
             batches = calibration_batches(self.source, self.spec, self.calibration_tokens,
