@@ -141,7 +141,12 @@ def collect(model, batches: np.ndarray, source: str = "?", hessians: bool = True
 def calibration_batches(ck, spec: str, n_tokens: int,
                         sequence_length: int = DEFAULT_SEQUENCE_LENGTH) -> np.ndarray:
     """(n, sequence_length) token ids of calibration text `spec`, spread over the text."""
-    ids = ck.tokenizer.encode(calibration_text(spec), add_special_tokens=False).ids
+    try:
+        tokenizer = ck.tokenizer
+    except FileNotFoundError as err:
+        raise ValueError(f"{err}: calibration needs the checkpoint's tokenizer; pass "
+                         "--no-calibration for the data-free recipe") from None
+    ids = tokenizer.encode(calibration_text(spec), add_special_tokens=False).ids
     return sequences(ids, n_tokens, sequence_length)
 
 
