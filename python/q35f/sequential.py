@@ -50,8 +50,8 @@ class LayerStream:
 
     quantize(name, w, hessian, mean_square) -> QuantizedTensor is called for every linear
     weight of a block, with its input's statistics; `block(l)` returns block l's quantized
-    tensors {name: QuantizedTensor}, running the blocks before it first. (The writer's progress
-    bar moves as blocks finish: each block's first tensor waits for the whole block.)
+    tensors {name: QuantizedTensor}, running the blocks before it first and keeping those until
+    asked for (the writer's progress bar moves as blocks finish).
     """
 
     def __init__(self, source, config: dict, batches: np.ndarray, quantize):
@@ -65,15 +65,16 @@ class LayerStream:
         del embed
         self.cos, self.sin = rope_tables(self.config, batches.shape[1])
         self.done = 0  # blocks already quantized and applied to self.x
+        self.waiting = {}  # quantized blocks not asked for yet (a file listing 0, 1, 10, ..., 2)
 
     def block(self, layer: int) -> dict:
-        if layer < self.done:
-            raise ValueError(f"block {layer} was already quantized (blocks come in order)")
-        out = {}
+        """Block `layer`'s quantized tensors, once: running the blocks up to it if needed."""
         while self.done <= layer:
-            out = self._run_block(self.done)
+            self.waiting[self.done] = self._run_block(self.done)
             self.done += 1
-        return out
+        if layer not in self.waiting:
+            raise ValueError(f"block {layer} was already handed out")
+        return self.waiting.pop(layer)
 
     def _weights(self, layer, proj):
         return self.source.get(weight_name(layer, proj))
