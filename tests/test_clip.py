@@ -106,7 +106,7 @@ def weighted_matrices(draw):
 
 
 @pytest.mark.parametrize("bits", BITS)
-@settings(max_examples=15)
+@settings(max_examples=8)
 @given(data=weighted_matrices())
 def test_weighted_clip_search_is_bit_identical_to_the_reference(bits, data, no_array_copies):
     w, group_size, imp = data
@@ -117,7 +117,7 @@ def test_weighted_clip_search_is_bit_identical_to_the_reference(bits, data, no_a
 
 
 @pytest.mark.parametrize("bits", BITS)
-@settings(max_examples=20)
+@settings(max_examples=10)
 @given(data=weighted_matrices())
 def test_weighted_clip_search_is_never_worse_than_min_max_on_its_weighted_error(bits, data):
     w, group_size, imp = data
