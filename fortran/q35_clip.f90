@@ -2,8 +2,11 @@
 !
 ! The clip search replaces a group's raw [min, max] by the shrunken range [lo + i*d, hi - j*d],
 ! d = (hi - lo)/n_grid, 0 <= i, j < n_steps, whose float16 parameters (the sec. 4 rule applied to
-! the shrunken range) give the smallest squared reconstruction error of the group, both grids
-! counted. Candidate (0, 0) is plain min/max and wins ties, so the search is never worse.
+! the shrunken range) give the smallest importance-weighted squared reconstruction error
+! sum_i imp_i (q_i - w_i)^2 of the group, both grids counted (imp = 1: plain squared error;
+! imp = E[x_i^2] from calibration: the expected output error of a diagonal input model, as
+! llama.cpp's importance matrix). Candidate (0, 0) is plain min/max and wins ties, so the search
+! is never worse on its own objective.
 ! Levels always follow sec. 4 from the stored float16 parameters, clamped on both sides (a clipped
 ! weight lies outside the grid). Bit-identical to reference.clip_params / quantize_with_params:
 ! same float32 operations, errors summed in float64 in weight order (built without FMA).
@@ -17,10 +20,10 @@ module q35_clip
 
 contains
 
-    !> Squared error of a group (first weight even) on the grid (offset, scale), in float64.
-    pure function group_error(fmt, w, offset, scale) result(err)
+    !> Weighted squared error of a group (first weight even) on the grid (offset, scale), float64.
+    pure function group_error(fmt, w, imp, offset, scale) result(err)
         integer, intent(in) :: fmt
-        real(real32), intent(in) :: w(:), offset, scale
+        real(real32), intent(in) :: w(:), imp(:), offset, scale
         real(real64) :: err, diff
         real(real32) :: step_odd, q
         integer :: i, top_even, top_odd
@@ -35,14 +38,14 @@ contains
                 q = offset + step_odd * real(grid_level(w(i), offset, step_odd, top_odd), real32)
             end if
             diff = real(q, real64) - real(w(i), real64)
-            err = err + diff * diff
+            err = err + real(imp(i), real64) * (diff * diff)
         end do
     end function group_error
 
     !> float16 offset, scale of the best shrunken range of group w (see the module comment).
-    pure subroutine clip_group_params(fmt, w, n_grid, n_steps, offset, scale)
+    pure subroutine clip_group_params(fmt, w, imp, n_grid, n_steps, offset, scale)
         integer, intent(in) :: fmt, n_grid, n_steps
-        real(real32), intent(in) :: w(:)
+        real(real32), intent(in) :: w(:), imp(:)
         real(real32), intent(out) :: offset, scale
         real(real32) :: lo, hi, delta, low, high, cand_offset, cand_scale
         real(real64) :: best, err
@@ -50,7 +53,7 @@ contains
         lo = minval(w)
         hi = maxval(w)
         call group_params(lo, hi, top_level(fmt), offset, scale)
-        best = group_error(fmt, w, offset, scale)
+        best = group_error(fmt, w, imp, offset, scale)
         delta = (hi - lo) / real(n_grid, real32)
         do i = 0, n_steps - 1
             low = lo + real(i, real32) * delta
@@ -59,7 +62,7 @@ contains
                 high = hi - real(j, real32) * delta
                 if (high <= low) cycle
                 call group_params(low, high, top_level(fmt), cand_offset, cand_scale)
-                err = group_error(fmt, w, cand_offset, cand_scale)
+                err = group_error(fmt, w, imp, cand_offset, cand_scale)
                 if (err < best) then
                     best = err
                     offset = cand_offset

@@ -119,23 +119,26 @@ end subroutine dequantize
 
 ! Quantize rows with given (search = 0) or clip-searched (search = 1) float16-exact parameters:
 ! scales/offsets are read in the first case, written in the second (q35_clip, FORMAT.md sec. 4).
+! importance(k): the search's per-column weights (all ones: plain squared error).
 subroutine quantize_rows_clip(fmt, k, n_rows, group_size, row_bytes, n_groups, search, n_grid, &
-                              n_steps, w, packed, scales, offsets)
+                              n_steps, w, importance, packed, scales, offsets)
     use iso_fortran_env, only: int8, int32, real32
     use q35_clip, only: clip_group_params
     use q35_quantize, only: quantize_row_params
     implicit none
     integer(int32), intent(in) :: fmt, k, n_rows, group_size, row_bytes, n_groups, search
     integer(int32), intent(in) :: n_grid, n_steps
-    real(real32), intent(in) :: w(k, n_rows)
+    real(real32), intent(in) :: w(k, n_rows), importance(k)
     integer(int8), intent(out) :: packed(row_bytes, n_rows)
     real(real32), intent(inout) :: scales(n_groups, n_rows), offsets(n_groups, n_rows)
-    integer :: r, g
-    !$omp parallel do schedule(dynamic, 4) private(g)
+    integer :: r, g, first, last
+    !$omp parallel do schedule(dynamic, 4) private(g, first, last)
     do r = 1, n_rows
         if (search /= 0) then
             do g = 1, n_groups
-                call clip_group_params(fmt, w((g - 1) * group_size + 1:min(g * group_size, k), r), &
+                first = (g - 1) * group_size + 1
+                last = min(g * group_size, k)
+                call clip_group_params(fmt, w(first:last, r), importance(first:last), &
                                        n_grid, n_steps, offsets(g, r), scales(g, r))
             end do
         end if

@@ -49,8 +49,11 @@ def test_every_module_belongs_to_a_stage():
     loose = [p.name for p in PACKAGE.glob("*.py")
              if p.stem not in ("__init__", "__main__", "cli")]
     assert loose == [], f"modules outside the stage folders: {loose}"
-    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__")
+    # data/ holds package data (the built-in calibration corpus), no code
+    folders = sorted(p.name for p in PACKAGE.iterdir()
+                     if p.is_dir() and p.name not in ("__pycache__", "data"))
     assert folders == sorted(s for s in STAGES if s != "cli")
+    assert not list((PACKAGE / "data").glob("*.py"))
 
 
 def test_every_stage_says_its_job():

@@ -51,3 +51,18 @@ def test_a_truncated_database_is_reported(tmp_path):
     rdx.write_bytes(b"not compressed at all")
     with pytest.raises(ValueError, match="Rdata.rdx"):
         corpora.read_rdata_db(rdx, tmp_path / "Rdata.rdb", ["emma"])
+
+
+def test_the_generated_calibration_text_is_shipped_large_enough_and_not_an_evaluation_text():
+    from q35f.io.checkpoint import default_model_path, open_checkpoint
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_TOKENS
+
+    assert DEFAULT_CALIBRATION == "generated"
+    text = corpora.text("generated")
+    assert "<|im_start|>assistant" in text  # chat turns in the model's own template
+    with open_checkpoint(default_model_path()) as ck:
+        tokens = len(ck.tokenizer.encode(text, add_special_tokens=False).ids)
+    assert tokens >= 2 * DEFAULT_CALIBRATION_TOKENS
+    pydoc = corpora.text("pydoc")
+    passages = [pydoc[i:i + 80] for i in range(0, len(pydoc) - 80, len(pydoc) // 200)]
+    assert not any(p in text for p in passages)

@@ -47,7 +47,8 @@ def test_only_our_leftovers_of_dead_writers_are_removed(tmp_path):
 
 def test_a_killed_quantize_leaves_nothing_after_the_next_run(tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "q35f", "quantize", "-o", str(out), "--no-progress"]
+    command = [sys.executable, "-m", "q35f", "quantize", "-o", str(out), "--round-to-nearest",
+               "--no-progress"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         while proc.poll() is None and not list(tmp_path.glob(".out.partial-*/model.safetensors")):

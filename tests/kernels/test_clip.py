@@ -13,9 +13,9 @@ from q35f.kernels import reference as ref
 from q35f.format.spec import n_groups
 
 
-def _group_errors(w, deq, group_size):
-    """Squared error per (row, group), float64."""
-    d = (deq.astype(np.float64) - w.astype(np.float64)) ** 2
+def _group_errors(w, deq, group_size, importance=1.0):
+    """(Importance-weighted) squared error per (row, group), float64."""
+    d = importance * (deq.astype(np.float64) - w.astype(np.float64)) ** 2
     groups = n_groups(w.shape[1], group_size)
     return np.stack([d[:, g * group_size:(g + 1) * group_size].sum(axis=1)
                      for g in range(groups)], axis=1)
@@ -87,3 +87,70 @@ def test_given_parameters_must_match_the_groups():
         q35f.quantize(w, 32, params=(bad, bad))
     with pytest.raises(TypeError, match="float16"):
         q35f.quantize(w, 32, params=(np.zeros((4, 2)), np.zeros((4, 2))))
+
+
+@st.composite
+def weighted_matrices(draw):
+    """(w, group_size, importance): weight_matrices plus per-column importances incl. zeros."""
+    w, group_size = draw(weight_matrices(max_rows=10, max_cols=200))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["lognormal", "sparse", "ones"]))
+    k = w.shape[1]
+    if kind == "lognormal":
+        imp = np.exp(2 * rng.standard_normal(k))
+    elif kind == "sparse":
+        imp = np.where(rng.random(k) < 0.2, 100 * rng.random(k), 0.0)
+    else:
+        imp = np.ones(k)
+    return w, group_size, imp.astype(np.float32)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@settings(max_examples=8)
+@given(data=weighted_matrices())
+def test_weighted_clip_search_is_bit_identical_to_the_reference(bits, data, no_array_copies):
+    w, group_size, imp = data
+    qt = q35f.quantize(w, group_size, bits, clip_search=True, importance=imp)
+    offset, scale = ref.clip_params(w, group_size, bits, importance=imp)
+    np.testing.assert_array_equal(qt.offset.astype(np.float32), offset)
+    np.testing.assert_array_equal(qt.scale.astype(np.float32), scale)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@settings(max_examples=10)
+@given(data=weighted_matrices())
+def test_weighted_clip_search_is_never_worse_than_min_max_on_its_weighted_error(bits, data):
+    w, group_size, imp = data
+    searched = q35f.quantize(w, group_size, bits, clip_search=True, importance=imp).dequantize()
+    plain = q35f.quantize(w, group_size, bits).dequantize()
+    weighted = (w * 0 + imp).astype(np.float64)  # (N, K): each column's importance
+    err_searched = _group_errors(w, searched, group_size, weighted)
+    err_plain = _group_errors(w, plain, group_size, weighted)
+    assert np.all(err_searched <= err_plain * (1 + 1e-12) + 1e-300)
+
+
+def test_unit_importance_is_the_plain_clip_search():
+    w = np.random.default_rng(5).standard_normal((16, 300)).astype(np.float32)
+    plain = q35f.quantize(w, 64, clip_search=True)
+    ones = q35f.quantize(w, 64, clip_search=True, importance=np.ones(300, np.float32))
+    np.testing.assert_array_equal(plain.packed, ones.packed)
+    np.testing.assert_array_equal(plain.scale, ones.scale)
+
+
+def test_importance_lowers_the_weighted_error_of_gaussian_groups():
+    rng = np.random.default_rng(6)
+    w = rng.standard_normal((64, 512)).astype(np.float32)
+    imp = np.exp(2 * rng.standard_normal(512)).astype(np.float32)
+    weighted = q35f.quantize(w, 128, clip_search=True, importance=imp).dequantize()
+    unweighted = q35f.quantize(w, 128, clip_search=True).dequantize()
+    assert (imp * (weighted - w) ** 2).sum() < (imp * (unweighted - w) ** 2).sum()
+
+
+def test_importance_is_checked():
+    w = np.ones((2, 32), np.float32)
+    with pytest.raises(ValueError, match="importance must have shape"):
+        q35f.quantize(w, 16, clip_search=True, importance=np.ones(31, np.float32))
+    with pytest.raises(ValueError, match="non-negative"):
+        q35f.quantize(w, 16, clip_search=True, importance=-np.ones(32, np.float32))
+    with pytest.raises(ValueError, match="only by the clip search"):
+        q35f.quantize(w, 16, importance=np.ones(32, np.float32))

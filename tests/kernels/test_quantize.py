@@ -125,3 +125,41 @@ def test_take_rows_equals_the_dequantized_rows():
     assert np.array_equal(qt.take_rows(ids), qt.dequantize()[ids])
     with pytest.raises(ValueError, match="ids"):
         qt.take_rows(np.array([50]))
+
+
+def test_the_cli_recipes_and_their_overrides():
+    import argparse
+
+    from q35f.quantization.convert import recipe_options, register
+    from q35f.quantization.recipe import RECIPES
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+
+    def options(*flags):
+        return recipe_options(parser.parse_args(["quantize", "-o", "x", *flags]))
+
+    default = options()
+    assert {k: default[k] for k in RECIPES["calibrated"]} == RECIPES["calibrated"]
+    assert default["gptq"] and default["importance"] == "activation"
+    free = options("--no-calibration")
+    assert {k: free[k] for k in RECIPES["data-free"]} == RECIPES["data-free"]
+    rtn = options("--round-to-nearest")
+    assert not rtn["clip_search"] and rtn["pairing"] == "none" and not rtn["gptq"]
+    assert options("--no-gptq", "--damping", "0.1")["gptq"] is False
+    assert options("--no-clip-search")["importance"] == "none"  # nothing left to weigh
+    assert options("--pairing", "weight", "--importance-prior", "0.5")["importance_prior"] == 0.5
+    with pytest.raises(SystemExit):
+        options("--no-calibration", "--round-to-nearest")
+
+
+def test_mixed_importance_has_mean_one_and_a_floor():
+    from q35f.quantization.recipe import mixed_importance
+
+    ms = np.array([0.0, 1.0, 3.0, 100.0])
+    imp = mixed_importance(ms, 0.2)
+    assert imp.dtype == np.float32
+    assert imp.mean() == pytest.approx(1.0)
+    assert imp.min() == pytest.approx(0.2)
+    np.testing.assert_allclose(mixed_importance(ms, 1.0), 1.0)
+    np.testing.assert_allclose(mixed_importance(np.zeros(3), 0.1), 1.0)  # silent input: uniform

@@ -124,7 +124,7 @@ def test_q35f_runs_and_quantizes_it(tiny_gguf, tiny_ck, tmp_path):
     assert logits.shape == (49152,) and np.isfinite(logits).all()
     out = tmp_path / "tiny-q35"
     run = subprocess.run([sys.executable, "-m", "q35f", "quantize", str(path), "-o", str(out),
-                          "--no-progress", "--json"], capture_output=True, text=True,
+                          "--round-to-nearest", "--no-progress", "--json"], capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
     with open_checkpoint(out) as ck:

@@ -233,7 +233,7 @@ def test_bad_arguments_name_themselves(tmp_path):
 
 def test_embedded_model_quantize_info_and_round_trip(tmp_path, capsys):
     out = tmp_path / "smol"
-    assert cli_main(["quantize", "-o", str(out), "--no-progress", "--json"]) == 0
+    assert cli_main(["quantize", "-o", str(out), "--round-to-nearest", "--no-progress", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["source"]["kind"] == "gguf"
     assert summary["linear_params"] == 30 * (2 * 576 * 576 + 2 * 192 * 576 + 3 * 576 * 1536)
@@ -293,7 +293,8 @@ def test_killed_run_leaves_only_a_hidden_partial_directory(tmp_path):
     import time
 
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "q35f", "quantize", "-o", str(out), "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "q35f", "quantize", "-o", str(out), "--round-to-nearest",
+                             "--no-progress"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         shard = None

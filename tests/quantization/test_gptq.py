@@ -83,3 +83,38 @@ def test_calibration_sequences_are_spread_and_checked():
     with pytest.raises(ValueError, match="only 1000 tokens"):
         sequences(ids, 5000, 100)
     assert Calibration("x", 3, 100).tokens == 300
+
+
+def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
+    # Quantize block by block (int8 rounding as the callback) and compare the carried hidden
+    # states with the forward pass of the model made of exactly those quantized weights.
+    from q35f.runtime.model import LlamaConfig, Model, Weights, rms_norm
+    from q35f.quantization.sequential import LayerStream
+    from test_checkpoint import TINY_CONFIG, tiny_weights
+    from test_pairing import _DictCheckpoint
+
+    weights = tiny_weights(TINY_CONFIG, seed=5)
+    ck = _DictCheckpoint(weights, TINY_CONFIG)
+    batches = (np.arange(3 * 24).reshape(3, 24) * 7 + 1) % TINY_CONFIG["vocab_size"]
+    seen = {}
+
+    def quantize(name, w, hessian, mean_square):
+        seen[name] = (hessian.shape, mean_square.shape)
+        assert np.allclose(np.diag(hessian) / batches.size, mean_square)
+        return q35f.quantize(w, 32, "int8")
+
+    stream = LayerStream(ck, TINY_CONFIG, batches, quantize)
+    layers = TINY_CONFIG["num_hidden_layers"]
+    blocks = [stream.block(i) for i in reversed(range(layers))]  # any order: later ones wait
+    assert len(seen) == 7 * layers
+    quantized = dict(weights)
+    for block in blocks:
+        quantized.update(block)
+    cfg = LlamaConfig.from_hf(TINY_CONFIG)
+    model = Model(cfg, Weights.from_checkpoint(_DictCheckpoint(quantized, TINY_CONFIG), cfg), 24)
+    for s in range(batches.shape[0]):
+        expect = model.hidden_states(batches[s], 0)
+        got = rms_norm(stream.x[s], weights["model.norm.weight"], cfg.rms_norm_eps)
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+    with pytest.raises(ValueError, match="already handed out"):
+        stream.block(0)

@@ -109,12 +109,18 @@ def test_activation_pairing_needs_calibration():
     {"pairing": "weight"},
     {"pairing": "activation", "clip_search": True},
     {"pairing": "activation", "gptq": True},
+    # every option at once: what `q35f quantize` does by default, with non-default knobs
+    {"pairing": "activation", "gptq": True, "clip_search": True, "importance": "activation",
+     "importance_prior": 0.3, "damping": 0.05},
+    {"pairing": "weight", "gptq": True, "clip_search": True, "importance": "activation",
+     "sequential": False},
 ])
 def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, options):
     src = write_hf(tmp_path / "src", tiny_tensors(TINY_CONFIG, seed=3))
     text = tmp_path / "calibration.txt"
     text.write_text(CALIBRATION_TEXT)
-    if options.get("pairing") == "activation" or options.get("gptq"):
+    if (options.get("pairing") == "activation" or options.get("gptq")
+            or options.get("importance") == "activation"):
         options = dict(options, calibration=str(text), calibration_tokens=512)
     out = tmp_path / "q"
     # int8 keeps the quantization error small enough to see that the folded model is the same
@@ -124,6 +130,10 @@ def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, op
     assert qc["format_version"] == 1  # the permutation is folded: nothing new to read
     assert qc["pairing"] == options["pairing"]
     assert qc["gptq"] == bool(options.get("gptq"))
+    assert qc["importance"] == options.get("importance", "none")
+    if options.get("gptq"):
+        assert qc["damping"] == options.get("damping", 0.01)
+        assert qc["sequential"] == options.get("sequential", True)
     if "calibration" in options:
         assert qc["calibration"]["tokens"] == 512
     with open_checkpoint(out) as ck:

@@ -1,6 +1,8 @@
 """Real English text for perplexity, fetched once and cached under ~/.cache/q35f/corpora.
 
 - "pydoc": the Python documentation topics shipped with CPython (`pydoc_data.topics`), no download.
+- "generated": text the embedded model wrote itself, shipped in the package (the default
+  calibration text, never an evaluation text; see q35f.io.generated_corpus).
 - Jane Austen's six novels ("prideprejudice", "emma", "sensesensibility", "persuasion",
   "mansfieldpark", "northangerabbey"), from Debian's `r-cran-janeaustenr` package: fetched with
   `apt-get download`, unpacked with `dpkg-deb -x`, read from the R lazy-load database
@@ -34,7 +36,7 @@ AUSTEN = (
 )
 ALIASES = {"sense": "sensesensibility", "pride": "prideprejudice", "mansfield": "mansfieldpark",
            "northanger": "northangerabbey"}
-NAMES = ("pydoc",) + AUSTEN
+NAMES = ("pydoc", "generated") + AUSTEN
 DEBIAN_PACKAGE = "r-cran-janeaustenr"
 _RDATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
 
@@ -57,6 +59,10 @@ def text(name: str) -> str:
     key = canonical_name(name)
     if key == "pydoc":
         return pydoc_text()
+    if key == "generated":
+        from q35f.io.generated_corpus import text as generated_text
+
+        return generated_text()
     path = cache_dir() / "corpora" / f"{key}.txt"
     if not path.exists():
         for novel, body in fetch_austen().items():

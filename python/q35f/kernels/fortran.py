@@ -181,11 +181,15 @@ def dequantize_tiles(qt, first: int, count: int, out: np.ndarray | None = None) 
 
 
 def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
-                       n_grid: int = 32, n_steps: int = 8, scale=None, offset=None):
-    """Like quantize_rows, with clip-searched (search) or given float16 parameters (q35_clip)."""
+                       n_grid: int = 32, n_steps: int = 8, scale=None, offset=None,
+                       importance=None):
+    """Like quantize_rows, with clip-searched (search) or given float16 parameters (q35_clip);
+    importance (K,) float32 weighs each column's squared error in the search (default 1)."""
     fmt = get_format(bits)
     n, k = w.shape
     w = np.ascontiguousarray(w)
+    importance = (np.ones(k, dtype=np.float32) if importance is None
+                  else np.ascontiguousarray(importance, dtype=np.float32))
     groups = n_groups(k, group_size)
     if search:
         scales = np.zeros((groups, n), dtype=np.float32, order="F")
@@ -195,7 +199,7 @@ def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
         offsets = np.asfortranarray(np.asarray(offset, dtype=np.float32).T)
     packed = _kernels.quantize_rows_clip(
         FORMAT_IDS[fmt.name], group_size, row_bytes(k, bits), int(bool(search)),
-        n_grid, n_steps, w.T, scales, offsets,
+        n_grid, n_steps, w.T, importance, scales, offsets,
     )
     return (
         packed_to_tiles(packed.T.view(np.uint8), bits),

@@ -233,11 +233,14 @@ def quantize_with_params(w, offset, scale, group_size: int = 128, bits: str = "q
     return pack_levels(levels, k, bits)
 
 
-def group_error(w, offset, scale, bits: str = "q35"):
-    """Squared error of each group w[..., :] (first weight even) on its grid, float64, summed
-    weight by weight in order (the kernel's order, so both pick the same candidate)."""
+def group_error(w, offset, scale, bits: str = "q35", importance=None):
+    """Squared error of each group w[..., :] (first weight even) on its grid, each weight's term
+    times importance[i] (float32, default 1), float64, summed weight by weight in order (the
+    kernel's order, so both pick the same candidate)."""
     fmt = get_format(bits)
     w = np.asarray(w, dtype=np.float32)
+    imp = (np.ones(w.shape[-1]) if importance is None
+           else np.asarray(importance, dtype=np.float32).astype(np.float64))
     offset = np.asarray(offset, dtype=np.float32)
     scale = np.asarray(scale, dtype=np.float32)
     odd_step = step3(scale) if fmt.name == "q35" else scale
@@ -246,25 +249,29 @@ def group_error(w, offset, scale, bits: str = "q35"):
         step, count = (odd_step, fmt.odd_levels) if i % 2 else (scale, fmt.even_levels)
         q = offset + step * to_levels(w[..., i], offset, step, count).astype(np.float32)
         diff = q.astype(np.float64) - w[..., i].astype(np.float64)
-        err += diff * diff
+        err += imp[i] * (diff * diff)
     return err
 
 
-def clip_params(w, group_size: int = 128, bits: str = "q35", n_grid: int = 32, n_steps: int = 8):
+def clip_params(w, group_size: int = 128, bits: str = "q35", n_grid: int = 32, n_steps: int = 8,
+                importance=None):
     """Per group, the §4 parameters of the shrunken range [lo + i*d, hi - j*d], d = (hi-lo)/n_grid,
-    0 <= i, j < n_steps, with the least group_error; (0, 0) = min/max wins ties.
-    Returns offset, scale float32 (N, groups), exact float16 values."""
+    0 <= i, j < n_steps, with the least group_error weighted by importance (K,) (default: all
+    ones); (0, 0) = min/max wins ties. Returns offset, scale float32 (N, groups), exact float16
+    values."""
     fmt = get_format(bits)
     w = np.asarray(w, dtype=np.float32)
     rows, k = w.shape
+    imp = np.ones(k, np.float32) if importance is None else np.asarray(importance, np.float32)
     top = fmt.even_levels - 1
     offset = np.empty((rows, n_groups(k, group_size)), dtype=np.float32)
     scale = np.empty_like(offset)
     for g in range(offset.shape[1]):
         block = w[:, g * group_size:(g + 1) * group_size]
+        block_imp = imp[g * group_size:(g + 1) * group_size]
         lo, hi = block.min(axis=1), block.max(axis=1)
         best_off, best_scale = group_params(lo, hi, top)
-        best = group_error(block, best_off, best_scale, bits)
+        best = group_error(block, best_off, best_scale, bits, block_imp)
         delta = (hi - lo) / np.float32(n_grid)
         for i in range(n_steps):
             low = lo + np.float32(i) * delta
@@ -275,7 +282,7 @@ def clip_params(w, group_size: int = 128, bits: str = "q35", n_grid: int = 32, n
                 valid = high > low
                 cand_off, cand_scale = group_params(np.where(valid, low, lo),
                                                     np.where(valid, high, hi), top)
-                err = group_error(block, cand_off, cand_scale, bits)
+                err = group_error(block, cand_off, cand_scale, bits, block_imp)
                 better = valid & (err < best)
                 best = np.where(better, err, best)
                 best_off = np.where(better, cand_off, best_off)

@@ -195,12 +195,14 @@ def _check_float32(array, name: str) -> None:
 
 
 def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_search: bool = False,
-             params=None) -> QuantizedTensor:
+             params=None, importance=None) -> QuantizedTensor:
     """Quantize a float32 (N, K) matrix row by row in groups of `group_size` (FORMAT.md §4, §6).
 
     clip_search: choose each group's parameters among shrunken ranges by least squared error
     (q35_clip) instead of raw min/max. params: (offset, scale) float16 (N, groups) to use as
     given; levels are then computed per §4 from them, clamped (for error feedback, q35f.quantization.gptq).
+    importance: (K,) non-negative weights of each column's squared error in the clip search
+    (e.g. E[x^2] of the layer's inputs on calibration text); default all 1.
     """
     get_format(bits)
     check_group_size(group_size)
@@ -225,7 +227,17 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
         tiles, scales, offsets = kernels.quantize_rows_clip(
             w, group_size, bits, False, scale=scale, offset=offset)
     elif clip_search:
-        tiles, scales, offsets = kernels.quantize_rows_clip(w, group_size, bits, True)
+        if importance is not None:
+            importance = np.asarray(importance)
+            if importance.shape != (w.shape[1],):
+                raise ValueError(f"importance must have shape ({w.shape[1]},), got "
+                                 f"{importance.shape}")
+            if not (np.isfinite(importance).all() and (importance >= 0).all()):
+                raise ValueError("importance must be finite and non-negative")
+        tiles, scales, offsets = kernels.quantize_rows_clip(w, group_size, bits, True,
+                                                            importance=importance)
+    elif importance is not None:
+        raise ValueError("importance is used only by the clip search (clip_search=True)")
     else:
         tiles, scales, offsets = kernels.quantize_rows(w, group_size, bits)
     return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits)

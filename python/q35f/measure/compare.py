@@ -35,29 +35,40 @@ COLUMNS = [  # (key, header, format)
 ]
 
 
+def default_recipe(bits: str) -> str:
+    """q35 is measured as `q35f quantize` makes it; the int baselines with plain rounding."""
+    return "calibrated" if bits == "q35" else "round-to-nearest"
+
+
 def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=None,
-                 force: bool = False, progress: bool = True, clip_search: bool = False) -> Path:
-    """The q35f directory of `source` quantized with `bits`, made once and reused."""
+                 force: bool = False, progress: bool = True, recipe: str | None = None) -> Path:
+    """The q35f directory of `source` quantized with `bits` and `recipe` (q35f.improve.RECIPES;
+    default: default_recipe(bits)), made once and reused."""
     from q35f.io.checkpoint import open_checkpoint
     from q35f.quantization.convert import quantize_checkpoint
     from q35f.io.corpora import cache_dir
+    from q35f.quantization.recipe import RECIPES
 
+    recipe = recipe or default_recipe(bits)
+    options = RECIPES[recipe]
     source = Path(source)
     root = Path(out_dir) if out_dir is not None else cache_dir() / "models"
     stem = source.name[:-5] if source.name.endswith(".gguf") else source.name
-    out = root / f"{stem}-{bits}-g{group_size}-head{head_bits}{'-clip' if clip_search else ''}"
+    out = root / f"{stem}-{bits}-g{group_size}-head{head_bits}-{recipe}"
     if out.exists() and not force:
         try:
             with open_checkpoint(out) as ck:
                 qc = ck.quant_config or {}
-            if (qc.get("bits"), qc.get("group_size"), qc.get("head_bits"),
-                    bool(qc.get("clip_search"))) == (bits, group_size, head_bits, clip_search):
+            absent = {"clip_search": False, "pairing": "none", "gptq": False, "importance": "none"}
+            same = all(qc.get(key, absent[key]) == value for key, value in options.items())
+            if (qc.get("bits"), qc.get("group_size"), qc.get("head_bits")) == (
+                    bits, group_size, head_bits) and same:
                 return out
         except (ValueError, FileNotFoundError, KeyError):
             pass  # unreadable or different: make it again
         force = True
     quantize_checkpoint(source, out, bits=bits, group_size=group_size, head_bits=head_bits,
-                        force=force, progress=progress, clip_search=clip_search)
+                        force=force, progress=progress, **options)
     return out
 
 
@@ -65,7 +76,7 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
             text_file=None, ctx: int = 512, max_tokens: int | None = DEFAULT_MAX_TOKENS,
             runs: int = 3, prompt_tokens: int = 512, decode_tokens: int = 128,
             head_bits: str = "int8", out_dir=None, force: bool = False, speed: bool = True,
-            progress: bool = True, clip_search: bool = False,
+            progress: bool = True, recipe: str | None = None,
             threads: int | None = None) -> list[dict]:
     """One dict per variant with sizes, PPL, ΔPPL vs the first fp32 row, speed and memory."""
     from q35f.measure.benchmark import bench_model
@@ -93,7 +104,7 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
         if progress:
             print(f"[{b}]", file=sys.stderr)
         path = source if b == "fp32" else variant_path(source, b, group_size, head_bits, out_dir,
-                                                         force, progress, clip_search)
+                                                         force, progress, recipe)
         model_, ckpt = load_model(path, max_seq_len=ctx)
         stats = model_.stats()
         result = perplexity(model_, ids, ctx=ctx, max_tokens=max_tokens, progress=progress,
@@ -104,7 +115,7 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
             "variant": b,
             "group_size": None if b == "fp32" else group_size,
             "head_bits": None if b == "fp32" else head_bits,
-            "clip_search": None if b == "fp32" else clip_search,
+            "recipe": None if b == "fp32" else (recipe or default_recipe(b)),
             "path": str(path),
             "bits_per_weight": result["bits_per_weight"],
             "file_bits_per_weight": 8 * size / stats["params"],
@@ -184,9 +195,11 @@ def register(subparsers):
     p.add_argument("--runs", type=int, default=None, help="benchmark repetitions (default 3)")
     p.add_argument("--quick", action="store_true",
                    help="CI-sized: 1024 tokens, ctx 256, 1 run, 128-token prompt, 32 decoded")
-    p.add_argument("--clip-search", action="store_true",
-                   help="quantize every variant with q35f quantize --clip-search (per-group "
-                        "range search) instead of plain min/max groups")
+    p.add_argument("--recipe", default=None,
+                   choices=["calibrated", "data-free", "round-to-nearest"],
+                   help="quantize every variant with this q35f quantize recipe (default: "
+                        "calibrated, what plain q35f quantize does, for q35; round-to-nearest "
+                        "for the int8/int4/int3 baselines)")
     p.add_argument("--threads", type=int, default=None,
                    help="threads of the benchmark processes (default: all cores)")
     p.add_argument("--no-speed", action="store_true", help="only sizes and perplexity")
@@ -215,7 +228,7 @@ def _command(args) -> int:
     quiet = args.json or args.csv
     rows = compare(args.model, bits, args.group_size, args.corpus, args.text,
                    head_bits=args.head_bits, out_dir=args.out_dir, force=args.force,
-                   speed=not args.no_speed, progress=not quiet, clip_search=args.clip_search,
+                   speed=not args.no_speed, progress=not quiet, recipe=args.recipe,
                    threads=args.threads, **settings)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -226,6 +239,6 @@ def _command(args) -> int:
         print(f"{Path(r0['path']).name if r0['variant'] == 'fp32' else r0['path']}: "
               f"PPL on {r0['text']} ({r0['tokens']} tokens scored, ctx {r0['ctx']}); "
               f"group size {args.group_size}, embedding/head {args.head_bits}"
-              f"{', clip search' if args.clip_search else ', min/max groups'}")
+              f", recipe {args.recipe or 'calibrated for q35, round-to-nearest otherwise'}")
         print(format_table(rows))
     return 0

@@ -1,7 +1,9 @@
 """Measure quantization options: quantize the model with each, then its perplexity on held-out text.
 
-    python -m q35f.measure.quality --out results/quality.csv --windows 16 \
+    python -m q35f.measure.quality --out results/quality.csv --windows 16 --eval prideprejudice,pydoc \
         --config rtn: --config clip:clip_search=1 --config gptq:gptq=1,calibration=emma
+
+Each config is quantized once and measured on every --eval text (one CSV row per text).
 
 Perplexity: the text is tokenized once; the first `windows` non-overlapping windows of
 `window` tokens are run through the model, every token but the first of each window scored
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -36,35 +39,51 @@ def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
     return result["ppl"], result["tokens"]
 
 
+def _load() -> str:
+    """The 1-minute load average now (the machine is shared: times need it next to them)."""
+    return f"load avg {os.getloadavg()[0]:.1f}"
+
+
 def _parse_config(spec: str):
     """'name:key=value,key=value' -> (name, kwargs of quantize_checkpoint)."""
     name, _, rest = spec.partition(":")
     kwargs = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
-        if key in ("clip_search", "gptq"):
+        if key == "recipe":  # q35f.improve.RECIPES: what the CLI's recipe flags select
+            from q35f.quantization.recipe import RECIPES
+
+            kwargs.update(RECIPES[value])
+        elif key in ("clip_search", "gptq", "sequential"):
             kwargs[key] = value not in ("0", "false", "")
         elif key in ("group_size", "calibration_tokens"):
             kwargs[key] = int(value)
+        elif key in ("importance_prior", "damping"):
+            kwargs[key] = float(value)
         else:
             kwargs[key] = value
     return name, kwargs
 
 
 def main(argv=None) -> int:
-    from q35f.io import corpora
     from q35f.quantization.convert import quantize_checkpoint
 
     parser = argparse.ArgumentParser(prog="python -m q35f.measure.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", default=None, help="source checkpoint (default: embedded)")
-    parser.add_argument("--eval", default="prideprejudice", help="evaluation corpus or file")
+    parser.add_argument("--eval", default="prideprejudice",
+                        help="evaluation corpora or files, comma-separated")
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--config", action="append", default=[],
                         help="NAME:key=value,... options of quantize_checkpoint (repeatable)")
     parser.add_argument("--fp32", action="store_true", help="also measure the float model")
+    parser.add_argument("--fp32-from", metavar="CSV", default=None,
+                        help="take the float model's PPL from the fp32 rows of an earlier run "
+                        "with the same --windows/--window instead of measuring it again")
     parser.add_argument("--out", required=True, help="CSV to append rows to")
+    parser.add_argument("--keep", metavar="DIR", default=None,
+                        help="keep each quantized model as DIR/NAME (default: a temporary one)")
     args = parser.parse_args(argv)
 
     from q35f.quantization import calibrate
@@ -72,48 +91,56 @@ def main(argv=None) -> int:
 
     calibrate.CACHE = True  # configs sharing a calibration compute it once
 
-    text = calibration_text(args.eval) if Path(args.eval).is_file() else corpora.text(args.eval)
+    evals = [e for e in args.eval.split(",") if e]
+    texts = {e: calibration_text(e) for e in evals}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["config", "options", "bits", "group_size", "linear_bits_per_weight",
               "file_bits_per_weight", "quantize_seconds", "eval", "windows", "tokens", "ppl",
-              "delta_ppl_pct", "fp32_ppl"]
+              "delta_ppl_pct", "fp32_ppl", "note"]
     new = not out.exists()
-    fp32 = None
-    rows = []
-    if args.fp32:
-        fp32, tokens = perplexity(args.src, text, args.windows, args.window)
-        rows.append({"config": "fp32", "options": "{}", "bits": "fp32", "ppl": f"{fp32:.4f}",
-                     "eval": args.eval, "windows": args.windows, "tokens": tokens,
-                     "delta_ppl_pct": "0.00", "fp32_ppl": f"{fp32:.4f}"})
-        print(f"fp32: ppl {fp32:.4f} on {tokens} tokens", flush=True)
+    fp32 = {}
+    if args.fp32_from:
+        with open(args.fp32_from, newline="") as old:
+            fp32 = {r["eval"]: float(r["ppl"]) for r in csv.DictReader(old)
+                    if r["config"] == "fp32" and int(r["windows"]) == args.windows}
     with open(out, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-        f.flush()
+        if args.fp32:
+            for e in evals:
+                fp32[e], tokens = perplexity(args.src, texts[e], args.windows, args.window)
+                writer.writerow({"config": "fp32", "options": "{}", "bits": "fp32",
+                                 "ppl": f"{fp32[e]:.4f}", "eval": e, "windows": args.windows,
+                                 "tokens": tokens, "delta_ppl_pct": "0.00",
+                                 "fp32_ppl": f"{fp32[e]:.4f}", "note": _load()})
+                f.flush()
+                print(f"fp32 {e}: ppl {fp32[e]:.4f} on {tokens} tokens", flush=True)
         for spec in args.config:
             name, kwargs = _parse_config(spec)
             with tempfile.TemporaryDirectory(prefix="q35f-quality-") as tmp:
-                started = time.perf_counter()
-                summary = quantize_checkpoint(args.src, Path(tmp) / "model", progress=True,
+                model = Path(args.keep) / name if args.keep else Path(tmp) / "model"
+                started, cpu = time.perf_counter(), time.process_time()
+                summary = quantize_checkpoint(args.src, model, progress=True, force=True,
                                               **kwargs)
                 seconds = time.perf_counter() - started
-                ppl, tokens = perplexity(Path(tmp) / "model", text, args.windows, args.window)
-            row = {"config": name, "options": json.dumps(kwargs, sort_keys=True),
-                   "bits": summary["bits"], "group_size": summary["group_size"],
-                   "linear_bits_per_weight": f"{summary['linear_bits_per_weight']:.4f}",
-                   "file_bits_per_weight": f"{summary['bits_per_weight']:.4f}",
-                   "quantize_seconds": f"{seconds:.1f}", "eval": args.eval,
-                   "windows": args.windows, "tokens": tokens, "ppl": f"{ppl:.4f}"}
-            if fp32:
-                row["fp32_ppl"] = f"{fp32:.4f}"
-                row["delta_ppl_pct"] = f"{100 * (ppl / fp32 - 1):.2f}"
-            writer.writerow(row)
-            f.flush()
-            print(json.dumps(row), flush=True)
+                note = f"{_load()}; quantize cpu {time.process_time() - cpu:.0f} s"
+                for e in evals:
+                    ppl, tokens = perplexity(model, texts[e], args.windows, args.window)
+                    row = {"config": name, "options": json.dumps(kwargs, sort_keys=True),
+                           "bits": summary["bits"], "group_size": summary["group_size"],
+                           "linear_bits_per_weight": f"{summary['linear_bits_per_weight']:.4f}",
+                           "file_bits_per_weight": f"{summary['bits_per_weight']:.4f}",
+                           "quantize_seconds": f"{seconds:.1f}", "eval": e,
+                           "windows": args.windows, "tokens": tokens, "ppl": f"{ppl:.4f}",
+                           "note": note}
+                    if e in fp32:
+                        row["fp32_ppl"] = f"{fp32[e]:.4f}"
+                        row["delta_ppl_pct"] = f"{100 * (ppl / fp32[e] - 1):.2f}"
+                    writer.writerow(row)
+                    f.flush()
+                    print(json.dumps(row), flush=True)
     return 0
 
 

@@ -138,6 +138,18 @@ def collect(model, batches: np.ndarray, source: str = "?", hessians: bool = True
     return calib
 
 
+def calibration_batches(ck, spec: str, n_tokens: int,
+                        sequence_length: int = DEFAULT_SEQUENCE_LENGTH) -> np.ndarray:
+    """(n, sequence_length) token ids of calibration text `spec`, spread over the text."""
+    try:
+        tokenizer = ck.tokenizer
+    except FileNotFoundError as err:
+        raise ValueError(f"{err}: calibration needs the checkpoint's tokenizer; pass "
+                         "--no-calibration for the data-free recipe") from None
+    ids = tokenizer.encode(calibration_text(spec), add_special_tokens=False).ids
+    return sequences(ids, n_tokens, sequence_length)
+
+
 def calibrate_checkpoint(ck, spec: str, n_tokens: int, sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
                          hessians: bool = True, progress: bool = True) -> Calibration:
     """Calibration statistics of the float model of open checkpoint `ck` on text `spec`."""
@@ -146,9 +158,7 @@ def calibrate_checkpoint(ck, spec: str, n_tokens: int, sequence_length: int = DE
     key = (str(ck.path), spec, int(n_tokens), int(sequence_length))
     if _CACHE.get("key") == key and (_CACHE["value"].hessian or not hessians):
         return _CACHE["value"]
-    text = calibration_text(spec)
-    ids = ck.tokenizer.encode(text, add_special_tokens=False).ids
-    batches = sequences(ids, n_tokens, sequence_length)
+    batches = calibration_batches(ck, spec, n_tokens, sequence_length)
     config = LlamaConfig.from_hf(ck.config)
     model = Model(config, Weights.from_checkpoint(ck, config), max_seq_len=sequence_length)
     try:

@@ -19,8 +19,8 @@ leaves a complete-looking model behind.
 
 from __future__ import annotations
 
+import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,9 +117,13 @@ def _write_tensor(src, p: _Planned, writer: SafetensorsWriter, group_size, bar, 
 def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", force=False,
                         progress=True, max_shard_bytes=DEFAULT_SHARD_BYTES, clip_search=False,
                         pairing="none", gptq=False, calibration=None,
-                        calibration_tokens=None) -> dict:
+                        calibration_tokens=None, importance="none", importance_prior=None,
+                        damping=None, sequential=True) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
-    the q35f directory `out`. Returns a summary with sizes and bits/weight."""
+    the q35f directory `out`. Returns a summary with sizes and bits/weight.
+
+    The keyword defaults are plain round-to-nearest; `q35f quantize` without options uses
+    q35f.improve.RECIPES["calibrated"] (pass **RECIPES[...] for the same here)."""
     from tqdm import tqdm
 
     if bits not in FORMATS:
@@ -148,12 +152,18 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             "head_bits": head_bits,
         }
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
-        if clip_search or gptq or pairing != "none" or calibration is not None:
-            from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS, Improver
+        if (clip_search or gptq or pairing != "none" or importance != "none"
+                or calibration is not None):
+            from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
+                                  Improver)
 
             improver = Improver(ck, clip_search, pairing, gptq, calibration,
                                 calibration_tokens or DEFAULT_CALIBRATION_TOKENS,
-                                progress=progress)
+                                progress=progress, importance=importance,
+                                importance_prior=(DEFAULT_IMPORTANCE_PRIOR
+                                                  if importance_prior is None
+                                                  else importance_prior),
+                                damping=damping, sequential=sequential)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -276,19 +286,37 @@ def register(subparsers):
     p.add_argument("--head-bits", default="int8", choices=list(HEAD_CHOICES),
                    help="format of the token embedding and output head (default int8; fp16/fp32 "
                    "keep them float)")
-    p.add_argument("--clip-search", action="store_true",
+    recipe = p.add_mutually_exclusive_group()
+    recipe.add_argument("--no-calibration", dest="recipe", action="store_const",
+                        const="data-free", default="calibrated",
+                        help="data-free: clip search and weight-norm pairing only, no calibration "
+                        "text (default: GPTQ error feedback + importance-weighted clip search + "
+                        "activation pairing, calibrated on the built-in generated text)")
+    recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
+                        const="round-to-nearest",
+                        help="plain per-group min/max rounding, nothing searched or calibrated")
+    p.add_argument("--clip-search", action=argparse.BooleanOptionalAction, default=None,
                    help="per group, float16 offset/scale of the shrunken range with the least "
-                   "squared error instead of raw min/max (no data needed)")
-    p.add_argument("--pairing", default="none", choices=["none", "weight", "activation"],
+                   "(importance-weighted) squared error instead of raw min/max")
+    p.add_argument("--pairing", default=None, choices=["none", "weight", "activation"],
                    help="order input channels so the important half gets the 4-bit positions: "
                    "by weight column norms or by calibration activations (folded into the "
                    "model; the file format does not change)")
-    p.add_argument("--gptq", action="store_true",
+    p.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="error feedback: push each column's rounding error onto later columns "
                    "with the inverse Hessian of the calibration inputs")
+    p.add_argument("--importance", default=None, choices=["none", "activation"],
+                   help="weigh the clip search's squared error by each input column's E[x^2] "
+                   "on the calibration text (llama.cpp's importance matrix)")
+    p.add_argument("--importance-prior", type=float, default=None, metavar="P",
+                   help="uniform prior mixed into the importance, (1-P) E[x^2]/mean + P "
+                   "(default 0.1; 1 = unweighted)")
+    p.add_argument("--damping", type=float, default=None, metavar="D",
+                   help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
+                   "(default 0.01)")
     p.add_argument("--calibration", default=None, metavar="FILE|CORPUS",
-                   help="calibration text for --gptq / --pairing activation: a text file or a "
-                   "corpus name (pydoc, emma, ...; default emma)")
+                   help="calibration text: a text file or a corpus name (generated, pydoc, "
+                   "emma, ...; default generated: text the embedded model wrote itself)")
     p.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
                    help="calibration tokens, in sequences of 128 (default 8192)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
@@ -311,13 +339,26 @@ def register(subparsers):
     p.set_defaults(func=_info_command)
 
 
+def recipe_options(args) -> dict:
+    """quantize_checkpoint options of the chosen recipe, overridden by the flags given."""
+    from q35f.quantization.recipe import RECIPES
+
+    options = dict(RECIPES[args.recipe])
+    for key in ("clip_search", "pairing", "gptq", "importance"):
+        if getattr(args, key) is not None:
+            options[key] = getattr(args, key)
+    if not options["clip_search"] and args.importance is None:
+        options["importance"] = "none"  # --no-clip-search: nothing left to weigh
+    options.update(calibration=args.calibration, calibration_tokens=args.calibration_tokens,
+                   importance_prior=args.importance_prior, damping=args.damping)
+    return options
+
+
 def _quantize_command(args) -> int:
     summary = quantize_checkpoint(
         args.src, args.output, bits=args.bits, group_size=args.group_size,
         head_bits=args.head_bits, force=args.force, progress=not args.no_progress,
-        max_shard_bytes=int(args.max_shard_gb * 1024**3), clip_search=args.clip_search,
-        pairing=args.pairing, gptq=args.gptq, calibration=args.calibration,
-        calibration_tokens=args.calibration_tokens,
+        max_shard_bytes=int(args.max_shard_gb * 1024**3), **recipe_options(args),
     )
     if args.json:
         print(json.dumps(summary))

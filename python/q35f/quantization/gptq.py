@@ -33,23 +33,26 @@ def inverse_hessian_factor(hessian: np.ndarray, damping: float = DEFAULT_DAMPING
     h[dead, dead] = 1.0
     diag = np.diag(h)
     h[np.diag_indices(k)] += damping * diag.mean()
-    lower = np.linalg.cholesky(h)
-    inv_lower = np.linalg.solve(lower, np.eye(k))  # L^-1
-    h_inv = inv_lower.T @ inv_lower
-    return np.ascontiguousarray(np.linalg.cholesky(h_inv).T)  # H^-1 = L L^T, U = L^T
+    # One Cholesky: reversing the order (J H J = M M^T) gives H = R R^T with R = J M J upper,
+    # so U = R^-1 is upper and U^T U = R^-T R^-1 = H^-1.
+    r = np.linalg.cholesky(h[::-1, ::-1])[::-1, ::-1]
+    return np.ascontiguousarray(np.triu(np.linalg.inv(r)))
 
 
-def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search: bool):
+def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search: bool,
+                      importance=None):
     """float16 offset, scale (N,) of one group's current weights."""
     from q35f.kernels.tensor import quantize
 
-    qt = quantize(np.ascontiguousarray(block), group_size, bits, clip_search=clip_search)
+    qt = quantize(np.ascontiguousarray(block), group_size, bits, clip_search=clip_search,
+                  importance=importance)
     return qt.offset[:, 0], qt.scale[:, 0]
 
 
 def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits: str = "q35",
-                  clip_search: bool = False):
-    """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H)."""
+                  clip_search: bool = False, importance=None):
+    """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H);
+    importance (K,): the clip search's column weights (see q35f.quantize)."""
     from q35f.kernels.tensor import quantize
 
     fmt = get_format(bits)
@@ -66,7 +69,9 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
     for g in range(groups):
         first, last = g * group_size, min((g + 1) * group_size, k)
         block = work[:, first:last]  # a view: updated in place below
-        off16, scale16 = _group_parameters(block, group_size, bits, clip_search)
+        off16, scale16 = _group_parameters(
+            block, group_size, bits, clip_search,
+            None if importance is None else importance[first:last])
         offsets[:, g], scales[:, g] = off16, scale16
         offset = off16.astype(np.float32)
         scale = scale16.astype(np.float32)

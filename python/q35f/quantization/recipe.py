@@ -1,6 +1,12 @@
 """Beyond round-to-nearest, behind `q35f quantize` options: clip search, importance-aware
-pairing, error feedback (GPTQ), calibration data. The file format does not change: pairing is
-folded into the model (q35f.quantization.pairing) and the other two only choose parameters and levels.
+pairing, error feedback (GPTQ), importance-weighted searches, calibration data. The file format
+does not change: pairing is folded into the model (q35f.quantization.pairing) and the others only choose
+parameters and levels.
+
+Importance ("activation", with calibration): each input column's E[x_c^2] over the calibration
+tokens, normalised to mean 1 and mixed with a uniform prior, imp = (1 - p) E[x^2]/mean + p,
+weighs the clip search's squared error (llama.cpp's importance matrix); the prior p keeps
+columns that happened to be quiet on the calibration text from being ignored (overfitting).
 
 `Improver(ck, ...)` prepares everything a conversion needs from the open source checkpoint:
 `source` (the checkpoint as the writer should read it, permuted when pairing), `quantize(name,
@@ -16,40 +22,100 @@ import time
 from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH, calibrate_checkpoint, input_key
 from q35f.quantization.pairing import PAIRINGS, PermutedCheckpoint, build_permutations
 
-DEFAULT_CALIBRATION = "emma"
+DEFAULT_CALIBRATION = "generated"  # the model's own text (q35f.io.generated_corpus), no author
 DEFAULT_CALIBRATION_TOKENS = 8192
+PAIRING_TOKENS = 1024  # float-model tokens for the pairing's mean squares (sequential GPTQ)
+IMPORTANCES = ("none", "activation")
+# What `q35f quantize` does without options, and with --no-calibration / --round-to-nearest.
+RECIPES = {
+    "calibrated": {"clip_search": True, "pairing": "activation", "gptq": True,
+                   "importance": "activation"},
+    "data-free": {"clip_search": True, "pairing": "weight", "gptq": False, "importance": "none"},
+    "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
+                         "importance": "none"},
+}
+DEFAULT_IMPORTANCE_PRIOR = 0.1
+
+
+def mixed_importance(mean_square, prior: float = DEFAULT_IMPORTANCE_PRIOR):
+    """(1 - prior) * mean_square / its mean + prior, float32 (a uniform prior mixed in)."""
+    import numpy as np
+
+    ms = np.asarray(mean_square, dtype=np.float64)
+    mean = ms.mean()
+    rel = ms / mean if mean > 0 else np.ones_like(ms)
+    return ((1 - prior) * rel + prior).astype(np.float32)
 
 
 class Improver:
     def __init__(self, ck, clip_search=False, pairing="none", gptq=False, calibration=None,
                  calibration_tokens=DEFAULT_CALIBRATION_TOKENS,
-                 sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True):
+                 sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
+                 importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True):
+        from q35f.quantization.gptq import DEFAULT_DAMPING
+
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {list(PAIRINGS)}, got {pairing!r}")
+        if importance not in IMPORTANCES:
+            raise ValueError(f"importance must be one of {list(IMPORTANCES)}, got {importance!r}")
+        if importance != "none" and not clip_search:
+            raise ValueError("--importance weighs the clip search: it needs --clip-search")
+        if not 0 <= float(importance_prior) <= 1:
+            raise ValueError(f"importance_prior must lie in [0, 1], got {importance_prior}")
         self.clip_search = bool(clip_search)
         self.pairing = pairing
         self.gptq = bool(gptq)
+        self.importance = importance
+        self.importance_prior = float(importance_prior)
+        self.damping = DEFAULT_DAMPING if damping is None else float(damping)
+        if self.damping <= 0:
+            raise ValueError(f"damping must be positive, got {self.damping}")
         self.calib = None
         self.seconds = {}
-        needs_data = self.gptq or pairing == "activation"
+        needs_data = self.gptq or pairing == "activation" or importance == "activation"
         if calibration is not None and not needs_data:
-            raise ValueError("--calibration is used only by --gptq or --pairing activation")
-        if needs_data:
+            raise ValueError("--calibration is used only by --gptq, --pairing activation or "
+                             "--importance activation")
+        # GPTQ block by block on quantized inputs (q35f.quantization.sequential); the float pass below then
+        # only feeds the pairing, with fewer tokens (mean squares settle fast).
+        self.sequential = self.gptq and bool(sequential)
+        self.spec = calibration or DEFAULT_CALIBRATION
+        self.calibration_tokens = int(calibration_tokens)
+        self.sequence_length = int(sequence_length)
+        self.progress = progress
+        float_pass = needs_data and not (self.sequential and pairing != "activation")
+        if float_pass:
             started = time.perf_counter()
+            tokens = (min(self.calibration_tokens, PAIRING_TOKENS) if self.sequential
+                      else self.calibration_tokens)
             self.calib = calibrate_checkpoint(
-                ck, calibration or DEFAULT_CALIBRATION, int(calibration_tokens),
-                sequence_length, hessians=self.gptq, progress=progress)
+                ck, self.spec, tokens, sequence_length,
+                hessians=self.gptq and not self.sequential, progress=progress)
             self.seconds["calibration"] = round(time.perf_counter() - started, 3)
+            if progress:
+                print(f"calibrated on {self.calib.tokens} tokens of {self.calib.source} in "
+                      f"{self.seconds['calibration']:.1f} s", file=sys.stderr)
         self.perms = build_permutations(ck, ck.config, pairing, self.calib)
         self.source = PermutedCheckpoint(ck, self.perms) if self.perms else ck
         self._factors = {}
-        if progress and needs_data:
-            print(f"calibrated on {self.calib.tokens} tokens of {self.calib.source} in "
-                  f"{self.seconds['calibration']:.1f} s", file=sys.stderr)
+        self._stream = None  # sequential: the LayerStream, made at the first linear weight
+        self._block = {}  # sequential: the current block's QuantizedTensors by name
+        self._rows_done = {}  # sequential: rows of each of them already handed out
 
     def describe(self) -> dict:
-        out = {"clip_search": self.clip_search, "pairing": self.pairing, "gptq": self.gptq}
-        if self.calib is not None:
+        out = {"clip_search": self.clip_search, "pairing": self.pairing, "gptq": self.gptq,
+               "importance": self.importance}
+        if self.importance != "none":
+            out["importance_prior"] = self.importance_prior
+        if self.gptq:
+            out["damping"] = self.damping
+            out["sequential"] = self.sequential
+        if self.sequential:
+            out["calibration"] = {"source": self.spec, "tokens": self.calibration_tokens,
+                                  "sequence_length": self.sequence_length}
+            if self.calib is not None:
+                out["calibration"]["pairing_tokens"] = self.calib.tokens
+        elif self.calib is not None:
             out["calibration"] = self.calib.describe()
         return out
 
@@ -64,16 +130,62 @@ class Improver:
             h = self.calib.hessian[key]
             if cols is not None:
                 h = h[cols][:, cols]
-            self._factors = {cache_key: inverse_hessian_factor(h)}  # one input at a time
+            self._factors = {cache_key: inverse_hessian_factor(h, self.damping)}  # one input
         return self._factors[cache_key]
+
+    def _importance(self, name):
+        """Per input column (permuted like the weight) weights of the clip search, or None."""
+        if self.importance == "none":
+            return None
+        imp = mixed_importance(self.calib.mean_square[input_key(name)], self.importance_prior)
+        cols = self.perms.get(name, (None, None))[1]
+        return imp if cols is None else imp[cols]
+
+    def _sequential_rows(self, name, w, group_size, bits):
+        """The next len(w) rows of `name` as quantized by the LayerStream."""
+        from q35f.quantization.calibrate import calibration_batches
+        from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor
+        from q35f.quantization.sequential import LayerStream
+        from q35f.kernels.tensor import QuantizedTensor
+
+        if self._stream is None:
+            factor = [None, None]  # (hessian, its factor): q/k/v and gate/up share an input
+
+            def quantize_full(tensor, weight, hessian, mean_square):
+                if factor[0] is not hessian:
+                    factor[:] = hessian, inverse_hessian_factor(hessian, self.damping)
+                imp = (mixed_importance(mean_square, self.importance_prior)
+                       if self.importance != "none" else None)
+                return gptq_quantize(weight, factor[1], group_size, bits, self.clip_search,
+                                     importance=imp)
+
+            started = time.perf_counter()
+            batches = calibration_batches(self.source, self.spec, self.calibration_tokens,
+                                          self.sequence_length)
+            self._stream = LayerStream(self.source, self.source.config, batches, quantize_full)
+            self.seconds["sequential_setup"] = round(time.perf_counter() - started, 3)
+        if name not in self._block:
+            self._block = self._stream.block(input_key(name)[0])
+            self._rows_done = {}
+        qt = self._block[name]
+        start = self._rows_done.get(name, 0)
+        stop = start + w.shape[0]
+        self._rows_done[name] = stop
+        return QuantizedTensor.from_packed(qt.packed[start:stop], qt.scale[start:stop],
+                                           qt.offset[start:stop], (stop - start, qt.shape[1]),
+                                           qt.group_size, qt.bits)
 
     def quantize(self, name, w, group_size, bits):
         from q35f.kernels.tensor import quantize
 
         if input_key(name) is None:  # embedding / head: plain round-to-nearest
             return quantize(w, group_size, bits)
+        if self.sequential:
+            return self._sequential_rows(name, w, group_size, bits)
         if self.gptq:
             from q35f.quantization.gptq import gptq_quantize
 
-            return gptq_quantize(w, self._factor(name), group_size, bits, self.clip_search)
-        return quantize(w, group_size, bits, clip_search=self.clip_search)
+            return gptq_quantize(w, self._factor(name), group_size, bits, self.clip_search,
+                                 importance=self._importance(name))
+        return quantize(w, group_size, bits, clip_search=self.clip_search,
+                        importance=self._importance(name))
