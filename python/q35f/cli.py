@@ -12,10 +12,13 @@ import os
 import sys
 
 # Add a module here when it defines a command.
-COMMAND_MODULES: tuple[str, ...] = ("q35f.format.sizing", "q35f.paper", "q35f.serve.server", "q35f.quantization.convert",
-                                    "q35f.runtime.generate", "q35f.measure.perplexity", "q35f.measure.compare",
-                                    "q35f.io.remote_code")
-BENCH_MODULES: tuple[str, ...] = ("q35f.measure.bench_kernels", "q35f.serve.bench", "q35f.measure.benchmark")
+COMMAND_MODULES: tuple[str, ...] = (
+    "q35f.format.sizing", "q35f.paper", "q35f.serve.server", "q35f.quantization.convert",
+    "q35f.io.info", "q35f.runtime.generate", "q35f.measure.perplexity", "q35f.measure.compare",
+    "q35f.io.remote_code",
+)
+BENCH_MODULES: tuple[str, ...] = ("q35f.measure.bench_kernels", "q35f.serve.bench",
+                                  "q35f.measure.benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from q35f import cli  # noqa: E402
 from q35f.io.llama import expected_shapes  # noqa: E402
 from q35f.io import remote_code  # noqa: E402
-from q35f.quantization.convert import model_info, quantize_checkpoint  # noqa: E402
+from q35f.io.info import model_info  # noqa: E402
+from q35f.quantization.convert import quantize_checkpoint  # noqa: E402
 from q35f.integrations import transformers as q35f_transformers  # noqa: E402
 from q35f.runtime.model import load_model  # noqa: E402
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import q35f
+from q35f.io.info import model_info
 from q35f.quantization import convert
 from q35f.io.checkpoint import default_model_path, open_checkpoint
 from q35f.cli import main as cli_main
@@ -251,7 +252,7 @@ def test_embedded_model_quantize_info_and_round_trip(tmp_path, capsys):
     assert cli_main(["info", str(out)]) == 0
     text = capsys.readouterr().out
     assert "model.layers.0.mlp.down_proj.weight" in text and "q35/g128" in text
-    rows, totals = convert.model_info(out)
+    rows, totals = model_info(out)
     assert len(rows) == 272 and totals["file_bytes"] == (out / "model.safetensors").stat().st_size
     assert totals["linear_bits_per_weight"] == pytest.approx(summary["linear_bits_per_weight"])
     assert totals["bits_per_weight"] == pytest.approx(summary["bits_per_weight"])
@@ -263,7 +264,7 @@ def test_embedded_model_quantize_info_and_round_trip(tmp_path, capsys):
 
 
 def test_info_of_gguf_reports_its_own_types():
-    rows, totals = convert.model_info(default_model_path())
+    rows, totals = model_info(default_model_path())
     kinds = {r["dtype"] for r in rows}
     assert kinds == {"Q8_0", "Q4_1", "F32"}
     assert totals["kind"] == "gguf" and totals["file_bytes"] == default_model_path().stat().st_size

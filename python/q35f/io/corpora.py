@@ -2,7 +2,7 @@
 
 - "pydoc": the Python documentation topics shipped with CPython (`pydoc_data.topics`), no download.
 - "generated": text the embedded model wrote itself, shipped in the package (the default
-  calibration text, never an evaluation text; see q35f.io.generated_corpus).
+  calibration text, never an evaluation text; written by q35f.quantization.generated_corpus).
 - Jane Austen's six novels ("prideprejudice", "emma", "sensesensibility", "persuasion",
   "mansfieldpark", "northangerabbey"), from Debian's `r-cran-janeaustenr` package: fetched with
   `apt-get download`, unpacked with `dpkg-deb -x`, read from the R lazy-load database
@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import warnings
 import zlib
+from importlib import resources
 from pathlib import Path
 
 AUSTEN = (
@@ -37,6 +38,9 @@ AUSTEN = (
 ALIASES = {"sense": "sensesensibility", "pride": "prideprejudice", "mansfield": "mansfieldpark",
            "northanger": "northangerabbey"}
 NAMES = ("pydoc", "generated") + AUSTEN
+# The shipped generated corpus: samples separated by blank lines, gzip-compressed package data.
+GENERATED_FILE = "generated-corpus.txt.gz"
+GENERATED_SEPARATOR = "\n\n"
 DEBIAN_PACKAGE = "r-cran-janeaustenr"
 _RDATA_DIR = "usr/lib/R/site-library/janeaustenr/data"
 
@@ -60,9 +64,8 @@ def text(name: str) -> str:
     if key == "pydoc":
         return pydoc_text()
     if key == "generated":
-        from q35f.io.generated_corpus import text as generated_text
-
-        return generated_text()
+        blob = resources.files("q35f").joinpath("data", GENERATED_FILE).read_bytes()
+        return gzip.decompress(blob).decode("utf-8")
     path = cache_dir() / "corpora" / f"{key}.txt"
     if not path.exists():
         for novel, body in fetch_austen().items():

@@ -32,6 +32,7 @@ from q35f.format.spec import FORMAT_VERSION, FORMATS, check_group_size, n_groups
 from q35f.io import directory
 from q35f.io.checkpoint import open_checkpoint
 from q35f.io.llama import HEAD_NAMES, LINEAR
+from q35f.io.info import format_bytes
 from q35f.io.safetensors import SafetensorsWriter
 
 HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
@@ -220,50 +221,8 @@ def _summary(planned, out: Path, names) -> dict:
     }
 
 
-def model_info(path):
-    """Per-tensor rows (name, shape, dtype, bits_per_weight, bytes, params) and totals."""
-    with open_checkpoint(path) as ck:
-        rows = [
-            {
-                "name": info.name,
-                "shape": list(info.shape),
-                "dtype": info.dtype,
-                "group_size": info.group_size,
-                "bits_per_weight": info.bits_per_weight,
-                "bytes": info.nbytes,
-                "params": info.n_params,
-            }
-            for info in ck.infos()
-        ]
-        linear = [r for r in rows if LINEAR.fullmatch(r["name"])]
-        params = sum(r["params"] for r in rows)
-        totals = {
-            "path": str(ck.path),
-            "kind": ck.kind,
-            "quantization_config": ck.quant_config,
-            "tensors": len(rows),
-            "params": params,
-            "tensor_bytes": sum(r["bytes"] for r in rows),
-            "file_bytes": ck.file_bytes,
-            "bits_per_weight": 8 * ck.file_bytes / params,
-            "linear_params": sum(r["params"] for r in linear),
-            "linear_bytes": sum(r["bytes"] for r in linear),
-        }
-        lp = totals["linear_params"]
-        totals["linear_bits_per_weight"] = 8 * totals["linear_bytes"] / lp if lp else None
-    return rows, totals
-
-
 # ---------------------------------------------------------------------------------------------
 # command line
-
-
-def _format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def register(subparsers):
@@ -326,17 +285,6 @@ def register(subparsers):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_quantize_command)
 
-    p = subparsers.add_parser(
-        "info",
-        help="per-tensor shapes, formats, bits/weight and sizes of a checkpoint",
-        description="List every tensor of a GGUF file, HF or q35f directory: name, shape, "
-        "storage type, bits/weight, bytes; then totals, with bits/weight of the linear layers "
-        "and of the whole file.",
-    )
-    p.add_argument("path", nargs="?", default="default",
-                   help="checkpoint (default: the embedded model)")
-    p.add_argument("--json", action="store_true", help="print {rows, totals} as JSON")
-    p.set_defaults(func=_info_command)
 
 
 def recipe_options(args) -> dict:
@@ -365,36 +313,11 @@ def _quantize_command(args) -> int:
         return 0
     s = summary
     print(f"wrote {s['output']}: {s['tensors']} tensors, {s['params']:,} weights, "
-          f"{_format_bytes(s['file_bytes'])} in {s['seconds']:.1f} s")
+          f"{format_bytes(s['file_bytes'])} in {s['seconds']:.1f} s")
     if s["linear_params"]:
         print(f"  linear layers ({s['bits']}, G={s['group_size']}): "
               f"{s['linear_bits_per_weight']:.4f} bits/weight, {s['linear_params']:,} weights")
     print(f"  embedding/head: {s['head_bits']}; norms: fp32")
     print(f"  whole file: {s['bits_per_weight']:.4f} bits/weight "
-          f"(source {s['source']['kind']}: {_format_bytes(s['source']['file_bytes'])})")
-    return 0
-
-
-def _info_command(args) -> int:
-    rows, totals = model_info(args.path)
-    if args.json:
-        print(json.dumps({"rows": rows, "totals": totals}))
-        return 0
-    width = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{width}}  {'shape':>14}  {'type':>9}  {'bits/w':>7}  {'bytes':>12}")
-    for r in rows:
-        shape = "x".join(str(v) for v in r["shape"])
-        kind = r["dtype"] + (f"/g{r['group_size']}" if r["group_size"] else "")
-        print(f"{r['name']:<{width}}  {shape:>14}  {kind:>9}  {r['bits_per_weight']:>7.3f}  "
-              f"{r['bytes']:>12,}")
-    t = totals
-    print(f"\n{t['kind']} checkpoint {t['path']}")
-    if t["quantization_config"]:
-        print(f"quantization_config: {json.dumps(t['quantization_config'])}")
-    print(f"tensors: {t['tensors']}, weights: {t['params']:,}")
-    if t["linear_params"]:
-        print(f"linear layers: {t['linear_params']:,} weights, {_format_bytes(t['linear_bytes'])}, "
-              f"{t['linear_bits_per_weight']:.4f} bits/weight")
-    print(f"file: {_format_bytes(t['file_bytes'])} ({t['file_bytes']:,} bytes), "
-          f"{t['bits_per_weight']:.4f} bits/weight overall")
+          f"(source {s['source']['kind']}: {format_bytes(s['source']['file_bytes'])})")
     return 0

@@ -22,7 +22,7 @@ import time
 from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH, calibrate_checkpoint, input_key
 from q35f.quantization.pairing import PAIRINGS, PermutedCheckpoint, build_permutations
 
-DEFAULT_CALIBRATION = "generated"  # the model's own text (q35f.io.generated_corpus), no author
+DEFAULT_CALIBRATION = "generated"  # the model's own text (q35f.quantization.generated_corpus), no author
 DEFAULT_CALIBRATION_TOKENS = 8192
 PAIRING_TOKENS = 1024  # float-model tokens for the pairing's mean squares (sequential GPTQ)
 IMPORTANCES = ("none", "activation")

@@ -1,4 +1,5 @@
-"""The built-in calibration text: what the float model itself writes, sampled once and shipped.
+"""Writes the built-in calibration text: what the float model itself writes, sampled once and
+shipped in python/q35f/data/ (read by q35f.io.corpora as the corpus "generated").
 
 Why generated text: calibration must never be the evaluation text (Austen, `pydoc`), and a
 quantizer fitted to one author's style overfits it (issue 12: calibrated on *Emma*, +16 % on
@@ -8,7 +9,7 @@ is web-like prose, and answers to chat prompts in the model's own chat template 
 instruct model is used. Text from the machine (licence files, package docs) was not used: it
 is one narrow register (legal/technical), and it differs between machines.
 
-    python -m q35f.io.generated_corpus            # rewrites python/q35f/data/generated-corpus.txt.gz
+    python -m q35f.quantization.generated_corpus            # rewrites python/q35f/data/generated-corpus.txt.gz
 
 Seeded (torch CPU sampling, --seed), batched through transformers' LlamaForCausalLM built from
 the embedded GGUF's float32 weights (torch is needed only to regenerate the file, never to use
@@ -21,11 +22,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import sys
-from importlib import resources
 from pathlib import Path
 
-DATA_FILE = "generated-corpus.txt.gz"
-SEPARATOR = "\n\n"
+from q35f.io.corpora import GENERATED_FILE, GENERATED_SEPARATOR
+
 
 # Many registers, no literary author: the chat half of the corpus answers these.
 PROMPTS = (
@@ -96,12 +96,6 @@ PROMPTS = (
 )
 
 
-def text() -> str:
-    """The shipped corpus (see the module docstring)."""
-    blob = resources.files("q35f").joinpath("data", DATA_FILE).read_bytes()
-    return gzip.decompress(blob).decode("utf-8")
-
-
 def _hf_model(ck):
     """transformers' LlamaForCausalLM holding the checkpoint's float32 weights."""
     import numpy as np
@@ -162,7 +156,7 @@ def generate(n_chat: int, n_plain: int, max_new_tokens: int, seed: int, temperat
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m q35f.io.generated_corpus", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m q35f.quantization.generated_corpus", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chat", type=int, default=64, help="samples answering PROMPTS")
     parser.add_argument("--plain", type=int, default=32, help="samples from BOS alone")
@@ -171,13 +165,13 @@ def main(argv=None) -> int:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "data" / DATA_FILE))
+    parser.add_argument("--out", default=str(Path(__file__).parents[1] / "data" / GENERATED_FILE))
     args = parser.parse_args(argv)
     samples = generate(args.chat, args.plain, args.max_new_tokens, args.seed, args.temperature,
                        args.top_p, args.batch)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(gzip.compress(SEPARATOR.join(samples).encode("utf-8"), mtime=0))
+    out.write_bytes(gzip.compress(GENERATED_SEPARATOR.join(samples).encode("utf-8"), mtime=0))
     print(f"wrote {out}: {len(samples)} samples", file=sys.stderr)
     return 0
 
