@@ -270,3 +270,19 @@ def server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+class DictCheckpoint:
+    """The part of q35f.io.checkpoint.Checkpoint that readers of tensors use, over a dict."""
+
+    def __init__(self, weights, config):
+        self.weights, self.config = weights, config
+
+    def names(self):
+        return list(self.weights)
+
+    def get(self, name):
+        return self.weights[name]
+
+    def get_rows(self, name, start, stop):
+        return self.weights[name][start:stop]

@@ -90,11 +90,10 @@ def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
     # states with the forward pass of the model made of exactly those quantized weights.
     from q35f.runtime.model import LlamaConfig, Model, Weights, rms_norm
     from q35f.quantization.sequential import LayerStream
-    from test_checkpoint import TINY_CONFIG, tiny_weights
-    from test_pairing import _DictCheckpoint
+    from conftest import TINY_CONFIG, DictCheckpoint, tiny_tensors
 
-    weights = tiny_weights(TINY_CONFIG, seed=5)
-    ck = _DictCheckpoint(weights, TINY_CONFIG)
+    weights = tiny_tensors(TINY_CONFIG, seed=5)
+    ck = DictCheckpoint(weights, TINY_CONFIG)
     batches = (np.arange(3 * 24).reshape(3, 24) * 7 + 1) % TINY_CONFIG["vocab_size"]
     seen = {}
 
@@ -111,7 +110,7 @@ def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
     for block in blocks:
         quantized.update(block)
     cfg = LlamaConfig.from_hf(TINY_CONFIG)
-    model = Model(cfg, Weights.from_checkpoint(_DictCheckpoint(quantized, TINY_CONFIG), cfg), 24)
+    model = Model(cfg, Weights.from_checkpoint(DictCheckpoint(quantized, TINY_CONFIG), cfg), 24)
     for s in range(batches.shape[0]):
         expect = model.hidden_states(batches[s], 0)
         got = rms_norm(stream.x[s], weights["model.norm.weight"], cfg.rms_norm_eps)

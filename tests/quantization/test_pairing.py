@@ -15,7 +15,7 @@ from q35f.io.checkpoint import open_checkpoint
 from q35f.quantization.convert import quantize_checkpoint
 from q35f.runtime.model import LlamaConfig, Model, Weights, load_model
 from q35f.quantization.pairing import PermutedCheckpoint, build_permutations, pairing_order
-from conftest import TINY_CONFIG, tiny_tensors, write_hf
+from conftest import TINY_CONFIG, DictCheckpoint, tiny_tensors, write_hf
 
 CALIBRATION_TEXT = ("It is a truth universally acknowledged, that a single man in possession of a "
                     "good fortune, must be in want of a wife. ") * 40
@@ -48,20 +48,6 @@ def test_a_permuted_layer_matmul_equals_the_unpermuted_dequantized_product(bits,
     np.testing.assert_allclose(y, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
 
 
-class _DictCheckpoint:
-    def __init__(self, weights, config):
-        self.weights, self.config = weights, config
-
-    def names(self):
-        return list(self.weights)
-
-    def get(self, name):
-        return self.weights[name]
-
-    def get_rows(self, name, start, stop):
-        return self.weights[name][start:stop]
-
-
 def _fake_calibration(config, seed):
     rng = np.random.default_rng(seed)
     head_dim = config["hidden_size"] // config["num_attention_heads"]
@@ -80,7 +66,7 @@ def _fake_calibration(config, seed):
 def test_folded_permutations_leave_the_model_function_unchanged(mode, tied):
     config = dict(TINY_CONFIG, tie_word_embeddings=tied)
     weights = tiny_tensors(config, seed=1)
-    ck = _DictCheckpoint(weights, config)
+    ck = DictCheckpoint(weights, config)
     perms = build_permutations(ck, config, mode, _fake_calibration(config, 2))
     hidden_perm = perms["model.norm.weight"][0]
     assert not np.array_equal(hidden_perm, np.arange(hidden_perm.size))
@@ -98,7 +84,7 @@ def test_folded_permutations_leave_the_model_function_unchanged(mode, tied):
 
 
 def test_activation_pairing_needs_calibration():
-    ck = _DictCheckpoint(tiny_tensors(TINY_CONFIG), TINY_CONFIG)
+    ck = DictCheckpoint(tiny_tensors(TINY_CONFIG), TINY_CONFIG)
     with pytest.raises(ValueError, match="calibration"):
         build_permutations(ck, TINY_CONFIG, "activation")
     with pytest.raises(ValueError, match="pairing"):

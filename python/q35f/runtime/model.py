@@ -341,8 +341,8 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> None:
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """RMSNorm of rows x (T, hidden)."""
-    mean_square = np.einsum("ij,ij->i", x, x)[:, None] / np.float32(x.shape[1])
+    """RMSNorm over the last axis of x (..., hidden)."""
+    mean_square = np.einsum("...i,...i->...", x, x)[..., None] / np.float32(x.shape[-1])
     return x * (weight / np.sqrt(mean_square + np.float32(eps)))
 
 
