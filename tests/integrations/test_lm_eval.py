@@ -23,6 +23,7 @@ import lm_eval  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
+from conftest import tiny_tokenizer  # noqa: E402
 from q35f.integrations import lm_eval as lm_eval_adapter  # noqa: E402
 from q35f.io.llama import expected_shapes  # noqa: E402
 from q35f.quantization.convert import quantize_checkpoint  # noqa: E402
@@ -49,22 +50,10 @@ CONFIG = {
 }
 
 
-def byte_tokenizer():
-    """A byte-level BPE over the 256 byte symbols: every byte is one token."""
-    from tokenizers import Tokenizer, decoders, pre_tokenizers
-    from tokenizers.models import BPE
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    tok = Tokenizer(BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return tok
-
-
 def write_tiny_llama(directory: Path) -> Path:
     directory.mkdir(parents=True)
     (directory / "config.json").write_text(json.dumps(CONFIG))
-    byte_tokenizer().save(str(directory / "tokenizer.json"))
+    tiny_tokenizer().save(str(directory / "tokenizer.json"))
     rng = np.random.default_rng(7)
     weights = {}
     for name, shape in expected_shapes(CONFIG).items():
