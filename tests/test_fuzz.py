@@ -65,6 +65,21 @@ def test_mutated_inputs_are_refused_by_name_or_loaded_finite(tmp_path):
     assert tally.failures == 0, _report(tally)
 
 
+# Inputs of the long run (`python bench/fuzz.py --inputs 10000 --seed 2026`) that once failed: a
+# GGUF string turned into an array with a huge element count (a hang in gguf's parser), index
+# entries that are not file names (tracebacks), a non-UTF-8 architecture (an error without the
+# file's name).
+LONG_RUN_SEED, LONG_RUN_FAILURES = 2026, [3936, 1185, 2529, 5094]
+
+
+def test_inputs_the_long_run_found_are_refused_by_name(tmp_path):
+    tally = campaign.run_inputs(max(LONG_RUN_FAILURES) + 1, tmp_path, jobs=2, seed=LONG_RUN_SEED,
+                                only=LONG_RUN_FAILURES)
+    assert tally.tried == len(LONG_RUN_FAILURES)
+    assert tally.failures == 0 and tally.outcomes["named"] == len(LONG_RUN_FAILURES), \
+        _report(tally)
+
+
 def _handmade(case) -> bool:
     """A QuantizedTensor built by hand from inconsistent tiles (issue 13, item 1)."""
     return case.name.startswith("QuantizedTensor(")

@@ -103,6 +103,9 @@ class SafetensorsCheckpoint(Checkpoint):
                 raise ValueError(f"{index_path}: no weight_map")
             files = []
             for name, file in weight_map.items():
+                if not isinstance(file, str) or not file:
+                    raise ValueError(f"{index_path}: weight_map entry of tensor {name} must be a "
+                                     f"file name, got {file!r}")
                 shard = path / file
                 if not shard.is_file():
                     raise FileNotFoundError(f"{index_path}: shard {file} of tensor {name} is missing")

@@ -99,6 +99,18 @@ def _gguf_reader_class():
             self.mapping = getattr(value, "_mmap", None)  # the mmap.mmap, to drop read pages
             self._plain_data = value.view(np.ndarray) if isinstance(value, np.memmap) else value
 
+        def _get_field_parts(self, orig_offs, raw_type):
+            # An array's element count is read from the file: every element takes at least one
+            # byte, so a count beyond the bytes left is corrupt (gguf would loop over it: a hang).
+            if raw_type == gguf.GGUFValueType.ARRAY:
+                count = self._get(orig_offs + 4, np.uint64)
+                left = len(self.data) - orig_offs - 12
+                if count.size == 0 or int(count[0]) > left:
+                    raise ValueError(f"an array at byte {orig_offs} claims "
+                                     f"{int(count[0]) if count.size else '?'} elements, more than "
+                                     f"the {max(left, 0)} bytes left in the file")
+            return super()._get_field_parts(orig_offs, raw_type)
+
         def _build_tensors(self, start_offs, fields):
             tensors = []
             for field in fields:
@@ -142,7 +154,10 @@ class GGUFCheckpoint(Checkpoint):
         except Exception as err:
             raise ValueError(f"{path}: corrupt or truncated GGUF file: {err}") from None
         reader = self._reader
-        arch = _field_value(reader, "general.architecture")
+        try:
+            arch = _field_value(reader, "general.architecture")
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
         if arch != "llama":
             raise ValueError(f"{path}: architecture {arch!r} is not supported (only 'llama')")
         self._tensors = {}
