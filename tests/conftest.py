@@ -286,3 +286,18 @@ class DictCheckpoint:
 
     def get_rows(self, name, start, stop):
         return self.weights[name][start:stop]
+
+
+def check_short_answer(answer, model_name: str) -> None:
+    """What either SDK (groq, openai) must see for a chat completion of at most 6 tokens
+    answering a 4-word question: the OpenAI/Groq response shape and consistent usage."""
+    assert answer.object == "chat.completion" and answer.model == model_name
+    choice = answer.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.message.content.strip()
+    assert choice.finish_reason in ("stop", "length")
+    usage = answer.usage
+    assert 1 <= usage.completion_tokens <= 6
+    assert usage.completion_tokens == 6 or choice.finish_reason == "stop"
+    assert usage.prompt_tokens > 5  # the chat template wraps the 4-word question
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
