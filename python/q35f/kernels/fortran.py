@@ -6,9 +6,18 @@ caller's memory: f2py would otherwise copy silently (FORMAT.md §7 describes the
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from q35f import _kernels
+# OpenMP threads that spin while they wait stall every parallel region whenever another process
+# holds one of the cores: a 2-thread decode of the embedded model fell from ~45 to ~9 tok/s at
+# load 3 (measured; docs/RESULTS.md). Waiting threads sleep instead unless the user chose a wait
+# policy. It must be set before libgomp starts, i.e. before the kernels are loaded.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "passive"
+
+from q35f import _kernels  # noqa: E402  (after the wait policy)
 from q35f.format.spec import BLOCK_WEIGHTS, FORMATS, get_format, n_blocks, n_groups, row_bytes
 
 TILE_ROWS = 16  # rows interleaved per tile (FORMAT.md §7); fortran/q35_blocks.f90 tile_rows
