@@ -10,12 +10,52 @@ import os
 
 import numpy as np
 
-# OpenMP threads that spin while they wait stall every parallel region whenever another process
-# holds one of the cores: a 2-thread decode of the embedded model fell from ~45 to ~9 tok/s at
-# load 3 (measured; docs/RESULTS.md). Waiting threads sleep instead unless the user chose a wait
-# policy. It must be set before libgomp starts, i.e. before the kernels are loaded.
-if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-    os.environ["OMP_WAIT_POLICY"] = "passive"
+
+
+def default_threads(cpus: int, busy: float) -> int:
+    """Kernel threads for `cpus` usable cores of which `busy` are in use by other work: the idle
+    ones, at least 1. On a busy 2-core machine a second thread that has to wait for a core makes
+    every parallel region wait for it: 2 threads decoded the embedded model at 0.5-0.85x one
+    thread's speed with both cores taken by other processes (measured; docs/RESULTS.md)."""
+    return max(1, min(cpus, cpus - int(busy + 0.5)))
+
+
+def busy_cores(seconds: float = 0.05) -> float | None:
+    """Cores busy right now (Linux /proc/stat over `seconds`), None where it cannot be read. The
+    load average would lag: after a minute of work it still counts the user's previous command."""
+    import time
+
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all jiffies, idle + iowait
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
+def _configure_openmp(environ) -> None:
+    """Thread count and wait policy of the kernels' OpenMP runtime, unless the user set them;
+    libgomp reads them once when it starts, so this runs before the kernels are loaded."""
+    if "OMP_NUM_THREADS" not in environ:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        busy = busy_cores()
+        if busy is not None:
+            environ["OMP_NUM_THREADS"] = str(default_threads(cpus or 1, busy))
+    # Threads that spin while they wait stall every parallel region whenever another process
+    # holds one of the cores: a 2-thread decode fell from ~45 to ~9 tok/s (measured).
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        environ["OMP_WAIT_POLICY"] = "passive"
+
+
+_configure_openmp(os.environ)
 
 from q35f import _kernels  # noqa: E402  (after the wait policy)
 from q35f.format.spec import BLOCK_WEIGHTS, FORMATS, get_format, n_blocks, n_groups, row_bytes
