@@ -12,34 +12,56 @@
 ! same float32 operations, errors summed in float64 in weight order (built without FMA).
 module q35_clip
     use iso_fortran_env, only: int8, int32, real32, real64
-    use q35_quantize, only: group_params, odd_step, grid_level
+    use q35_quantize, only: group_params, odd_step
     use q35_blocks, only: top_level, odd_top_level
     implicit none
     private
     public :: group_error, clip_group_params
 
+    integer, parameter, public :: err_lanes = 8  ! partial sums of group_error (a float64 vector)
+
 contains
 
     !> Weighted squared error of a group (first weight even) on the grid (offset, scale), float64.
+    !> Weight i's term goes to partial sum mod(i - 1, err_lanes) + 1 and the partial sums are then
+    !> added in lane order: a fixed order that vectorises (one float64 vector of lanes per chunk)
+    !> and that reference.group_error repeats exactly. The levels are grid_level's, written out
+    !> here without its branch (the step is the same for the whole grid) so the terms vectorise.
     pure function group_error(fmt, w, imp, offset, scale) result(err)
         integer, intent(in) :: fmt
         real(real32), intent(in) :: w(:), imp(:), offset, scale
-        real(real64) :: err, diff
-        real(real32) :: step_odd, q
-        integer :: i, top_even, top_odd
-        top_even = top_level(fmt)
-        top_odd = odd_top_level(fmt)
-        step_odd = odd_step(fmt, scale)
-        err = 0.0_real64
-        do i = 1, size(w)
-            if (mod(i, 2) == 1) then
-                q = offset + scale * real(grid_level(w(i), offset, scale, top_even), real32)
-            else
-                q = offset + step_odd * real(grid_level(w(i), offset, step_odd, top_odd), real32)
-            end if
-            diff = real(q, real64) - real(w(i), real64)
-            err = err + real(imp(i), real64) * (diff * diff)
+        real(real64) :: err, lanes(err_lanes), terms(size(w))
+        integer :: c, n, full
+        n = size(w)
+        terms(1::2) = grid_terms(w(1::2), imp(1::2), top_level(fmt), scale)
+        terms(2::2) = grid_terms(w(2::2), imp(2::2), odd_top_level(fmt), odd_step(fmt, scale))
+        full = n - mod(n, err_lanes)
+        lanes = 0.0_real64
+        do c = 0, full - err_lanes, err_lanes
+            lanes = lanes + terms(c + 1:c + err_lanes)
         end do
+        lanes(1:n - full) = lanes(1:n - full) + terms(full + 1:n)
+        err = 0.0_real64
+        do c = 1, err_lanes
+            err = err + lanes(c)
+        end do
+    contains
+        !> imp * (q - w)**2 of weights on one grid; q = offset + step * level, level as in
+        !> grid_level (0 where step = 0), kept in float32 like the integer level it stands for.
+        pure function grid_terms(ws, imps, top, step) result(t)
+            real(real32), intent(in) :: ws(:), imps(:), step
+            integer, intent(in) :: top
+            real(real64) :: t(size(ws))
+            real(real32) :: level(size(ws))
+            if (step == 0.0_real32) then
+                level = 0.0_real32
+            else
+                level = min(max(aint((ws - offset) / step + 0.5_real32), 0.0_real32), &
+                            real(top, real32))
+            end if
+            t = real(offset + step * level, real64) - real(ws, real64)
+            t = real(imps, real64) * (t * t)
+        end function grid_terms
     end function group_error
 
     !> float16 offset, scale of the best shrunken range of group w (see the module comment).

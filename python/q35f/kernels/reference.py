@@ -233,23 +233,35 @@ def quantize_with_params(w, offset, scale, group_size: int = 128, bits: str = "q
     return pack_levels(levels, k, bits)
 
 
+ERR_LANES = 8  # partial sums of the clip search's error (fortran/q35_clip.f90 err_lanes)
+
+
 def group_error(w, offset, scale, bits: str = "q35", importance=None):
     """Squared error of each group w[..., :] (first weight even) on its grid, each weight's term
-    times importance[i] (float32, default 1), float64, summed weight by weight in order (the
-    kernel's order, so both pick the same candidate)."""
+    times importance[i] (float32, default 1), float64. Weight i's term is added to partial sum
+    i mod ERR_LANES, then the partial sums in order: the kernel's order, so both pick the same
+    candidate."""
     fmt = get_format(bits)
     w = np.asarray(w, dtype=np.float32)
     imp = (np.ones(w.shape[-1]) if importance is None
            else np.asarray(importance, dtype=np.float32).astype(np.float64))
-    offset = np.asarray(offset, dtype=np.float32)
-    scale = np.asarray(scale, dtype=np.float32)
+    offset = np.asarray(offset, dtype=np.float32)[..., None]
+    scale = np.asarray(scale, dtype=np.float32)[..., None]
     odd_step = step3(scale) if fmt.name == "q35" else scale
+    k = w.shape[-1]
+    even = np.arange(k) % 2 == 0
+    q_even = offset + scale * to_levels(w, offset, scale, fmt.even_levels).astype(np.float32)
+    q_odd = offset + odd_step * to_levels(w, offset, odd_step, fmt.odd_levels).astype(np.float32)
+    q = np.where(even, q_even, q_odd)
+    diff = q.astype(np.float64) - w.astype(np.float64)
+    terms = imp * (diff * diff)
+    lanes = np.zeros(w.shape[:-1] + (ERR_LANES,), dtype=np.float64)
+    for c in range(0, k, ERR_LANES):
+        chunk = terms[..., c:c + ERR_LANES]
+        lanes[..., :chunk.shape[-1]] += chunk
     err = np.zeros(w.shape[:-1], dtype=np.float64)
-    for i in range(w.shape[-1]):
-        step, count = (odd_step, fmt.odd_levels) if i % 2 else (scale, fmt.even_levels)
-        q = offset + step * to_levels(w[..., i], offset, step, count).astype(np.float32)
-        diff = q.astype(np.float64) - w[..., i].astype(np.float64)
-        err += imp[i] * (diff * diff)
+    for lane in range(ERR_LANES):
+        err += lanes[..., lane]
     return err
 
 
