@@ -9,7 +9,7 @@
 ! is never worse on its own objective.
 ! Levels always follow sec. 4 from the stored float16 parameters, clamped on both sides (a clipped
 ! weight lies outside the grid). Bit-identical to reference.clip_params / quantize_with_params:
-! same float32 operations, errors summed in float64 in weight order (built without FMA).
+! same float32 operations, errors summed in float64 in the same order (group_error; no FMA).
 module q35_clip
     use iso_fortran_env, only: int8, int32, real32, real64
     use q35_quantize, only: group_params, odd_step
