@@ -15,7 +15,7 @@ import numpy as np
 FIGURES = ("encoding", "performance", "perplexity_vs_bits", "memory_vs_size")
 METHOD_ORDER = ("fp32", "fp16", "int8", "int4", "q35", "int3")
 METHOD_LABEL = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8", "int4": "INT4", "q35": "Q35 (3.5-bit)",
-                "int3": "INT3"}
+                "int3": "INT3", "q35-best": "Q35 best recipe"}
 HIGHLIGHT = "#d62728"  # q35
 COLORS = {"fp32": "#7f7f7f", "fp16": "#bcbd22", "int8": "#1f77b4", "int4": "#2ca02c",
           "q35": HIGHLIGHT, "int3": "#9467bd"}
