@@ -7,6 +7,7 @@
 #
 #   bash bench/accuracy_tasks.sh                       # as run for the committed results
 #   HUMANEVAL_LIMIT= bash bench/accuracy_tasks.sh      # all 164 HumanEval problems
+#   PARTS=truthfulqa METHODS="int8" bash bench/accuracy_tasks.sh   # one part, some methods
 #
 # HumanEval executes model-written code (a sandboxed subprocess: timeout, rlimits, no sockets):
 # HF_ALLOW_CODE_EVAL=1 and --confirm_run_unsafe_code below are that confirmation.
@@ -17,6 +18,7 @@ MODELS=${MODELS:-models}
 OUT=${OUT:-bench/results/lm_eval}
 HUMANEVAL_LIMIT=${HUMANEVAL_LIMIT-20}
 METHODS=${METHODS:-fp32 q35 int4 int8 int3 q35-best}
+PARTS=${PARTS:-humaneval truthfulqa}
 TRUTHFULQA_CSV=${TRUTHFULQA_CSV:-../shared/data/truthfulqa/TruthfulQA.csv}
 TASKS=python/q35f/integrations/tasks
 export OMP_NUM_THREADS=1 HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1
@@ -42,12 +44,14 @@ for m in $METHODS; do
 done
 limit=${HUMANEVAL_LIMIT:+--limit $HUMANEVAL_LIMIT}
 for m in $METHODS; do
+    case " $PARTS " in *" humaneval "*) ;; *) break ;; esac
     echo "$(date -u +%FT%TZ) humaneval $m"
     # shellcheck disable=SC2046,SC2086
     HF_ALLOW_CODE_EVAL=1 $RUN $(model_args "$m") --tasks q35f_humaneval $limit \
         --confirm_run_unsafe_code --log_samples --output_path "$OUT/$m/humaneval"
 done
 for m in $METHODS; do
+    case " $PARTS " in *" truthfulqa "*) ;; *) break ;; esac
     echo "$(date -u +%FT%TZ) truthfulqa $m"
     # shellcheck disable=SC2046
     $RUN $(model_args "$m") --tasks q35f_truthfulqa_mc1,q35f_truthfulqa_mc2 \
