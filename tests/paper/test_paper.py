@@ -475,6 +475,16 @@ def test_cli_figures_and_supplementary(fake_repo, results, tmp_path, capsys):
     assert "accuracy.csv" in capsys.readouterr().err
 
 
+def test_zip_ships_the_task_definitions_and_the_command_that_ran_them():
+    from q35f.integrations.tasks import TASKS, TASKS_DIR
+
+    files = supplementary.collect(REPO)
+    tasks = TASKS_DIR.relative_to(REPO).as_posix()
+    for task in TASKS:
+        assert f"{tasks}/{task}.yaml" in files
+    assert {f"{tasks}/humaneval.py", f"{tasks}/truthfulqa.py", "bench/accuracy_tasks.sh"} <= set(files)
+
+
 def test_zip_ships_the_tables_and_figures_it_was_given(fake_repo, tmp_path):
     other = tmp_path / "elsewhere"
     (other / "r").mkdir(parents=True)
