@@ -316,8 +316,10 @@ def _draw_tasks(ax, rows) -> dict:
         x = np.arange(len(methods)) + (i - (len(series) - 1) / 2) * width
         subset = next((by_method[m].get(docs) for m in methods if docs and by_method[m].get(docs)),
                       "")
-        ax.bar(x, [y or 0.0 for y in ys], width * 0.95, color=color,
-               yerr=[e or 0.0 for e in errs], capsize=3, ecolor="black", error_kw={"lw": 1},
+        missing = [y is None for y in ys]  # no bar and no error bar where nothing was run
+        ax.bar(x, [np.nan if m else y for m, y in zip(missing, ys)], width * 0.95, color=color,
+               yerr=[np.nan if m else (e or 0.0) for m, e in zip(missing, errs)], capsize=3,
+               ecolor="black", error_kw={"lw": 1},
                label=f"{label} ({subset})" if subset else label)
         for xi, y in zip(x, ys):
             ax.text(xi, 0.005, "n/a" if y is None else f"{y:.3f}", ha="center", va="bottom",
@@ -326,7 +328,7 @@ def _draw_tasks(ax, rows) -> dict:
     ax.set_xticks(np.arange(len(methods)))
     ax.set_xticklabels([METHOD_LABEL.get(m, m).replace(" (3.5-bit)", "") for m in methods],
                        rotation=30, ha="right")
-    ax.set_ylabel("score (higher is better); error bars: ± 1 standard error")
+    ax.set_ylabel("score (higher is better), ± 1 standard error")
     ax.set_ylim(0, max(1e-3, max((_num(r.get(c)) or 0) + (_num(r.get(c + "_stderr")) or 0)
                                  for r in rows for c, _, _ in series)) * 1.35)
     ax.set_title("lm-eval task scores, measured (local task definitions)")
