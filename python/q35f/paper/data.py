@@ -39,7 +39,7 @@ ACCURACY_COLUMNS = (
     "delta_ppl_pct", "mmlu", "humaneval", "truthfulqa", "ctx", "file_bits_per_weight",
     "group_size", "head_bits", "mmlu_stderr", "humaneval_stderr", "humaneval_problems",
     "truthfulqa_stderr", "truthfulqa_mc1", "truthfulqa_mc1_stderr", "truthfulqa_questions",
-    "tasks_source",
+    "tasks_source", "kl_divergence", "top1_agreement",
 )
 ABLATION_COLUMNS = (
     "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity", "delta_ppl",
@@ -553,6 +553,8 @@ def accuracy_row(r: dict, base: float, name: str, scores: dict) -> dict:
     d = r["ppl"] - base
     note = "; ".join([_layout(method, r["group_size"], r["head_bits"]),
                       "bits_per_weight = block linear layers incl. fp16 scales/offsets",
+                      "kl_divergence / top1_agreement: mean KL from the fp32 model's next-token "
+                      "distribution and how often both pick the same top token, same windows",
                       task_note])
     return {
         "method": method, "bits_per_weight": r["bits_per_weight"], "model": name,
@@ -560,6 +562,7 @@ def accuracy_row(r: dict, base: float, name: str, scores: dict) -> dict:
         "delta_ppl_pct": 100 * d / base, "ctx": r["ctx"],
         "file_bits_per_weight": r["file_bits_per_weight"],
         "group_size": r["group_size"], "head_bits": r["head_bits"], **cells,
+        "kl_divergence": r.get("kl_divergence"), "top1_agreement": r.get("top1_agreement"),
         **{k: v for k, v in honesty(name, "measured", note=note).items() if k != "model"},
     }
 
