@@ -455,6 +455,7 @@ def test_accuracy_alone_runs_no_speed_benchmark(monkeypatch, tmp_path):
     by = {r["method"]: r for r in rows}
     assert (by["q35"]["truthfulqa"], by["q35"]["truthfulqa_stderr"]) == ("0.39", "0.017")
     assert by["int4"]["truthfulqa"] == "" and "no harness results" in by["int4"]["note"]
+    assert "humaneval: not run for this method; PARTS=humaneval METHODS=q35 " in by["q35"]["note"]
     best = by["q35-best"]
     assert best["perplexity"] == "" and best["bits_per_weight"] == by["q35"]["bits_per_weight"]
     assert best["truthfulqa_questions"] == "all 817 of 817 questions"

@@ -197,6 +197,10 @@ def task_cells(scores: dict, method: str) -> tuple[dict, str]:
     notes = [f"task columns: bench/results/lm_eval/{method}/ (bench/accuracy_tasks.sh); "
              "*_stderr = lm-eval's standard error of the mean" if names else
              "task columns: empty, no harness results for this method"]
+    missing = [part for part in ("humaneval", "truthfulqa") if part not in task]  # script PARTS
+    if names and missing:
+        notes.append(f"{', '.join(missing)}: not run for this method; PARTS={' '.join(missing)} "
+                     f"METHODS={method} bash bench/accuracy_tasks.sh fills it")
     if "mmlu" not in task:
         args = "" if method == "fp32" else f"--model_args pretrained=models/smol-{method} "
         notes.append("mmlu: empty, lm-eval's mmlu reads cais/mmlu from the Hugging Face Hub, "
