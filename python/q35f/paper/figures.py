@@ -15,7 +15,7 @@ import numpy as np
 FIGURES = ("encoding", "performance", "perplexity_vs_bits", "memory_vs_size")
 METHOD_ORDER = ("fp32", "fp16", "int8", "int4", "q35", "int3")
 METHOD_LABEL = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8", "int4": "INT4", "q35": "Q35 (3.5-bit)",
-                "int3": "INT3"}
+                "int3": "INT3", "q35-best": "Q35 best recipe"}
 HIGHLIGHT = "#d62728"  # q35
 COLORS = {"fp32": "#7f7f7f", "fp16": "#bcbd22", "int8": "#1f77b4", "int4": "#2ca02c",
           "q35": HIGHLIGHT, "int3": "#9467bd"}
@@ -228,13 +228,29 @@ def draw_performance(csv_path, out_dir) -> dict:
 # 3. perplexity vs bits/weight
 
 
+# accuracy.csv task columns drawn next to the perplexity: (column, label, documents column)
+TASK_SERIES = (("humaneval", "HumanEval pass@1", "humaneval_problems"),
+               ("truthfulqa_mc1", "TruthfulQA MC1", "truthfulqa_questions"),
+               ("truthfulqa", "TruthfulQA MC2", "truthfulqa_questions"),
+               ("mmlu", "MMLU", None))
+TASK_COLORS = ("#8c564b", "#17becf", "#1f77b4", "#bcbd22")
+
+
 def draw_perplexity(csv_path, out_dir) -> dict:
+    """Perplexity vs bits per weight; when accuracy.csv has task scores, a second panel with
+    them per method, each with its standard error as an error bar."""
     plt = _pyplot()
-    rows = [r for r in read_csv(csv_path)
-            if r.get("source", "measured") == "measured" and _num(r.get("perplexity")) is not None]
+    measured = [r for r in read_csv(csv_path) if r.get("source", "measured") == "measured"]
+    rows = [r for r in measured if _num(r.get("perplexity")) is not None]
     if not rows:
         raise ValueError(f"{csv_path}: no measured perplexity rows")
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    task_rows = [r for r in measured
+                 if any(_num(r.get(c)) is not None for c, _, _ in TASK_SERIES)]
+    if task_rows:
+        fig, (ax, task_ax) = plt.subplots(1, 2, figsize=(14, 5.2),
+                                          gridspec_kw={"width_ratios": [1.1, 1]})
+    else:
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
     series = sorted({(r["model"], r["corpus"]) for r in rows})
     plotted = {}
     for s_i, (model, corpus) in enumerate(series):
@@ -280,8 +296,44 @@ def draw_perplexity(csv_path, out_dir) -> dict:
     ax.grid(alpha=0.3)
     ax.margins(x=0.12, y=0.12)
     ax.legend(fontsize=8, loc="upper right")
+    if task_rows:
+        plotted["tasks"] = _draw_tasks(task_ax, task_rows)
     fig.tight_layout()
     _save(fig, Path(out_dir), "perplexity_vs_bits")
+    return plotted
+
+
+def _draw_tasks(ax, rows) -> dict:
+    """Grouped bars: one group per method, one bar per task with a value, ± its stderr."""
+    methods = sorted({r["method"] for r in rows}, key=_method_key)
+    series = [s for s in TASK_SERIES if any(_num(r.get(s[0])) is not None for r in rows)]
+    width = 0.8 / len(series)
+    plotted = {}
+    for i, ((col, label, docs), color) in enumerate(zip(series, TASK_COLORS)):
+        by_method = {r["method"]: r for r in rows}
+        ys = [_num(by_method[m].get(col)) for m in methods]
+        errs = [_num(by_method[m].get(col + "_stderr")) for m in methods]
+        x = np.arange(len(methods)) + (i - (len(series) - 1) / 2) * width
+        subset = next((by_method[m].get(docs) for m in methods if docs and by_method[m].get(docs)),
+                      "")
+        missing = [y is None for y in ys]  # no bar and no error bar where nothing was run
+        ax.bar(x, [np.nan if m else y for m, y in zip(missing, ys)], width * 0.95, color=color,
+               yerr=[np.nan if m else (e or 0.0) for m, e in zip(missing, errs)], capsize=3,
+               ecolor="black", error_kw={"lw": 1},
+               label=f"{label} ({subset})" if subset else label)
+        for xi, y in zip(x, ys):
+            ax.text(xi, 0.005, "n/a" if y is None else f"{y:.3f}", ha="center", va="bottom",
+                    fontsize=7, rotation=90)
+        plotted[col] = {"methods": methods, "y": ys, "stderr": errs}
+    ax.set_xticks(np.arange(len(methods)))
+    ax.set_xticklabels([METHOD_LABEL.get(m, m).replace(" (3.5-bit)", "") for m in methods],
+                       rotation=30, ha="right")
+    ax.set_ylabel("score (higher is better), ± 1 standard error")
+    ax.set_ylim(0, max(1e-3, max((_num(r.get(c)) or 0) + (_num(r.get(c + "_stderr")) or 0)
+                                 for r in rows for c, _, _ in series)) * 1.35)
+    ax.set_title("lm-eval task scores, measured (local task definitions)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
     return plotted
 
 
