@@ -76,6 +76,14 @@ def _data_args(p) -> None:
     p.add_argument("--max-tokens", type=int, default=None,
                    help="tokens scored for perplexity (default 6144 for the methods and 3072 for "
                    "the ablation; 1024 and 512 with --quick)")
+    p.add_argument("--ablation-part", action="append", default=None,
+                   choices=["rtn", "recipe"],
+                   help="rerun only this half of the ablation (round-to-nearest or the default "
+                   "recipe), keeping the other half's rows of the existing ablation.csv; "
+                   "repeatable (default both)")
+    p.add_argument("--ablation-calibration", default=None, metavar="FILE|CORPUS",
+                   help="calibration text of the default-recipe ablation (default the built-in "
+                   "generated corpus; a .gz file is decompressed)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["performance", "accuracy", "scalability", "ablation"],
                    help="do not (re)write this table; repeatable")
@@ -99,8 +107,16 @@ def _zip_args(p) -> None:
 def _run_data(args) -> int:
     from .data import write_all
 
+    import shlex
+    import sys
+
+    from .data import ABLATION_PARTS
+
     paths = write_all(args.out, quick=args.quick, models=args.model or [], work_dir=args.work_dir,
-                      corpus=args.corpus, max_tokens=args.max_tokens, skip=args.skip)
+                      corpus=args.corpus, max_tokens=args.max_tokens, skip=args.skip,
+                      ablation_parts=tuple(args.ablation_part or ABLATION_PARTS),
+                      ablation_calibration=args.ablation_calibration,
+                      command=shlex.join(["q35f", *sys.argv[1:]]))
     for path in paths:
         print(f"wrote {path}")
     return 0

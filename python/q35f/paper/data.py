@@ -39,9 +39,15 @@ ACCURACY_COLUMNS = (
     "group_size", "head_bits",
 )
 ABLATION_COLUMNS = (
-    "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity", "delta_ppl",
-    "delta_ppl_pct", "corpus", "tokens", "ctx", "in_format",
+    "recipe", "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity",
+    "delta_ppl", "delta_ppl_pct", "kl_divergence", "top1_agreement", "calibration_sequences",
+    "corpus", "windows", "tokens", "ctx", "in_format", "wall_s", "command",
 )
+# The two halves of the ablation (--ablation-part): each variant applied to round-to-nearest
+# (session 1's rows) and to the default recipe of `q35f quantize`.
+ABLATION_PARTS = ("rtn", "recipe")
+RECIPE_LABEL = {"rtn": "round-to-nearest", "recipe": "default (q35f quantize)"}
+REFERENCE_RECIPE = "none (float32 block linear layers)"
 LM_EVAL_TASKS = {"mmlu": ("mmlu",), "humaneval": ("humaneval",),
                  "truthfulqa": ("truthfulqa_mc2", "truthfulqa_mc1", "truthfulqa")}
 METHODS = ("fp32", "int8", "int4", "q35", "int3")
@@ -200,17 +206,11 @@ def _group_reduce(w, group_size, fn):
 def fake_symmetric(w, group_size: int = 128):
     """Symmetric grid per group: range [-7.5 s, 7.5 s] with only the float16 scale s stored
     (s = smallest float16 with 7.5 s >= max |w| of the group); same 16/8 levels as q35."""
-    from q35f.kernels import reference
+    from q35f.quantization.symmetric import symmetric_scale
 
     w = np.asarray(w, dtype=np.float32)
     m, _ = _group_reduce(np.abs(w), group_size, np.nanmax)
-    scale = reference.f16_round_up((np.float32(2) * m) / np.float32(15))
-    while True:
-        short = np.float32(7.5) * scale < m
-        if not short.any():
-            break
-        bumped = np.nextafter(scale.astype(np.float16), np.float16(np.inf)).astype(np.float32)
-        scale = np.where(short, bumped, scale)
+    scale = symmetric_scale(m, 15)
     k = w.shape[1]
     scale_w = np.repeat(scale, group_size, axis=1)[:, :k]
     return mixed_grid(w, np.float32(-7.5) * scale_w, scale_w)
@@ -306,12 +306,56 @@ def _model_with(config, base, transform, embed, ctx):
     return Model(config, weights, max_seq_len=ctx), 8 * nbytes / params
 
 
-def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, quick: bool,
-                 head_bits: str = "int8") -> list[dict]:
-    from tqdm import tqdm
+def recipe_variants(quick: bool) -> list[dict]:
+    """The ablation's factors applied to the default recipe (RECIPES["calibrated"]): each with
+    the quantize_checkpoint options it changes and its calibration sequences of 128 tokens."""
+    from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS
 
-    from q35f.measure.perplexity import perplexity
+    default = DEFAULT_CALIBRATION_TOKENS // DEFAULT_SEQUENCE_LENGTH
+    if quick:  # CI-sized: one row, a few sequences
+        return [dict(factor="baseline", variant="default recipe, 8 calibration sequences",
+                     group_size=128, sequences=8, options={})]
+    v = [
+        dict(factor="baseline", variant=f"default recipe ({default} calibration sequences)",
+             group_size=128, sequences=default, options={}),
+        # 1536 = the largest K of the embedded model: one group per row of every block linear
+        dict(factor="scaling", variant="static per-output-channel (one group per row, G = K)",
+             group_size=1536, sequences=default, options={}),
+        dict(factor="grid", variant="symmetric per-group (offset = float16(-7.5 scale))",
+             group_size=128, sequences=default, options={"symmetric": True}),
+    ]
+    v += [dict(factor="calibration", variant=f"{n} calibration sequences", group_size=128,
+               sequences=n, options={}) for n in CALIBRATION_SEQUENCES]
+    return v
+
+
+CALIBRATION_SEQUENCES = (128, 512, 1024)
+
+
+def recipe_command(variant: dict, calibration: str | None) -> str:
+    """The `q35f quantize` command that makes a recipe variant's file (symmetric has no flag)."""
+    from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
+
+    cmd = "q35f quantize -o OUT"
+    if variant["group_size"] != 128:
+        cmd += f" --group-size {variant['group_size']}"
+    if calibration is not None:
+        cmd += f" --calibration {calibration}"
+    cmd += f" --calibration-tokens {variant['sequences'] * DEFAULT_SEQUENCE_LENGTH}"
+    if variant["options"].get("symmetric"):
+        cmd += " (symmetric: no CLI flag; quantize_checkpoint(..., symmetric=True))"
+    return cmd
+
+
+def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, quick: bool,
+                 head_bits: str = "int8", parts=ABLATION_PARTS, work_dir=None,
+                 command: str = "q35f paper data", calibration: str | None = None) -> list[dict]:
+    """Rows of ablation.csv: the float reference, then each part of `parts` (ABLATION_PARTS).
+    Every variant is scored on the same windows with ΔPPL against, and the mean KL divergence
+    and top-1 agreement to, the reference (float32 block linear layers, the same head)."""
     from q35f.kernels.tensor import quantize
+    from q35f.measure.perplexity import perplexity
 
     ckpt, config, base = _load_float(model_path)
     model_name = _model_name(model_path)
@@ -320,26 +364,45 @@ def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, 
                          "embedded SmolLM2) only")
     # The embedding/head is the same in every variant: the head policy of the real files.
     embed = quantize(np.ascontiguousarray(base.embed), 128, head_bits)
-    variants = ablation_variants(quick)
-    rows = []
-    bar = tqdm(total=len(variants) + 1, desc="ablation", unit="variant")
+    t0 = time.perf_counter()
     ref_model, _ = _model_with(config, base, lambda w: (w, 4 * w.size), embed, ctx)
     ref = perplexity(ref_model, token_ids, ctx=ctx, max_tokens=max_tokens)
-    del ref_model
-    bar.update()
-    ref_note = (f"block linear layers in float32, embedding/head {head_bits} G=128 as in every "
-                "row; the reference for delta_ppl")
-    rows.append({"factor": "reference", "variant": "float32 block linear layers", "method": "fp32",
-                 "group_size": "", "bits_per_weight": 32, "perplexity": ref["ppl"],
-                 "delta_ppl": 0.0, "delta_ppl_pct": 0.0, "corpus": corpus,
-                 "tokens": ref["tokens"], "ctx": ctx, "in_format": "yes",
-                 **honesty(model_name, "measured", note=ref_note)})
-    for var in variants:
+    ref_note = (f"block linear layers in float32, embedding/head {head_bits} G=128 as in the "
+                "round-to-nearest rows; the reference for delta_ppl and kl_divergence")
+    common = {"corpus": corpus, "windows": ref["windows"], "ctx": ctx, "command": command}
+    rows = [{"recipe": REFERENCE_RECIPE, "factor": "reference",
+             "variant": "float32 block linear layers", "method": "fp32", "bits_per_weight": 32,
+             "perplexity": ref["ppl"], "delta_ppl": 0.0, "delta_ppl_pct": 0.0,
+             "tokens": ref["tokens"], "in_format": "yes",
+             "wall_s": time.perf_counter() - t0, **common,
+             **honesty(model_name, "measured", note=ref_note)}]
+
+    def score(model, variant_row, notes, started):
+        res = perplexity(model, token_ids, ctx=ctx, max_tokens=max_tokens, reference=ref_model)
+        d = res["ppl"] - ref["ppl"]
+        return {**variant_row, "method": "q35", "perplexity": res["ppl"], "delta_ppl": d,
+                "delta_ppl_pct": 100 * d / ref["ppl"], "kl_divergence": res["kl_divergence"],
+                "top1_agreement": res["top1_agreement"], "tokens": res["tokens"],
+                "wall_s": time.perf_counter() - started, **common,
+                **honesty(model_name, "measured", note="; ".join(notes))}
+
+    if "rtn" in parts:
+        rows += _rtn_rows(config, base, embed, ctx, quick, head_bits, score)
+    if "recipe" in parts:
+        rows += _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
+                             model_name)
+    ckpt.close()
+    return rows
+
+
+def _rtn_rows(config, base, embed, ctx, quick, head_bits, score) -> list[dict]:
+    """Each ablation_variants() variant applied to round-to-nearest tensors."""
+    from tqdm import tqdm
+
+    rows = []
+    for var in tqdm(ablation_variants(quick), desc="ablation (round-to-nearest)", unit="variant"):
         t0 = time.perf_counter()
         model, bpw = _model_with(config, base, lambda w, v=var: variant_weight(w, v), embed, ctx)
-        res = perplexity(model, token_ids, ctx=ctx, max_tokens=max_tokens)
-        del model
-        bar.update()
         real = var["kind"] == "real"
         notes = [("real q35 tensors (q35f.quantize; the bytes a q35f file holds), run with the "
                   "Fortran kernels") if real else
@@ -349,19 +412,111 @@ def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, 
             notes.append("group size = K rounded up to 16 (576 or 1536): one group per row")
         if var.get("group_size") == 32:
             notes.append(TRAP_NOTE)
-        notes.append(f"embedding/head {head_bits} G=128; {time.perf_counter() - t0:.0f} s")
-        d = res["ppl"] - ref["ppl"]
-        rows.append({
-            "factor": var["factor"], "variant": var["variant"], "method": "q35",
+        notes.append(f"embedding/head {head_bits} G=128")
+        rows.append(score(model, {
+            "recipe": RECIPE_LABEL["rtn"], "factor": var["factor"], "variant": var["variant"],
             "group_size": var.get("group_size", ""), "bits_per_weight": bpw,
-            "perplexity": res["ppl"], "delta_ppl": d, "delta_ppl_pct": 100 * d / ref["ppl"],
-            "corpus": corpus, "tokens": res["tokens"], "ctx": ctx,
-            "in_format": "yes" if real else "no (fake-quantized)",
-            **honesty(model_name, "measured", note="; ".join(notes)),
-        })
-    bar.close()
-    ckpt.close()
+            "in_format": "yes" if real else "no (fake-quantized)"}, notes, t0))
+        del model
     return rows
+
+
+def calibration_capacity(ckpt, calibration: str | None) -> int:
+    """Tokens of the calibration text (default: the built-in generated corpus)."""
+    from q35f.quantization.calibrate import calibration_text
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION
+
+    text = calibration_text(calibration or DEFAULT_CALIBRATION)
+    return len(ckpt.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
+                 model_name) -> list[dict]:
+    """Each recipe_variants() variant: a real file by quantize_checkpoint, loaded and scored.
+    A variant whose calibration the text cannot hold is an empty row with the reason."""
+    import tempfile
+
+    from tqdm import tqdm
+
+    from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
+    from q35f.quantization.convert import quantize_checkpoint
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION, RECIPES
+    from q35f.runtime.model import load_model
+
+    capacity = calibration_capacity(ckpt, calibration)
+    source = calibration or f"the built-in {DEFAULT_CALIBRATION} corpus"
+    rows = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for var in tqdm(recipe_variants(quick), desc="ablation (default recipe)", unit="variant"):
+            tokens = var["sequences"] * DEFAULT_SEQUENCE_LENGTH
+            row = {"recipe": RECIPE_LABEL["recipe"], "factor": var["factor"],
+                   "variant": var["variant"], "group_size": var["group_size"],
+                   "calibration_sequences": var["sequences"], "in_format": "yes"}
+            notes = [f"real q35 file = {recipe_command(var, calibration)}, loaded and run with "
+                     f"the Fortran kernels; calibrated on {source}"]
+            if tokens > capacity:
+                reason = (f"not measured: {source} holds {capacity} tokens "
+                          f"({capacity // DEFAULT_SEQUENCE_LENGTH} sequences of "
+                          f"{DEFAULT_SEQUENCE_LENGTH}), this row needs {tokens}; repeating text "
+                          "would not be more calibration. Fill it with a longer text of the same "
+                          "kind: python -m q35f.quantization.generated_corpus --chat "
+                          f"{var['sequences'] // 2} --plain {var['sequences'] // 4} --seed 1 "
+                          f"--out big.txt.gz, then {common['command']} --ablation-part recipe "
+                          "--ablation-calibration big.txt.gz")
+                rows.append({**row, "method": "q35", **common,
+                             **honesty(model_name, "measured", note=reason)})
+                continue
+            t0 = time.perf_counter()
+            out = Path(tmp) / "variant"
+            summary = quantize_checkpoint(model_path, out, group_size=var["group_size"],
+                                          force=True, progress=False, calibration=calibration,
+                                          calibration_tokens=tokens, **RECIPES["calibrated"],
+                                          **var["options"])
+            model, vck = load_model(out, max_seq_len=common["ctx"])
+            if var["group_size"] != 128:
+                notes.append(f"G = {var['group_size']} holds for the int8 embedding/head too "
+                             "(a file has one group size): one group per row there as well")
+            else:
+                notes.append("embedding/head int8 G=128")
+            if var["options"].get("symmetric"):
+                notes.append("in the format: offset stored as the float16 nearest -7.5 scale "
+                             "(a symmetric format would store the scale only: 0.125 bits/weight "
+                             "less at G=128); symmetric range search weighted by importance, "
+                             "inside GPTQ (q35f.quantization.symmetric)")
+            notes.append(f"quantize {summary['seconds']:.0f} s")
+            scored = score(model, {**row, "bits_per_weight": model.stats()[
+                "block_bits_per_weight"]}, notes, t0)
+            vck.close()
+            del model
+            rows.append(scored)
+    return rows
+
+
+def merge_ablation(old_rows: list[dict], new_rows: list[dict], parts) -> list[dict]:
+    """Rows of a run of `parts` with the kept rows of the other part from the existing CSV
+    (rows without a recipe column are session 1's round-to-nearest rows)."""
+    kept_labels = {RECIPE_LABEL[p] for p in ABLATION_PARTS if p not in parts}
+    kept = [r for r in old_rows
+            if (r.get("recipe") or RECIPE_LABEL["rtn"]) in kept_labels
+            and r.get("factor") != "reference"]
+    for r in kept:
+        r.setdefault("recipe", RECIPE_LABEL["rtn"])
+        if not r.get("command"):
+            r["command"] = "q35f paper data"  # session 1's rows: the full pipeline
+    order = {p: i for i, p in enumerate(ABLATION_PARTS)}
+    label_part = {v: k for k, v in RECIPE_LABEL.items()}
+    rest = sorted(new_rows[1:] + kept,
+                  key=lambda r: order.get(label_part.get(r["recipe"]), -1))
+    return new_rows[:1] + rest
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV as dicts; [] when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def write_ablation(out_dir, rows) -> Path:
@@ -394,8 +549,11 @@ def corpus_ids(model_path, corpus: str) -> np.ndarray:
 
 
 def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="prideprejudice",
-              max_tokens=None, skip=()) -> list[Path]:
-    """Measure and write every table not in `skip`; returns the paths written."""
+              max_tokens=None, skip=(), ablation_parts=ABLATION_PARTS,
+              ablation_calibration=None, command="q35f paper data") -> list[Path]:
+    """Measure and write every table not in `skip`; returns the paths written. `ablation_parts`
+    (some of ABLATION_PARTS) are rerun, the other part's rows kept from the existing CSV;
+    `command` is recorded in every new ablation row."""
     from q35f.io.checkpoint import default_model_path
 
     out_dir = Path(out_dir)
@@ -422,7 +580,11 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
             paths.append(write_csv(out_dir / "accuracy.csv", columns(ACCURACY_COLUMNS), acc))
     if "ablation" not in skip:
         ids = corpus_ids(model_paths[0], corpus)
-        rows = run_ablation(model_paths[0], ids, corpus, ctx, abl_tokens, quick)
+        rows = run_ablation(model_paths[0], ids, corpus, ctx, abl_tokens, quick,
+                            parts=ablation_parts, work_dir=work_dir, command=command,
+                            calibration=ablation_calibration)
+        if set(ablation_parts) != set(ABLATION_PARTS):
+            rows = merge_ablation(read_csv(out_dir / "ablation.csv"), rows, ablation_parts)
         paths.append(write_ablation(out_dir, rows))
     return paths
 
