@@ -31,8 +31,14 @@ HONESTY = ("model", "machine", "date", "q35f_version", "source", "formula", "not
 PERFORMANCE_COLUMNS = (
     "method", "memory_gb", "throughput_toks", "latency_ms", "power_w",
     "bits_per_weight", "file_gb", "peak_rss_mb", "prompt_toks", "runs", "prompt_tokens",
-    "decode_tokens", "cpu_load_1m", "group_size", "head_bits",
+    "decode_tokens", "cpu_load_1m", "group_size", "head_bits", "tool", "threads",
+    "decode_vs_fp32", "prompt_vs_fp32", "latency_vs_fp32", "published",
 )
+# llama.cpp types measured next to q35f in Table 1 (requantized from the same GGUF).
+LLAMA_METHODS = ("F32", "Q8_0", "Q4_K_M", "Q3_K_M", "Q4_0")
+# Speed rows measured while the 1-minute load average (as the run started) exceeded this
+# fraction of the logical CPUs are kept but flagged `published = no` and left out of figures.
+MAX_LOAD_PER_CPU = 0.75
 ACCURACY_COLUMNS = (
     "method", "bits_per_weight", "model", "corpus", "tokens", "perplexity", "delta_ppl",
     "delta_ppl_pct", "mmlu", "humaneval", "truthfulqa", "ctx", "file_bits_per_weight",
@@ -523,6 +529,97 @@ def write_ablation(out_dir, rows) -> Path:
     return write_csv(Path(out_dir) / "ablation.csv", columns(ABLATION_COLUMNS), rows)
 
 
+# Table 1 next to llama.cpp
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The thread count both tools get: `threads`, else OMP_NUM_THREADS, else every CPU."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        return int(threads)
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def bench_prompt_ids(model_path, n: int) -> list[int]:
+    """The prompt q35f.measure.benchmark feeds (pydoc text, the model's tokenizer), so both
+    tools run the identical token ids."""
+    from q35f.io import corpora
+    from q35f.io.checkpoint import open_checkpoint
+
+    with open_checkpoint(model_path) as ckpt:
+        ids = ckpt.tokenizer.encode(corpora.text("pydoc")[:200_000], add_special_tokens=False).ids
+    return [int(t) for t in ids[:n]]
+
+
+def llama_rows(model_path, runner, quick: bool, work_dir, threads: int,
+               methods=LLAMA_METHODS) -> list[dict]:
+    """Performance rows of llama.cpp `methods` requantized from GGUF `model_path`, each timed
+    in a fresh process by `runner` (q35f.measure.llama_worker.LlamaRunner) with the protocol
+    and prompt ids of the q35f rows."""
+    import tempfile
+
+    bench = QUICK_BENCH if quick else BENCH
+    name = _model_name(model_path)
+    prompt = bench_prompt_ids(model_path, bench["prompt_tokens"])
+    rows = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for method in methods:
+            path = runner.requantize(model_path, method, Path(work_dir or tmp) / "llama.cpp",
+                                     threads)
+            load = os.getloadavg()[0]
+            b = runner.sample(path, prompt, bench["runs"], bench["decode_tokens"], threads)
+            notes = [f"llama.cpp {method} requantized from {Path(model_path).name} "
+                     f"(llama-cpp-python {b['llama_cpp_version']}; {b['tensor_types']})",
+                     "memory_gb = GGUF tensor bytes; bits_per_weight = block linear layers as "
+                     "for q35f; same prompt ids and protocol as the q35f rows "
+                     "(q35f.measure.llama_worker), one fresh process",
+                     f"1-minute load average as the run started: {load:.2f} "
+                     f"({os.getloadavg()[0]:.2f} after it) on {os.cpu_count()} logical CPUs",
+                     "power not measured for llama.cpp rows"]
+            rows.append({
+                "method": f"llama.cpp {method}", "tool": "llama.cpp", "threads": threads,
+                "memory_gb": b["tensor_bytes"] / 1e9, "throughput_toks": b["decode_tok_s"],
+                "latency_ms": b["ttft_ms"], "prompt_toks": b["prompt_tok_s"],
+                "bits_per_weight": 8 * b["block_bytes"] / b["block_params"],
+                "file_gb": b["file_bytes"] / 1e9, "peak_rss_mb": b["peak_rss_mb"],
+                "runs": bench["runs"], "prompt_tokens": len(prompt),
+                "decode_tokens": bench["decode_tokens"], "cpu_load_1m": load,
+                **honesty(name, "measured", note="; ".join(notes)),
+            })
+    return rows
+
+
+def add_speed_ratios(rows: list[dict]) -> list[dict]:
+    """Speeds as ratios to the q35f fp32 row of the same model in the same run (latency: >1 is
+    slower); rows of a model without an fp32 row get none."""
+    for row in rows:
+        ref = next((r for r in rows if r["model"] == row["model"] and r["method"] == "fp32"),
+                   None)
+        if ref is None:
+            continue
+        for col, speed in (("decode_vs_fp32", "throughput_toks"), ("prompt_vs_fp32", "prompt_toks"),
+                           ("latency_vs_fp32", "latency_ms")):
+            a, b = row.get(speed), ref.get(speed)
+            row[col] = a / b if a is not None and b else None
+    return rows
+
+
+def flag_loaded(rows: list[dict], max_load: float) -> list[dict]:
+    """published = yes, or no with the reason when the load as the run started exceeded
+    `max_load`: such speeds mean the other jobs, not the tool."""
+    for row in rows:
+        load = row.get("cpu_load_1m")
+        row["published"] = ("yes" if load is None or load <= max_load else
+                            f"no: 1-minute load {load:.2f} > {max_load:.2f} as the run started; "
+                            "rerun on a quiet machine")
+    return rows
+
+
+def default_max_load() -> float:
+    return MAX_LOAD_PER_CPU * (os.cpu_count() or 1)
+
+
 # performance and accuracy (through the model helpers)
 
 
@@ -550,10 +647,13 @@ def corpus_ids(model_path, corpus: str) -> np.ndarray:
 
 def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="prideprejudice",
               max_tokens=None, skip=(), ablation_parts=ABLATION_PARTS,
-              ablation_calibration=None, command="q35f paper data") -> list[Path]:
+              ablation_calibration=None, command="q35f paper data", threads=None,
+              llama_python=None, max_load=None, speed_models=()) -> list[Path]:
     """Measure and write every table not in `skip`; returns the paths written. `ablation_parts`
     (some of ABLATION_PARTS) are rerun, the other part's rows kept from the existing CSV;
-    `command` is recorded in every new ablation row."""
+    `command` is recorded in every new ablation row. With `llama_python` (an interpreter with
+    llama-cpp-python) the performance table gains llama.cpp rows for every GGUF model;
+    `speed_models` get performance rows only (no perplexity)."""
     from q35f.io.checkpoint import default_model_path
 
     out_dir = Path(out_dir)
@@ -562,19 +662,37 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
     if "scalability" not in skip:
         paths.append(write_scalability(out_dir))
     model_paths = [default_model_path()] + [Path(m) for m in models]
-    for m in model_paths:
+    for m in [*model_paths, *speed_models]:
         if not Path(m).exists():
             raise FileNotFoundError(f"--model {m}: not found")
     ctx = 512
     acc_tokens = max_tokens or (QUICK_TOKENS if quick else ACCURACY_TOKENS)
     abl_tokens = max_tokens or (QUICK_TOKENS // 2 if quick else ABLATION_TOKENS)
+    runner = None
+    if llama_python is not None and "performance" not in skip:
+        from q35f.measure.llama_worker import LlamaRunner
+
+        runner = LlamaRunner(llama_python)
+        why = runner.available()
+        if why is not None:
+            raise RuntimeError(f"--llama-python: {why}")
     if not {"performance", "accuracy"} <= set(skip):
         perf, acc = [], []
+        threads = resolve_threads(threads)
         for m in model_paths:
-            p, a = measure_methods(m, corpus, ctx, acc_tokens, quick, work_dir, out_dir)
+            p, a = measure_methods(m, corpus, ctx, acc_tokens, quick, work_dir, out_dir,
+                                   threads=threads)
             perf += p
             acc += a
+            if runner is not None and str(m).endswith(".gguf"):
+                perf += llama_rows(m, runner, quick, work_dir, threads)
+        for m in speed_models if "performance" not in skip else ():
+            perf += speed_rows(m, quick, work_dir, threads)
+            if runner is not None and str(m).endswith(".gguf"):
+                perf += llama_rows(m, runner, quick, work_dir, threads)
         if "performance" not in skip:
+            add_speed_ratios(perf)
+            flag_loaded(perf, default_max_load() if max_load is None else max_load)
             paths.append(write_csv(out_dir / "performance.csv", columns(PERFORMANCE_COLUMNS), perf))
         if "accuracy" not in skip:
             paths.append(write_csv(out_dir / "accuracy.csv", columns(ACCURACY_COLUMNS), acc))
@@ -589,17 +707,72 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
     return paths
 
 
+def q35f_perf_row(method, path, name, bench, threads, layout, group_size, head_bits) -> dict:
+    """One performance row: `q35f bench model` of `path` in a fresh process (RAPL energy
+    around it when readable), with the load average as it started."""
+    from q35f.measure.benchmark import bench_model
+    from q35f.measure.machine import EnergyMeter
+
+    load = os.getloadavg()[0]  # other work on the machine as the benchmark starts
+    with EnergyMeter() as meter:
+        b = bench_model(path, **bench, threads=threads)
+    watts = meter.watts
+    fp32 = method == "fp32"
+    notes = [layout, f"memory_gb = weights held in memory; peak RSS of the benchmark process "
+             f"in peak_rss_mb; decode = {b['decode_tokens']} greedy tokens after a 16-token "
+             f"prompt, latency = time to first token of a {b['prompt_tokens']}-token prompt; "
+             f"medians of {b['runs']} run(s)"]
+    if fp32 and str(path).endswith(".gguf"):
+        notes.append("source file is the GGUF, dequantized to float32 when loaded")
+    notes.append(f"1-minute load average as the run started: {load:.2f} "
+                 f"({os.getloadavg()[0]:.2f} after it) on {os.cpu_count()} logical CPUs")
+    notes.append(power_note() if watts is None else
+                 "power = RAPL package energy over the whole benchmark process / its time")
+    return {
+        "method": method, "tool": "q35f", "threads": threads,
+        "memory_gb": b["weight_mb"] * 2**20 / 1e9,
+        "throughput_toks": b["decode_tok_s"], "latency_ms": b["ttft_ms"], "power_w": watts,
+        "bits_per_weight": b["bits_per_weight"],
+        "file_gb": None if fp32 else b["file_bytes"] / 1e9,
+        "peak_rss_mb": b["peak_rss_mb"], "prompt_toks": b["prompt_tok_s"],
+        "runs": b["runs"], "prompt_tokens": b["prompt_tokens"],
+        "decode_tokens": b["decode_tokens"], "cpu_load_1m": load,
+        "group_size": group_size, "head_bits": head_bits,
+        **honesty(name, "measured", note="; ".join(notes)),
+    }
+
+
+def speed_rows(model_path, quick, work_dir, threads, group_size: int = 128,
+               head_bits: str = "int8") -> list[dict]:
+    """Performance rows only (no perplexity: e.g. a random-weight model of bench/synthetic.py):
+    each METHODS file made by round-to-nearest (speed does not depend on the recipe)."""
+    from q35f.measure.compare import variant_path
+
+    bench = QUICK_BENCH if quick else BENCH
+    name = _model_name(model_path)
+    rows = []
+    for method in METHODS:
+        fp32 = method == "fp32"
+        path = model_path if fp32 else variant_path(Path(model_path), method, group_size,
+                                                    head_bits, work_dir, False, True,
+                                                    "round-to-nearest")
+        layout = "float32 weights" if fp32 else \
+            (f"block linear layers {method} G={group_size} (round-to-nearest), embedding/head "
+             f"{head_bits}")
+        rows.append(q35f_perf_row(method, path, name, bench, threads, layout,
+                                  None if fp32 else group_size, None if fp32 else head_bits))
+    return rows
+
+
 def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_dir,
-                    group_size: int = 128, head_bits: str = "int8"):
+                    group_size: int = 128, head_bits: str = "int8", threads: int | None = None):
     """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model.
 
     Perplexity through q35f.measure.compare (the same token ids for every method, quantized files made
     by q35f.quantization.convert); speed and memory through q35f.measure.benchmark in a fresh process per method,
     with RAPL energy read around it when the machine exposes it.
     """
-    from q35f.measure.benchmark import bench_model
     from q35f.measure.compare import compare
-    from q35f.measure.machine import EnergyMeter
 
     bench = QUICK_BENCH if quick else BENCH
     rows = compare(model_path, METHODS, group_size=group_size, corpus=corpus, ctx=ctx,
@@ -607,40 +780,15 @@ def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_di
                    progress=True)
     name = _model_name(model_path)
     scores = lm_eval_scores(Path(out_dir) / "lm_eval")
-    no_power = power_note()
     base = next(r["ppl"] for r in rows if r["variant"] == "fp32")
     perf, acc = [], []
     for r in rows:
         method = r["variant"]
-        with EnergyMeter() as meter:
-            b = bench_model(r["path"], **bench)
-        watts = meter.watts
-        load = os.getloadavg()[0]  # other work on the machine during the benchmark
         fp32 = method == "fp32"
         layout = "float32 weights" if fp32 else \
             f"block linear layers {method} G={group_size}, embedding/head {head_bits}"
-        notes = [layout, f"memory_gb = weights held in memory; peak RSS of the benchmark process "
-                 f"in peak_rss_mb; decode = {b['decode_tokens']} greedy tokens after a 16-token "
-                 f"prompt, latency = time to first token of a {b['prompt_tokens']}-token prompt; "
-                 f"medians of {b['runs']} run(s)"]
-        if fp32 and str(r["path"]).endswith(".gguf"):
-            notes.append("source file is the Q4_1 GGUF, dequantized to float32 when loaded")
-        notes.append(f"1-minute load average after the run: {load:.2f} on "
-                     f"{os.cpu_count()} logical CPUs (shared machine)")
-        notes.append(no_power if watts is None else
-                     "power = RAPL package energy over the whole benchmark process / its time")
-        perf.append({
-            "method": method, "memory_gb": b["weight_mb"] * 2**20 / 1e9,
-            "throughput_toks": b["decode_tok_s"], "latency_ms": b["ttft_ms"], "power_w": watts,
-            "bits_per_weight": b["bits_per_weight"],
-            "file_gb": None if fp32 else b["file_bytes"] / 1e9,
-            "peak_rss_mb": b["peak_rss_mb"], "prompt_toks": b["prompt_tok_s"],
-            "runs": b["runs"], "prompt_tokens": b["prompt_tokens"],
-            "decode_tokens": b["decode_tokens"], "cpu_load_1m": load,
-            "group_size": None if fp32 else group_size,
-            "head_bits": None if fp32 else head_bits,
-            **honesty(name, "measured", note="; ".join(notes)),
-        })
+        perf.append(q35f_perf_row(method, r["path"], name, bench, threads, layout,
+                                  None if fp32 else group_size, None if fp32 else head_bits))
         task = scores.get(method, {})
         d = r["ppl"] - base
         acc.append({
