@@ -82,9 +82,13 @@ def _data_args(p) -> None:
                    help="rerun only this half of the ablation (round-to-nearest or the default "
                    "recipe), keeping the other half's rows of the existing ablation.csv; "
                    "repeatable (default both)")
+    p.add_argument("--ablation-only", action="append", default=None, metavar="VARIANT",
+                   help="rerun only the ablation variant of this name (the CSV's variant "
+                   "column), keeping every other row; repeatable")
     p.add_argument("--ablation-calibration", default=None, metavar="FILE|CORPUS",
-                   help="calibration text of the default-recipe ablation (default the built-in "
-                   "generated corpus; a .gz file is decompressed)")
+                   help="longer calibration text for the default-recipe rows the built-in "
+                   "generated corpus cannot hold (512/1024 sequences; a .gz file is "
+                   "decompressed)")
     p.add_argument("--speed-model", action="append", default=None, metavar="PATH",
                    help="performance rows only (no perplexity) for this model, e.g. the "
                    "synthetic 1.1B GGUF of bench/synthetic.py; repeatable")
@@ -131,6 +135,7 @@ def _run_data(args) -> int:
                       corpus=args.corpus, max_tokens=args.max_tokens, skip=args.skip,
                       ablation_parts=tuple(args.ablation_part or ABLATION_PARTS),
                       ablation_calibration=args.ablation_calibration,
+                      ablation_only=tuple(args.ablation_only or ()),
                       command=shlex.join(["q35f", *sys.argv[1:]]), threads=args.threads,
                       llama_python=args.llama_python, max_load=args.max_load,
                       speed_models=args.speed_model or [])

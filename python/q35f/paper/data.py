@@ -356,7 +356,8 @@ def recipe_command(variant: dict, calibration: str | None) -> str:
 
 def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, quick: bool,
                  head_bits: str = "int8", parts=ABLATION_PARTS, work_dir=None,
-                 command: str = "q35f paper data", calibration: str | None = None) -> list[dict]:
+                 command: str = "q35f paper data", calibration: str | None = None,
+                 only=()) -> list[dict]:
     """Rows of ablation.csv: the float reference, then each part of `parts` (ABLATION_PARTS).
     Every variant is scored on the same windows with ΔPPL against, and the mean KL divergence
     and top-1 agreement to, the reference (float32 block linear layers, the same head)."""
@@ -393,20 +394,22 @@ def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, 
                 **honesty(model_name, "measured", note="; ".join(notes))}
 
     if "rtn" in parts:
-        rows += _rtn_rows(config, base, embed, ctx, quick, head_bits, score)
+        rows += _rtn_rows(config, base, embed, ctx, quick, head_bits, score, only)
     if "recipe" in parts:
         rows += _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
-                             model_name)
+                             model_name, only)
     ckpt.close()
     return rows
 
 
-def _rtn_rows(config, base, embed, ctx, quick, head_bits, score) -> list[dict]:
-    """Each ablation_variants() variant applied to round-to-nearest tensors."""
+def _rtn_rows(config, base, embed, ctx, quick, head_bits, score, only=()) -> list[dict]:
+    """Each ablation_variants() variant (those named in `only`, when given) applied to
+    round-to-nearest tensors."""
     from tqdm import tqdm
 
     rows = []
-    for var in tqdm(ablation_variants(quick), desc="ablation (round-to-nearest)", unit="variant"):
+    for var in tqdm([v for v in ablation_variants(quick) if not only or v["variant"] in only],
+                    desc="ablation (round-to-nearest)", unit="variant"):
         t0 = time.perf_counter()
         model, bpw = _model_with(config, base, lambda w, v=var: variant_weight(w, v), embed, ctx)
         real = var["kind"] == "real"
@@ -437,9 +440,11 @@ def calibration_capacity(ckpt, calibration: str | None) -> int:
 
 
 def _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
-                 model_name) -> list[dict]:
-    """Each recipe_variants() variant: a real file by quantize_checkpoint, loaded and scored.
-    A variant whose calibration the text cannot hold is an empty row with the reason."""
+                 model_name, only=()) -> list[dict]:
+    """Each recipe_variants() variant (those named in `only`, when given): a real file by
+    quantize_checkpoint, loaded and scored. Calibrated on the built-in corpus, or on the longer
+    text `calibration` where the built-in one cannot hold the variant's sequences; a variant
+    neither holds is an empty row with the reason and the command that fills it."""
     import tempfile
 
     from tqdm import tqdm
@@ -449,33 +454,39 @@ def _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
     from q35f.quantization.recipe import DEFAULT_CALIBRATION, RECIPES
     from q35f.runtime.model import load_model
 
-    capacity = calibration_capacity(ckpt, calibration)
-    source = calibration or f"the built-in {DEFAULT_CALIBRATION} corpus"
+    texts = [(None, f"the built-in {DEFAULT_CALIBRATION} corpus", calibration_capacity(ckpt, None))]
+    if calibration is not None:
+        texts.append((calibration, calibration, calibration_capacity(ckpt, calibration)))
     rows = []
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
-        for var in tqdm(recipe_variants(quick), desc="ablation (default recipe)", unit="variant"):
+        for var in tqdm([v for v in recipe_variants(quick) if not only or v["variant"] in only],
+                        desc="ablation (default recipe)", unit="variant"):
             tokens = var["sequences"] * DEFAULT_SEQUENCE_LENGTH
             row = {"recipe": RECIPE_LABEL["recipe"], "factor": var["factor"],
                    "variant": var["variant"], "group_size": var["group_size"],
                    "calibration_sequences": var["sequences"], "in_format": "yes"}
-            notes = [f"real q35 file = {recipe_command(var, calibration)}, loaded and run with "
-                     f"the Fortran kernels; calibrated on {source}"]
-            if tokens > capacity:
-                reason = (f"not measured: {source} holds {capacity} tokens "
-                          f"({capacity // DEFAULT_SEQUENCE_LENGTH} sequences of "
-                          f"{DEFAULT_SEQUENCE_LENGTH}), this row needs {tokens}; repeating text "
-                          "would not be more calibration. Fill it with a longer text of the same "
-                          "kind: python -m q35f.quantization.generated_corpus --chat "
+            # the built-in corpus (what plain `q35f quantize` uses) whenever it is long enough
+            fits = [t for t in texts if tokens <= t[2]]
+            if not fits:
+                held = "; ".join(f"{name} holds {n} tokens ({n // DEFAULT_SEQUENCE_LENGTH} "
+                                 f"sequences of {DEFAULT_SEQUENCE_LENGTH})" for _, name, n in texts)
+                reason = (f"not measured: {held}, this row needs {tokens}; repeating text "
+                          "would not be more calibration. Fill it with a longer text made the "
+                          "same way: python -m q35f.quantization.generated_corpus --chat "
                           f"{var['sequences'] // 2} --plain {var['sequences'] // 4} --seed 1 "
-                          f"--out big.txt.gz, then {common['command']} --ablation-part recipe "
-                          "--ablation-calibration big.txt.gz")
+                          "--out big.txt.gz, then q35f paper data --skip performance --skip "
+                          "accuracy --skip scalability --ablation-part recipe --ablation-only "
+                          f"'{var['variant']}' --ablation-calibration big.txt.gz")
                 rows.append({**row, "method": "q35", **common,
-                             **honesty(model_name, "measured", note=reason)})
+                             **honesty(model_name, "not measured", note=reason)})
                 continue
+            spec, source, _ = fits[0]
+            notes = [f"real q35 file = {recipe_command(var, spec)}, loaded and run with "
+                     f"the Fortran kernels; calibrated on {source}"]
             t0 = time.perf_counter()
             out = Path(tmp) / "variant"
             summary = quantize_checkpoint(model_path, out, group_size=var["group_size"],
-                                          force=True, progress=False, calibration=calibration,
+                                          force=True, progress=False, calibration=spec,
                                           calibration_tokens=tokens, **RECIPES["calibrated"],
                                           **var["options"])
             model, vck = load_model(out, max_seq_len=common["ctx"])
@@ -498,22 +509,27 @@ def _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
     return rows
 
 
-def merge_ablation(old_rows: list[dict], new_rows: list[dict], parts) -> list[dict]:
-    """Rows of a run of `parts` with the kept rows of the other part from the existing CSV
-    (rows without a recipe column are session 1's round-to-nearest rows)."""
-    kept_labels = {RECIPE_LABEL[p] for p in ABLATION_PARTS if p not in parts}
-    kept = [r for r in old_rows
-            if (r.get("recipe") or RECIPE_LABEL["rtn"]) in kept_labels
-            and r.get("factor") != "reference"]
-    for r in kept:
-        r.setdefault("recipe", RECIPE_LABEL["rtn"])
-        if not r.get("command"):
-            r["command"] = "q35f paper data"  # session 1's rows: the full pipeline
-    order = {p: i for i, p in enumerate(ABLATION_PARTS)}
-    label_part = {v: k for k, v in RECIPE_LABEL.items()}
-    rest = sorted(new_rows[1:] + kept,
-                  key=lambda r: order.get(label_part.get(r["recipe"]), -1))
-    return new_rows[:1] + rest
+def merge_ablation(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
+    """The existing CSV's rows with those of a partial run replacing the same (recipe, factor,
+    variant); the new reference row replaces the old one. Rows without a recipe column are
+    session 1's round-to-nearest rows (`q35f paper data`)."""
+    def key(r):
+        return r.get("recipe"), r.get("factor"), r.get("variant")
+
+    for r in old_rows:
+        if not r.get("recipe"):
+            r["recipe"] = REFERENCE_RECIPE if r.get("factor") == "reference" else \
+                RECIPE_LABEL["rtn"]
+        r["command"] = r.get("command") or "q35f paper data"
+    fresh = {key(r) for r in new_rows}
+    rows = [r for r in old_rows if key(r) not in fresh and r.get("factor") != "reference"]
+    rows += new_rows[1:]
+    canonical = [(RECIPE_LABEL["rtn"], v["factor"], v["variant"])
+                 for v in ablation_variants(False)]
+    canonical += [(RECIPE_LABEL["recipe"], v["factor"], v["variant"])
+                  for v in recipe_variants(False)]
+    rank = {k: i for i, k in enumerate(canonical)}
+    return new_rows[:1] + sorted(rows, key=lambda r: rank.get(key(r), len(rank)))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -648,10 +664,12 @@ def corpus_ids(model_path, corpus: str) -> np.ndarray:
 def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="prideprejudice",
               max_tokens=None, skip=(), ablation_parts=ABLATION_PARTS,
               ablation_calibration=None, command="q35f paper data", threads=None,
-              llama_python=None, max_load=None, speed_models=()) -> list[Path]:
+              llama_python=None, max_load=None, speed_models=(),
+              ablation_only=()) -> list[Path]:
     """Measure and write every table not in `skip`; returns the paths written. `ablation_parts`
     (some of ABLATION_PARTS) are rerun, the other part's rows kept from the existing CSV;
-    `command` is recorded in every new ablation row. With `llama_python` (an interpreter with
+    `command` is recorded in every new ablation row; `ablation_only`: rerun just these
+    variants (by name), keeping every other row. With `llama_python` (an interpreter with
     llama-cpp-python) the performance table gains llama.cpp rows for every GGUF model;
     `speed_models` get performance rows only (no perplexity)."""
     from q35f.io.checkpoint import default_model_path
@@ -700,9 +718,9 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
         ids = corpus_ids(model_paths[0], corpus)
         rows = run_ablation(model_paths[0], ids, corpus, ctx, abl_tokens, quick,
                             parts=ablation_parts, work_dir=work_dir, command=command,
-                            calibration=ablation_calibration)
-        if set(ablation_parts) != set(ABLATION_PARTS):
-            rows = merge_ablation(read_csv(out_dir / "ablation.csv"), rows, ablation_parts)
+                            calibration=ablation_calibration, only=ablation_only)
+        if set(ablation_parts) != set(ABLATION_PARTS) or ablation_only:
+            rows = merge_ablation(read_csv(out_dir / "ablation.csv"), rows)
         paths.append(write_ablation(out_dir, rows))
     return paths
 
