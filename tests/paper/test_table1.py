@@ -142,3 +142,13 @@ def test_worker_script_imports_nothing_from_q35f():
     code = (f"import sys; sys.modules['q35f'] = None; import runpy; "
             f"runpy.run_path({str(src)!r}, run_name='not_main')")
     subprocess.run([sys.executable, "-c", code], check=True, cwd="/")
+
+
+def test_speed_rows_wait_for_the_load_to_settle(monkeypatch):
+    loads = iter([3.0, 2.0, 1.2, 0.9])
+    slept = []
+    monkeypatch.setattr(data.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
+    monkeypatch.setattr(data.time, "sleep", slept.append)
+    assert data.settled_load(1.5, timeout=60, poll=5) == 1.2
+    assert slept == [5, 5]
+    assert data.settled_load(None) == 0.9  # no threshold: no wait

@@ -101,8 +101,9 @@ def _data_args(p) -> None:
                    help="threads of every speed measurement, q35f and llama.cpp alike "
                    "(default $OMP_NUM_THREADS, else every CPU)")
     p.add_argument("--max-load", type=float, default=None,
-                   help="speed rows started above this 1-minute load average are flagged "
-                   "published=no and left out of the figures (default 0.75 x logical CPUs)")
+                   help="each speed row first waits (up to 3 min) for the 1-minute load "
+                   "average to fall to this; rows started above it are flagged published=no "
+                   "and left out of the figures (default 0.75 x logical CPUs)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["performance", "accuracy", "scalability", "ablation"],
                    help="do not (re)write this table; repeatable")

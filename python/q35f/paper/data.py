@@ -569,7 +569,7 @@ def bench_prompt_ids(model_path, n: int) -> list[int]:
 
 
 def llama_rows(model_path, runner, quick: bool, work_dir, threads: int,
-               methods=LLAMA_METHODS) -> list[dict]:
+               methods=LLAMA_METHODS, max_load: float | None = None) -> list[dict]:
     """Performance rows of llama.cpp `methods` requantized from GGUF `model_path`, each timed
     in a fresh process by `runner` (q35f.measure.llama_worker.LlamaRunner) with the protocol
     and prompt ids of the q35f rows."""
@@ -583,7 +583,7 @@ def llama_rows(model_path, runner, quick: bool, work_dir, threads: int,
         for method in methods:
             path = runner.requantize(model_path, method, Path(work_dir or tmp) / "llama.cpp",
                                      threads)
-            load = os.getloadavg()[0]
+            load = settled_load(max_load)
             b = runner.sample(path, prompt, bench["runs"], bench["decode_tokens"], threads)
             notes = [f"llama.cpp {method} requantized from {Path(model_path).name} "
                      f"(llama-cpp-python {b['llama_cpp_version']}; {b['tensor_types']})",
@@ -634,6 +634,20 @@ def flag_loaded(rows: list[dict], max_load: float) -> list[dict]:
 
 def default_max_load() -> float:
     return MAX_LOAD_PER_CPU * (os.cpu_count() or 1)
+
+
+SETTLE_S = 180  # longest wait for the load of earlier work (perplexity, a benchmark) to decay
+
+
+def settled_load(max_load: float | None, timeout: float = SETTLE_S, poll: float = 5.0) -> float:
+    """The 1-minute load average once it is at most `max_load` (or after `timeout` s): this
+    run's own earlier work must not be what flags the next speed row."""
+    deadline = time.monotonic() + (timeout if max_load is not None else 0)
+    load = os.getloadavg()[0]
+    while max_load is not None and load > max_load and time.monotonic() < deadline:
+        time.sleep(poll)
+        load = os.getloadavg()[0]
+    return load
 
 
 # performance and accuracy (through the model helpers)
@@ -694,23 +708,24 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
         why = runner.available()
         if why is not None:
             raise RuntimeError(f"--llama-python: {why}")
+    max_load = default_max_load() if max_load is None else max_load
     if not {"performance", "accuracy"} <= set(skip):
         perf, acc = [], []
         threads = resolve_threads(threads)
         for m in model_paths:
             p, a = measure_methods(m, corpus, ctx, acc_tokens, quick, work_dir, out_dir,
-                                   threads=threads)
+                                   threads=threads, max_load=max_load)
             perf += p
             acc += a
             if runner is not None and str(m).endswith(".gguf"):
-                perf += llama_rows(m, runner, quick, work_dir, threads)
+                perf += llama_rows(m, runner, quick, work_dir, threads, max_load=max_load)
         for m in speed_models if "performance" not in skip else ():
-            perf += speed_rows(m, quick, work_dir, threads)
+            perf += speed_rows(m, quick, work_dir, threads, max_load=max_load)
             if runner is not None and str(m).endswith(".gguf"):
-                perf += llama_rows(m, runner, quick, work_dir, threads)
+                perf += llama_rows(m, runner, quick, work_dir, threads, max_load=max_load)
         if "performance" not in skip:
             add_speed_ratios(perf)
-            flag_loaded(perf, default_max_load() if max_load is None else max_load)
+            flag_loaded(perf, max_load)
             paths.append(write_csv(out_dir / "performance.csv", columns(PERFORMANCE_COLUMNS), perf))
         if "accuracy" not in skip:
             paths.append(write_csv(out_dir / "accuracy.csv", columns(ACCURACY_COLUMNS), acc))
@@ -725,13 +740,14 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
     return paths
 
 
-def q35f_perf_row(method, path, name, bench, threads, layout, group_size, head_bits) -> dict:
+def q35f_perf_row(method, path, name, bench, threads, layout, group_size, head_bits,
+                  max_load: float | None = None) -> dict:
     """One performance row: `q35f bench model` of `path` in a fresh process (RAPL energy
     around it when readable), with the load average as it started."""
     from q35f.measure.benchmark import bench_model
     from q35f.measure.machine import EnergyMeter
 
-    load = os.getloadavg()[0]  # other work on the machine as the benchmark starts
+    load = settled_load(max_load)  # other work on the machine as the benchmark starts
     with EnergyMeter() as meter:
         b = bench_model(path, **bench, threads=threads)
     watts = meter.watts
@@ -761,7 +777,7 @@ def q35f_perf_row(method, path, name, bench, threads, layout, group_size, head_b
 
 
 def speed_rows(model_path, quick, work_dir, threads, group_size: int = 128,
-               head_bits: str = "int8") -> list[dict]:
+               head_bits: str = "int8", max_load: float | None = None) -> list[dict]:
     """Performance rows only (no perplexity: e.g. a random-weight model of bench/synthetic.py):
     each METHODS file made by round-to-nearest (speed does not depend on the recipe)."""
     from q35f.measure.compare import variant_path
@@ -778,12 +794,14 @@ def speed_rows(model_path, quick, work_dir, threads, group_size: int = 128,
             (f"block linear layers {method} G={group_size} (round-to-nearest), embedding/head "
              f"{head_bits}")
         rows.append(q35f_perf_row(method, path, name, bench, threads, layout,
-                                  None if fp32 else group_size, None if fp32 else head_bits))
+                                  None if fp32 else group_size, None if fp32 else head_bits,
+                                  max_load))
     return rows
 
 
 def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_dir,
-                    group_size: int = 128, head_bits: str = "int8", threads: int | None = None):
+                    group_size: int = 128, head_bits: str = "int8", threads: int | None = None,
+                    max_load: float | None = None):
     """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model.
 
     Perplexity through q35f.measure.compare (the same token ids for every method, quantized files made
@@ -806,7 +824,8 @@ def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_di
         layout = "float32 weights" if fp32 else \
             f"block linear layers {method} G={group_size}, embedding/head {head_bits}"
         perf.append(q35f_perf_row(method, r["path"], name, bench, threads, layout,
-                                  None if fp32 else group_size, None if fp32 else head_bits))
+                                  None if fp32 else group_size, None if fp32 else head_bits,
+                                  max_load))
         task = scores.get(method, {})
         d = r["ppl"] - base
         acc.append({
