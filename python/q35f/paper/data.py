@@ -1,14 +1,17 @@
 """`q35f paper data`: the paper's four tables, measured on this machine (scalability: computed).
 
 Tables (paper columns first, then the honesty columns HONESTY):
-- performance.csv: each method on the embedded model (and any --model): memory, decode tok/s,
-  first-token latency, power (RAPL, only when readable);
+- performance.csv: each method on the embedded model (and any --model / --speed-model): memory,
+  decode tok/s, first-token latency, power (RAPL, only when readable); with an interpreter that
+  has llama-cpp-python, llama.cpp's types measured in the same run; ratios to fp32; rows
+  started under load flagged published=no;
 - accuracy.csv: perplexity and ΔPPL of each method, plus lm-evaluation-harness task scores from
   bench/results/lm_eval/ when those runs exist (empty otherwise);
 - scalability.csv: exact memory of the Llama 7B..405B shapes in every format, the devices they
   fit, a bandwidth-bound decode *estimate* (q35f.format.sizing);
-- ablation.csv: q35 design choices on the embedded model: dynamic per-group vs static scaling,
-  asymmetric vs symmetric grids, group size, which weight of a pair gets 4 bits.
+- ablation.csv: q35 design choices on the embedded model, for round-to-nearest and for the
+  default recipe: dynamic per-group vs static scaling, asymmetric vs symmetric grids, group
+  size, which weight of a pair gets 4 bits, calibration size; ΔPPL and KL to the float model.
 
 Performance and accuracy come from the model helpers (q35f.measure.compare, q35f.measure.benchmark,
 q35f.measure.perplexity); the ablation runs the model directly with each variant's weights.
@@ -312,6 +315,9 @@ def _model_with(config, base, transform, embed, ctx):
     return Model(config, weights, max_seq_len=ctx), 8 * nbytes / params
 
 
+CALIBRATION_SEQUENCES = (128, 512, 1024)  # the plan's calibration sizes, sequences of 128
+
+
 def recipe_variants(quick: bool) -> list[dict]:
     """The ablation's factors applied to the default recipe (RECIPES["calibrated"]): each with
     the quantize_checkpoint options it changes and its calibration sequences of 128 tokens."""
@@ -335,8 +341,6 @@ def recipe_variants(quick: bool) -> list[dict]:
                sequences=n, options={}) for n in CALIBRATION_SEQUENCES]
     return v
 
-
-CALIBRATION_SEQUENCES = (128, 512, 1024)
 
 
 def recipe_command(variant: dict, calibration: str | None) -> str:
