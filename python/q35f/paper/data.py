@@ -1,15 +1,18 @@
 """`q35f paper data`: the paper's four tables, measured on this machine (scalability: computed).
 
 Tables (paper columns first, then the honesty columns HONESTY):
-- performance.csv: each method on the embedded model (and any --model): memory, decode tok/s,
-  first-token latency, power (RAPL, only when readable);
+- performance.csv: each method on the embedded model (and any --model / --speed-model): memory,
+  decode tok/s, first-token latency, power (RAPL, only when readable); with an interpreter that
+  has llama-cpp-python, llama.cpp's types measured in the same run; ratios to fp32; rows
+  started under load flagged published=no;
 - accuracy.csv: perplexity and ΔPPL of each method, plus lm-evaluation-harness task scores with
   their standard errors from bench/results/lm_eval/<method>/ (bench/accuracy_tasks.sh writes them;
   empty otherwise); `--skip performance` writes it without the speed runs;
 - scalability.csv: exact memory of the Llama 7B..405B shapes in every format, the devices they
   fit, a bandwidth-bound decode *estimate* (q35f.format.sizing);
-- ablation.csv: q35 design choices on the embedded model: dynamic per-group vs static scaling,
-  asymmetric vs symmetric grids, group size, which weight of a pair gets 4 bits.
+- ablation.csv: q35 design choices on the embedded model, for round-to-nearest and for the
+  default recipe: dynamic per-group vs static scaling, asymmetric vs symmetric grids, group
+  size, which weight of a pair gets 4 bits, calibration size; ΔPPL and KL to the float model.
 
 Performance and accuracy come from the model helpers (q35f.measure.compare, q35f.measure.benchmark,
 q35f.measure.perplexity); the ablation runs the model directly with each variant's weights.
@@ -32,8 +35,14 @@ HONESTY = ("model", "machine", "date", "q35f_version", "source", "formula", "not
 PERFORMANCE_COLUMNS = (
     "method", "memory_gb", "throughput_toks", "latency_ms", "power_w",
     "bits_per_weight", "file_gb", "peak_rss_mb", "prompt_toks", "runs", "prompt_tokens",
-    "decode_tokens", "cpu_load_1m", "group_size", "head_bits",
+    "decode_tokens", "cpu_load_1m", "group_size", "head_bits", "tool", "threads",
+    "decode_vs_fp32", "prompt_vs_fp32", "latency_vs_fp32", "published",
 )
+# llama.cpp types measured next to q35f in Table 1 (requantized from the same GGUF).
+LLAMA_METHODS = ("F32", "Q8_0", "Q4_K_M", "Q3_K_M", "Q4_0")
+# Speed rows measured while the 1-minute load average (as the run started) exceeded this
+# fraction of the logical CPUs are kept but flagged `published = no` and left out of figures.
+MAX_LOAD_PER_CPU = 0.75
 ACCURACY_COLUMNS = (
     "method", "bits_per_weight", "model", "corpus", "tokens", "perplexity", "delta_ppl",
     "delta_ppl_pct", "mmlu", "humaneval", "truthfulqa", "ctx", "file_bits_per_weight",
@@ -42,9 +51,15 @@ ACCURACY_COLUMNS = (
     "tasks_source", "kl_divergence", "top1_agreement",
 )
 ABLATION_COLUMNS = (
-    "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity", "delta_ppl",
-    "delta_ppl_pct", "corpus", "tokens", "ctx", "in_format",
+    "recipe", "factor", "variant", "method", "group_size", "bits_per_weight", "perplexity",
+    "delta_ppl", "delta_ppl_pct", "kl_divergence", "top1_agreement", "calibration_sequences",
+    "corpus", "windows", "tokens", "ctx", "in_format", "wall_s", "command",
 )
+# The two halves of the ablation (--ablation-part): each variant applied to round-to-nearest
+# (session 1's rows) and to the default recipe of `q35f quantize`.
+ABLATION_PARTS = ("rtn", "recipe")
+RECIPE_LABEL = {"rtn": "round-to-nearest", "recipe": "default (q35f quantize)"}
+REFERENCE_RECIPE = "none (float32 block linear layers)"
 # accuracy.csv column -> lm-eval tasks that fill it, preferred first: the local offline tasks
 # (q35f.integrations.tasks), then lm-eval's Hub tasks of the same name. truthfulqa is MC2.
 LM_EVAL_TASKS = {"mmlu": ("mmlu",), "humaneval": ("q35f_humaneval", "humaneval"),
@@ -258,17 +273,11 @@ def _group_reduce(w, group_size, fn):
 def fake_symmetric(w, group_size: int = 128):
     """Symmetric grid per group: range [-7.5 s, 7.5 s] with only the float16 scale s stored
     (s = smallest float16 with 7.5 s >= max |w| of the group); same 16/8 levels as q35."""
-    from q35f.kernels import reference
+    from q35f.quantization.symmetric import symmetric_scale
 
     w = np.asarray(w, dtype=np.float32)
     m, _ = _group_reduce(np.abs(w), group_size, np.nanmax)
-    scale = reference.f16_round_up((np.float32(2) * m) / np.float32(15))
-    while True:
-        short = np.float32(7.5) * scale < m
-        if not short.any():
-            break
-        bumped = np.nextafter(scale.astype(np.float16), np.float16(np.inf)).astype(np.float32)
-        scale = np.where(short, bumped, scale)
+    scale = symmetric_scale(m, 15)
     k = w.shape[1]
     scale_w = np.repeat(scale, group_size, axis=1)[:, :k]
     return mixed_grid(w, np.float32(-7.5) * scale_w, scale_w)
@@ -364,12 +373,58 @@ def _model_with(config, base, transform, embed, ctx):
     return Model(config, weights, max_seq_len=ctx), 8 * nbytes / params
 
 
-def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, quick: bool,
-                 head_bits: str = "int8") -> list[dict]:
-    from tqdm import tqdm
+CALIBRATION_SEQUENCES = (128, 512, 1024)  # the plan's calibration sizes, sequences of 128
 
-    from q35f.measure.perplexity import perplexity
+
+def recipe_variants(quick: bool) -> list[dict]:
+    """The ablation's factors applied to the default recipe (RECIPES["calibrated"]): each with
+    the quantize_checkpoint options it changes and its calibration sequences of 128 tokens."""
+    from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS
+
+    default = DEFAULT_CALIBRATION_TOKENS // DEFAULT_SEQUENCE_LENGTH
+    if quick:  # CI-sized: one row, a few sequences
+        return [dict(factor="baseline", variant="default recipe, 8 calibration sequences",
+                     group_size=128, sequences=8, options={})]
+    v = [
+        dict(factor="baseline", variant=f"default recipe ({default} calibration sequences)",
+             group_size=128, sequences=default, options={}),
+        # 1536 = the largest K of the embedded model: one group per row of every block linear
+        dict(factor="scaling", variant="static per-output-channel (one group per row, G = K)",
+             group_size=1536, sequences=default, options={}),
+        dict(factor="grid", variant="symmetric per-group (offset = float16(-7.5 scale))",
+             group_size=128, sequences=default, options={"symmetric": True}),
+    ]
+    v += [dict(factor="calibration", variant=f"{n} calibration sequences", group_size=128,
+               sequences=n, options={}) for n in CALIBRATION_SEQUENCES]
+    return v
+
+
+
+def recipe_command(variant: dict, calibration: str | None) -> str:
+    """The `q35f quantize` command that makes a recipe variant's file (symmetric has no flag)."""
+    from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
+
+    cmd = "q35f quantize -o OUT"
+    if variant["group_size"] != 128:
+        cmd += f" --group-size {variant['group_size']}"
+    if calibration is not None:
+        cmd += f" --calibration {calibration}"
+    cmd += f" --calibration-tokens {variant['sequences'] * DEFAULT_SEQUENCE_LENGTH}"
+    if variant["options"].get("symmetric"):
+        cmd += " (symmetric: no CLI flag; quantize_checkpoint(..., symmetric=True))"
+    return cmd
+
+
+def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, quick: bool,
+                 head_bits: str = "int8", parts=ABLATION_PARTS, work_dir=None,
+                 command: str = "q35f paper data", calibration: str | None = None,
+                 only=()) -> list[dict]:
+    """Rows of ablation.csv: the float reference, then each part of `parts` (ABLATION_PARTS).
+    Every variant is scored on the same windows with ΔPPL against, and the mean KL divergence
+    and top-1 agreement to, the reference (float32 block linear layers, the same head)."""
     from q35f.kernels.tensor import quantize
+    from q35f.measure.perplexity import perplexity
 
     ckpt, config, base = _load_float(model_path)
     model_name = _model_name(model_path)
@@ -378,26 +433,47 @@ def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, 
                          "embedded SmolLM2) only")
     # The embedding/head is the same in every variant: the head policy of the real files.
     embed = quantize(np.ascontiguousarray(base.embed), 128, head_bits)
-    variants = ablation_variants(quick)
-    rows = []
-    bar = tqdm(total=len(variants) + 1, desc="ablation", unit="variant")
+    t0 = time.perf_counter()
     ref_model, _ = _model_with(config, base, lambda w: (w, 4 * w.size), embed, ctx)
     ref = perplexity(ref_model, token_ids, ctx=ctx, max_tokens=max_tokens)
-    del ref_model
-    bar.update()
-    ref_note = (f"block linear layers in float32, embedding/head {head_bits} G=128 as in every "
-                "row; the reference for delta_ppl")
-    rows.append({"factor": "reference", "variant": "float32 block linear layers", "method": "fp32",
-                 "group_size": "", "bits_per_weight": 32, "perplexity": ref["ppl"],
-                 "delta_ppl": 0.0, "delta_ppl_pct": 0.0, "corpus": corpus,
-                 "tokens": ref["tokens"], "ctx": ctx, "in_format": "yes",
-                 **honesty(model_name, "measured", note=ref_note)})
-    for var in variants:
+    ref_note = (f"block linear layers in float32, embedding/head {head_bits} G=128 as in the "
+                "round-to-nearest rows; the reference for delta_ppl and kl_divergence")
+    common = {"corpus": corpus, "windows": ref["windows"], "ctx": ctx, "command": command}
+    rows = [{"recipe": REFERENCE_RECIPE, "factor": "reference",
+             "variant": "float32 block linear layers", "method": "fp32", "bits_per_weight": 32,
+             "perplexity": ref["ppl"], "delta_ppl": 0.0, "delta_ppl_pct": 0.0,
+             "tokens": ref["tokens"], "in_format": "yes",
+             "wall_s": time.perf_counter() - t0, **common,
+             **honesty(model_name, "measured", note=ref_note)}]
+
+    def score(model, variant_row, notes, started):
+        res = perplexity(model, token_ids, ctx=ctx, max_tokens=max_tokens, reference=ref_model)
+        d = res["ppl"] - ref["ppl"]
+        return {**variant_row, "method": "q35", "perplexity": res["ppl"], "delta_ppl": d,
+                "delta_ppl_pct": 100 * d / ref["ppl"], "kl_divergence": res["kl_divergence"],
+                "top1_agreement": res["top1_agreement"], "tokens": res["tokens"],
+                "wall_s": time.perf_counter() - started, **common,
+                **honesty(model_name, "measured", note="; ".join(notes))}
+
+    if "rtn" in parts:
+        rows += _rtn_rows(config, base, embed, ctx, quick, head_bits, score, only)
+    if "recipe" in parts:
+        rows += _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
+                             model_name, only)
+    ckpt.close()
+    return rows
+
+
+def _rtn_rows(config, base, embed, ctx, quick, head_bits, score, only=()) -> list[dict]:
+    """Each ablation_variants() variant (those named in `only`, when given) applied to
+    round-to-nearest tensors."""
+    from tqdm import tqdm
+
+    rows = []
+    for var in tqdm([v for v in ablation_variants(quick) if not only or v["variant"] in only],
+                    desc="ablation (round-to-nearest)", unit="variant"):
         t0 = time.perf_counter()
         model, bpw = _model_with(config, base, lambda w, v=var: variant_weight(w, v), embed, ctx)
-        res = perplexity(model, token_ids, ctx=ctx, max_tokens=max_tokens)
-        del model
-        bar.update()
         real = var["kind"] == "real"
         notes = [("real q35 tensors (q35f.quantize; the bytes a q35f file holds), run with the "
                   "Fortran kernels") if real else
@@ -407,23 +483,233 @@ def run_ablation(model_path, token_ids, corpus: str, ctx: int, max_tokens: int, 
             notes.append("group size = K rounded up to 16 (576 or 1536): one group per row")
         if var.get("group_size") == 32:
             notes.append(TRAP_NOTE)
-        notes.append(f"embedding/head {head_bits} G=128; {time.perf_counter() - t0:.0f} s")
-        d = res["ppl"] - ref["ppl"]
-        rows.append({
-            "factor": var["factor"], "variant": var["variant"], "method": "q35",
+        notes.append(f"embedding/head {head_bits} G=128")
+        rows.append(score(model, {
+            "recipe": RECIPE_LABEL["rtn"], "factor": var["factor"], "variant": var["variant"],
             "group_size": var.get("group_size", ""), "bits_per_weight": bpw,
-            "perplexity": res["ppl"], "delta_ppl": d, "delta_ppl_pct": 100 * d / ref["ppl"],
-            "corpus": corpus, "tokens": res["tokens"], "ctx": ctx,
-            "in_format": "yes" if real else "no (fake-quantized)",
-            **honesty(model_name, "measured", note="; ".join(notes)),
-        })
-    bar.close()
-    ckpt.close()
+            "in_format": "yes" if real else "no (fake-quantized)"}, notes, t0))
+        del model
     return rows
+
+
+def calibration_capacity(ckpt, calibration: str | None) -> int:
+    """Tokens of the calibration text (default: the built-in generated corpus)."""
+    from q35f.quantization.calibrate import calibration_text
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION
+
+    text = calibration_text(calibration or DEFAULT_CALIBRATION)
+    return len(ckpt.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _recipe_rows(model_path, ckpt, quick, work_dir, calibration, score, common,
+                 model_name, only=()) -> list[dict]:
+    """Each recipe_variants() variant (those named in `only`, when given): a real file by
+    quantize_checkpoint, loaded and scored. Calibrated on the built-in corpus, or on the longer
+    text `calibration` where the built-in one cannot hold the variant's sequences; a variant
+    neither holds is an empty row with the reason and the command that fills it."""
+    import tempfile
+
+    from tqdm import tqdm
+
+    from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
+    from q35f.quantization.convert import quantize_checkpoint
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION, RECIPES
+    from q35f.runtime.model import load_model
+
+    texts = [(None, f"the built-in {DEFAULT_CALIBRATION} corpus", calibration_capacity(ckpt, None))]
+    if calibration is not None:
+        texts.append((calibration, calibration, calibration_capacity(ckpt, calibration)))
+    rows = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for var in tqdm([v for v in recipe_variants(quick) if not only or v["variant"] in only],
+                        desc="ablation (default recipe)", unit="variant"):
+            tokens = var["sequences"] * DEFAULT_SEQUENCE_LENGTH
+            row = {"recipe": RECIPE_LABEL["recipe"], "factor": var["factor"],
+                   "variant": var["variant"], "group_size": var["group_size"],
+                   "calibration_sequences": var["sequences"], "in_format": "yes"}
+            # the built-in corpus (what plain `q35f quantize` uses) whenever it is long enough
+            fits = [t for t in texts if tokens <= t[2]]
+            if not fits:
+                held = "; ".join(f"{name} holds {n} tokens ({n // DEFAULT_SEQUENCE_LENGTH} "
+                                 f"sequences of {DEFAULT_SEQUENCE_LENGTH})" for _, name, n in texts)
+                reason = (f"not measured: {held}, this row needs {tokens}; repeating text "
+                          "would not be more calibration. Fill it with a longer text made the "
+                          "same way: python -m q35f.quantization.generated_corpus --chat "
+                          f"{var['sequences'] // 2} --plain {var['sequences'] // 4} --seed 1 "
+                          "--out big.txt.gz, then q35f paper data --skip performance --skip "
+                          "accuracy --skip scalability --ablation-part recipe --ablation-only "
+                          f"'{var['variant']}' --ablation-calibration big.txt.gz")
+                rows.append({**row, "method": "q35", **common,
+                             **honesty(model_name, "not measured", note=reason)})
+                continue
+            spec, source, _ = fits[0]
+            notes = [f"real q35 file = {recipe_command(var, spec)}, loaded and run with "
+                     f"the Fortran kernels; calibrated on {source}"]
+            t0 = time.perf_counter()
+            out = Path(tmp) / "variant"
+            summary = quantize_checkpoint(model_path, out, group_size=var["group_size"],
+                                          force=True, progress=False, calibration=spec,
+                                          calibration_tokens=tokens, **RECIPES["calibrated"],
+                                          **var["options"])
+            model, vck = load_model(out, max_seq_len=common["ctx"])
+            if var["group_size"] != 128:
+                notes.append(f"G = {var['group_size']} holds for the int8 embedding/head too "
+                             "(a file has one group size): one group per row there as well")
+            else:
+                notes.append("embedding/head int8 G=128")
+            if var["options"].get("symmetric"):
+                notes.append("in the format: offset stored as the float16 nearest -7.5 scale "
+                             "(a symmetric format would store the scale only: 0.125 bits/weight "
+                             "less at G=128); symmetric range search weighted by importance, "
+                             "inside GPTQ (q35f.quantization.symmetric)")
+            notes.append(f"quantize {summary['seconds']:.0f} s")
+            scored = score(model, {**row, "bits_per_weight": model.stats()[
+                "block_bits_per_weight"]}, notes, t0)
+            vck.close()
+            del model
+            rows.append(scored)
+    return rows
+
+
+def merge_ablation(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
+    """The existing CSV's rows with those of a partial run replacing the same (recipe, factor,
+    variant); the new reference row replaces the old one. Rows without a recipe column are
+    session 1's round-to-nearest rows (`q35f paper data`)."""
+    def key(r):
+        return r.get("recipe"), r.get("factor"), r.get("variant")
+
+    for r in old_rows:
+        if not r.get("recipe"):
+            r["recipe"] = REFERENCE_RECIPE if r.get("factor") == "reference" else \
+                RECIPE_LABEL["rtn"]
+        r["command"] = r.get("command") or "q35f paper data"
+    fresh = {key(r) for r in new_rows}
+    rows = [r for r in old_rows if key(r) not in fresh and r.get("factor") != "reference"]
+    rows += new_rows[1:]
+    canonical = [(RECIPE_LABEL["rtn"], v["factor"], v["variant"])
+                 for v in ablation_variants(False)]
+    canonical += [(RECIPE_LABEL["recipe"], v["factor"], v["variant"])
+                  for v in recipe_variants(False)]
+    rank = {k: i for i, k in enumerate(canonical)}
+    return new_rows[:1] + sorted(rows, key=lambda r: rank.get(key(r), len(rank)))
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV as dicts; [] when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def write_ablation(out_dir, rows) -> Path:
     return write_csv(Path(out_dir) / "ablation.csv", columns(ABLATION_COLUMNS), rows)
+
+
+# Table 1 next to llama.cpp
+
+
+def resolve_threads(threads: int | None) -> int:
+    """The thread count both tools get: `threads`, else OMP_NUM_THREADS, else every CPU."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        return int(threads)
+    return int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def bench_prompt_ids(model_path, n: int) -> list[int]:
+    """The prompt q35f.measure.benchmark feeds (pydoc text, the model's tokenizer), so both
+    tools run the identical token ids."""
+    from q35f.io import corpora
+    from q35f.io.checkpoint import open_checkpoint
+
+    with open_checkpoint(model_path) as ckpt:
+        ids = ckpt.tokenizer.encode(corpora.text("pydoc")[:200_000], add_special_tokens=False).ids
+    return [int(t) for t in ids[:n]]
+
+
+def llama_rows(model_path, runner, quick: bool, work_dir, threads: int,
+               methods=LLAMA_METHODS, max_load: float | None = None) -> list[dict]:
+    """Performance rows of llama.cpp `methods` requantized from GGUF `model_path`, each timed
+    in a fresh process by `runner` (q35f.measure.llama_worker.LlamaRunner) with the protocol
+    and prompt ids of the q35f rows."""
+    import tempfile
+
+    bench = QUICK_BENCH if quick else BENCH
+    name = _model_name(model_path)
+    prompt = bench_prompt_ids(model_path, bench["prompt_tokens"])
+    rows = []
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        for method in methods:
+            path = runner.requantize(model_path, method, Path(work_dir or tmp) / "llama.cpp",
+                                     threads)
+            load = settled_load(max_load)
+            b = runner.sample(path, prompt, bench["runs"], bench["decode_tokens"], threads)
+            notes = [f"llama.cpp {method} requantized from {Path(model_path).name} "
+                     f"(llama-cpp-python {b['llama_cpp_version']}; {b['tensor_types']})",
+                     "memory_gb = GGUF tensor bytes; bits_per_weight = block linear layers as "
+                     "for q35f; same prompt ids and protocol as the q35f rows "
+                     "(q35f.measure.llama_worker), one fresh process",
+                     f"1-minute load average as the run started: {load:.2f} "
+                     f"({os.getloadavg()[0]:.2f} after it) on {os.cpu_count()} logical CPUs",
+                     "power not measured for llama.cpp rows"]
+            rows.append({
+                "method": f"llama.cpp {method}", "tool": "llama.cpp", "threads": threads,
+                "memory_gb": b["tensor_bytes"] / 1e9, "throughput_toks": b["decode_tok_s"],
+                "latency_ms": b["ttft_ms"], "prompt_toks": b["prompt_tok_s"],
+                "bits_per_weight": 8 * b["block_bytes"] / b["block_params"],
+                "file_gb": b["file_bytes"] / 1e9, "peak_rss_mb": b["peak_rss_mb"],
+                "runs": bench["runs"], "prompt_tokens": len(prompt),
+                "decode_tokens": bench["decode_tokens"], "cpu_load_1m": load,
+                **honesty(name, "measured", note="; ".join(notes)),
+            })
+    return rows
+
+
+def add_speed_ratios(rows: list[dict]) -> list[dict]:
+    """Speeds as ratios to the q35f fp32 row of the same model in the same run (latency: >1 is
+    slower); rows of a model without an fp32 row get none."""
+    for row in rows:
+        ref = next((r for r in rows if r["model"] == row["model"] and r["method"] == "fp32"),
+                   None)
+        if ref is None:
+            continue
+        for col, speed in (("decode_vs_fp32", "throughput_toks"), ("prompt_vs_fp32", "prompt_toks"),
+                           ("latency_vs_fp32", "latency_ms")):
+            a, b = row.get(speed), ref.get(speed)
+            row[col] = a / b if a is not None and b else None
+    return rows
+
+
+def flag_loaded(rows: list[dict], max_load: float) -> list[dict]:
+    """published = yes, or no with the reason when the load as the run started exceeded
+    `max_load`: such speeds mean the other jobs, not the tool."""
+    for row in rows:
+        load = row.get("cpu_load_1m")
+        row["published"] = ("yes" if load is None or load <= max_load else
+                            f"no: 1-minute load {load:.2f} > {max_load:.2f} as the run started; "
+                            "rerun on a quiet machine")
+    return rows
+
+
+def default_max_load() -> float:
+    return MAX_LOAD_PER_CPU * (os.cpu_count() or 1)
+
+
+SETTLE_S = 180  # longest wait for the load of earlier work (perplexity, a benchmark) to decay
+
+
+def settled_load(max_load: float | None, timeout: float = SETTLE_S, poll: float = 5.0) -> float:
+    """The 1-minute load average once it is at most `max_load` (or after `timeout` s): this
+    run's own earlier work must not be what flags the next speed row."""
+    deadline = time.monotonic() + (timeout if max_load is not None else 0)
+    load = os.getloadavg()[0]
+    while max_load is not None and load > max_load and time.monotonic() < deadline:
+        time.sleep(poll)
+        load = os.getloadavg()[0]
+    return load
 
 
 # performance and accuracy (through the model helpers)
@@ -452,8 +738,16 @@ def corpus_ids(model_path, corpus: str) -> np.ndarray:
 
 
 def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="prideprejudice",
-              max_tokens=None, skip=()) -> list[Path]:
-    """Measure and write every table not in `skip`; returns the paths written."""
+              max_tokens=None, skip=(), ablation_parts=ABLATION_PARTS,
+              ablation_calibration=None, command="q35f paper data", threads=None,
+              llama_python=None, max_load=None, speed_models=(),
+              ablation_only=()) -> list[Path]:
+    """Measure and write every table not in `skip`; returns the paths written. `ablation_parts`
+    (some of ABLATION_PARTS) are rerun, the other part's rows kept from the existing CSV;
+    `command` is recorded in every new ablation row; `ablation_only`: rerun just these
+    variants (by name), keeping every other row. With `llama_python` (an interpreter with
+    llama-cpp-python) the performance table gains llama.cpp rows for every GGUF model;
+    `speed_models` get performance rows only (no perplexity)."""
     from q35f.io.checkpoint import default_model_path
 
     out_dir = Path(out_dir)
@@ -462,43 +756,124 @@ def write_all(out_dir, quick: bool = False, models=(), work_dir=None, corpus="pr
     if "scalability" not in skip:
         paths.append(write_scalability(out_dir))
     model_paths = [default_model_path()] + [Path(m) for m in models]
-    for m in model_paths:
+    for m in [*model_paths, *speed_models]:
         if not Path(m).exists():
             raise FileNotFoundError(f"--model {m}: not found")
     ctx = 512
     acc_tokens = max_tokens or (QUICK_TOKENS if quick else ACCURACY_TOKENS)
     abl_tokens = max_tokens or (QUICK_TOKENS // 2 if quick else ABLATION_TOKENS)
+    runner = None
+    if llama_python is not None and "performance" not in skip:
+        from q35f.measure.llama_worker import LlamaRunner
+
+        runner = LlamaRunner(llama_python)
+        why = runner.available()
+        if why is not None:
+            raise RuntimeError(f"--llama-python: {why}")
+    max_load = default_max_load() if max_load is None else max_load
     if not {"performance", "accuracy"} <= set(skip):
         perf, acc = [], []
+        threads = resolve_threads(threads)
         for m in model_paths:
             if "performance" in skip:  # accuracy alone: no speed runs
                 acc += measure_accuracy(m, corpus, ctx, acc_tokens, work_dir, out_dir)
                 continue
-            p, a = measure_methods(m, corpus, ctx, acc_tokens, quick, work_dir, out_dir)
+            p, a = measure_methods(m, corpus, ctx, acc_tokens, quick, work_dir, out_dir,
+                                   threads=threads, max_load=max_load)
             perf += p
             acc += a
+            if runner is not None and str(m).endswith(".gguf"):
+                perf += llama_rows(m, runner, quick, work_dir, threads, max_load=max_load)
+        for m in speed_models if "performance" not in skip else ():
+            perf += speed_rows(m, quick, work_dir, threads, max_load=max_load)
+            if runner is not None and str(m).endswith(".gguf"):
+                perf += llama_rows(m, runner, quick, work_dir, threads, max_load=max_load)
         if "performance" not in skip:
+            add_speed_ratios(perf)
+            flag_loaded(perf, max_load)
             paths.append(write_csv(out_dir / "performance.csv", columns(PERFORMANCE_COLUMNS), perf))
         if "accuracy" not in skip:
             paths.append(write_csv(out_dir / "accuracy.csv", columns(ACCURACY_COLUMNS), acc))
     if "ablation" not in skip:
         ids = corpus_ids(model_paths[0], corpus)
-        rows = run_ablation(model_paths[0], ids, corpus, ctx, abl_tokens, quick)
+        rows = run_ablation(model_paths[0], ids, corpus, ctx, abl_tokens, quick,
+                            parts=ablation_parts, work_dir=work_dir, command=command,
+                            calibration=ablation_calibration, only=ablation_only)
+        if set(ablation_parts) != set(ABLATION_PARTS) or ablation_only:
+            rows = merge_ablation(read_csv(out_dir / "ablation.csv"), rows)
         paths.append(write_ablation(out_dir, rows))
     return paths
 
 
+def q35f_perf_row(method, path, name, bench, threads, layout, group_size, head_bits,
+                  max_load: float | None = None) -> dict:
+    """One performance row: `q35f bench model` of `path` in a fresh process (RAPL energy
+    around it when readable), with the load average as it started."""
+    from q35f.measure.benchmark import bench_model
+    from q35f.measure.machine import EnergyMeter
+
+    load = settled_load(max_load)  # other work on the machine as the benchmark starts
+    with EnergyMeter() as meter:
+        b = bench_model(path, **bench, threads=threads)
+    watts = meter.watts
+    fp32 = method == "fp32"
+    notes = [layout, f"memory_gb = weights held in memory; peak RSS of the benchmark process "
+             f"in peak_rss_mb; decode = {b['decode_tokens']} greedy tokens after a 16-token "
+             f"prompt, latency = time to first token of a {b['prompt_tokens']}-token prompt; "
+             f"medians of {b['runs']} run(s)"]
+    if fp32 and str(path).endswith(".gguf"):
+        notes.append("source file is the GGUF, dequantized to float32 when loaded")
+    notes.append(f"1-minute load average as the run started: {load:.2f} "
+                 f"({os.getloadavg()[0]:.2f} after it) on {os.cpu_count()} logical CPUs")
+    notes.append(power_note() if watts is None else
+                 "power = RAPL package energy over the whole benchmark process / its time")
+    return {
+        "method": method, "tool": "q35f", "threads": threads,
+        "memory_gb": b["weight_mb"] * 2**20 / 1e9,
+        "throughput_toks": b["decode_tok_s"], "latency_ms": b["ttft_ms"], "power_w": watts,
+        "bits_per_weight": b["bits_per_weight"],
+        "file_gb": None if fp32 else b["file_bytes"] / 1e9,
+        "peak_rss_mb": b["peak_rss_mb"], "prompt_toks": b["prompt_tok_s"],
+        "runs": b["runs"], "prompt_tokens": b["prompt_tokens"],
+        "decode_tokens": b["decode_tokens"], "cpu_load_1m": load,
+        "group_size": group_size, "head_bits": head_bits,
+        **honesty(name, "measured", note="; ".join(notes)),
+    }
+
+
+def speed_rows(model_path, quick, work_dir, threads, group_size: int = 128,
+               head_bits: str = "int8", max_load: float | None = None) -> list[dict]:
+    """Performance rows only (no perplexity: e.g. a random-weight model of bench/synthetic.py):
+    each METHODS file made by round-to-nearest (speed does not depend on the recipe)."""
+    from q35f.measure.compare import variant_path
+
+    bench = QUICK_BENCH if quick else BENCH
+    name = _model_name(model_path)
+    rows = []
+    for method in METHODS:
+        fp32 = method == "fp32"
+        path = model_path if fp32 else variant_path(Path(model_path), method, group_size,
+                                                    head_bits, work_dir, False, True,
+                                                    "round-to-nearest")
+        layout = "float32 weights" if fp32 else \
+            (f"block linear layers {method} G={group_size} (round-to-nearest), embedding/head "
+             f"{head_bits}")
+        rows.append(q35f_perf_row(method, path, name, bench, threads, layout,
+                                  None if fp32 else group_size, None if fp32 else head_bits,
+                                  max_load))
+    return rows
+
+
 def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_dir,
-                    group_size: int = 128, head_bits: str = "int8"):
+                    group_size: int = 128, head_bits: str = "int8", threads: int | None = None,
+                    max_load: float | None = None):
     """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model.
 
     Perplexity through q35f.measure.compare (the same token ids for every method, quantized files made
     by q35f.quantization.convert); speed and memory through q35f.measure.benchmark in a fresh process per method,
     with RAPL energy read around it when the machine exposes it.
     """
-    from q35f.measure.benchmark import bench_model
     from q35f.measure.compare import compare
-    from q35f.measure.machine import EnergyMeter
 
     bench = QUICK_BENCH if quick else BENCH
     rows = compare(model_path, METHODS, group_size=group_size, corpus=corpus, ctx=ctx,
@@ -506,40 +881,15 @@ def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_di
                    progress=True)
     name = _model_name(model_path)
     scores = lm_eval_scores(Path(out_dir) / "lm_eval")
-    no_power = power_note()
     base = next(r["ppl"] for r in rows if r["variant"] == "fp32")
     perf, acc = [], []
     for r in rows:
         method = r["variant"]
-        with EnergyMeter() as meter:
-            b = bench_model(r["path"], **bench)
-        watts = meter.watts
-        load = os.getloadavg()[0]  # other work on the machine during the benchmark
         fp32 = method == "fp32"
-        layout = "float32 weights" if fp32 else \
-            f"block linear layers {method} G={group_size}, embedding/head {head_bits}"
-        notes = [layout, f"memory_gb = weights held in memory; peak RSS of the benchmark process "
-                 f"in peak_rss_mb; decode = {b['decode_tokens']} greedy tokens after a 16-token "
-                 f"prompt, latency = time to first token of a {b['prompt_tokens']}-token prompt; "
-                 f"medians of {b['runs']} run(s)"]
-        if fp32 and str(r["path"]).endswith(".gguf"):
-            notes.append("source file is the Q4_1 GGUF, dequantized to float32 when loaded")
-        notes.append(f"1-minute load average after the run: {load:.2f} on "
-                     f"{os.cpu_count()} logical CPUs (shared machine)")
-        notes.append(no_power if watts is None else
-                     "power = RAPL package energy over the whole benchmark process / its time")
-        perf.append({
-            "method": method, "memory_gb": b["weight_mb"] * 2**20 / 1e9,
-            "throughput_toks": b["decode_tok_s"], "latency_ms": b["ttft_ms"], "power_w": watts,
-            "bits_per_weight": b["bits_per_weight"],
-            "file_gb": None if fp32 else b["file_bytes"] / 1e9,
-            "peak_rss_mb": b["peak_rss_mb"], "prompt_toks": b["prompt_tok_s"],
-            "runs": b["runs"], "prompt_tokens": b["prompt_tokens"],
-            "decode_tokens": b["decode_tokens"], "cpu_load_1m": load,
-            "group_size": None if fp32 else group_size,
-            "head_bits": None if fp32 else head_bits,
-            **honesty(name, "measured", note="; ".join(notes)),
-        })
+        layout = _layout(method, group_size, head_bits)
+        perf.append(q35f_perf_row(method, r["path"], name, bench, threads, layout,
+                                  None if fp32 else group_size, None if fp32 else head_bits,
+                                  max_load))
         acc.append(accuracy_row(r, base, name, scores))
     acc += task_only_rows(acc, scores, name)
     return perf, acc

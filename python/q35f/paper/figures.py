@@ -173,6 +173,15 @@ def draw_encoding(out_dir) -> dict:
 # 2. performance
 
 
+# Speed columns of rows flagged published=no (measured under load, q35f.paper.data.flag_loaded)
+# are drawn as n/a; memory does not depend on the load.
+LOAD_SENSITIVE = ("throughput_toks", "latency_ms", "power_w")
+
+
+def _published(row: dict) -> bool:
+    return not str(row.get("published") or "yes").startswith("no")
+
+
 def draw_performance(csv_path, out_dir) -> dict:
     plt = _pyplot()
     rows = [r for r in read_csv(csv_path) if r.get("source", "measured") == "measured"]
@@ -194,7 +203,8 @@ def draw_performance(csv_path, out_dir) -> dict:
             vals = []
             for method in methods:
                 cell = [r for r in rows if r["model"] == model and r["method"] == method]
-                vals.append(_num(cell[0].get(col)) if cell else None)
+                hidden = col in LOAD_SENSITIVE and cell and not _published(cell[0])
+                vals.append(_num(cell[0].get(col)) if cell and not hidden else None)
             plotted[(col, model)] = vals
             x = np.arange(len(methods)) + (m_i - (len(models) - 1) / 2) * width
             heights = [v if v is not None else 0.0 for v in vals]
@@ -214,7 +224,8 @@ def draw_performance(csv_path, out_dir) -> dict:
         ax.margins(y=0.15)
         ax.grid(axis="y", alpha=0.3)
     title = f"Measured on {rows[0].get('machine', '')}: {', '.join(models)}"
-    loads = [_num(r.get("cpu_load_1m")) for r in rows if _num(r.get("cpu_load_1m")) is not None]
+    loads = [_num(r.get("cpu_load_1m")) for r in rows
+             if _num(r.get("cpu_load_1m")) is not None and _published(r)]
     if loads:
         title += f"\n1-minute load average during the runs: {min(loads):.1f}-{max(loads):.1f}"
     fig.suptitle(title, fontsize=10)

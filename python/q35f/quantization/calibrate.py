@@ -63,9 +63,14 @@ class Calibration:
 
 
 def calibration_text(spec: str) -> str:
-    """An existing text file's contents, else a corpus name of q35f.corpora."""
+    """An existing text file's contents (a .gz file decompressed, as the generated corpus is
+    written), else a corpus name of q35f.corpora."""
     path = Path(spec)
     if path.is_file():
+        if path.suffix == ".gz":
+            import gzip
+
+            return gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
         return path.read_text(encoding="utf-8", errors="replace")
     from q35f.io import corpora
 

@@ -119,7 +119,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         progress=True, max_shard_bytes=DEFAULT_SHARD_BYTES, clip_search=False,
                         pairing="none", gptq=False, calibration=None,
                         calibration_tokens=None, importance="none", importance_prior=None,
-                        damping=None, sequential=True) -> dict:
+                        damping=None, sequential=True, symmetric=False) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -164,7 +164,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 importance_prior=(DEFAULT_IMPORTANCE_PRIOR
                                                   if importance_prior is None
                                                   else importance_prior),
-                                damping=damping, sequential=sequential)
+                                damping=damping, sequential=sequential,
+                                symmetric=symmetric)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:

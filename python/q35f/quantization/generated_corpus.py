@@ -121,17 +121,17 @@ def generate(n_chat: int, n_plain: int, max_new_tokens: int, seed: int, temperat
     import torch
 
     from q35f.io.checkpoint import default_model_path, open_checkpoint
-    from q35f.runtime.generate import _compile_template
+    from q35f.runtime.chat_template import compile_template, render
 
     torch.manual_seed(seed)
     with open_checkpoint(default_model_path()) as ck:
         model = _hf_model(ck)
         tok = ck.tokenizer
-        template = _compile_template(ck.chat_template)
+        template = compile_template(ck.chat_template)
         bos_id = ck.config["bos_token_id"]
         bos = tok.id_to_token(bos_id)
-    prompts = [template.render(messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-                               add_generation_prompt=True, bos_token=bos)
+    prompts = [render(template, messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+                      add_generation_prompt=True, bos_token=bos)
                for i in range(n_chat)] + [bos] * n_plain
     pad = tok.token_to_id("<|endoftext|>") or 0
     samples = []

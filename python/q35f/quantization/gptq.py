@@ -40,19 +40,24 @@ def inverse_hessian_factor(hessian: np.ndarray, damping: float = DEFAULT_DAMPING
 
 
 def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search: bool,
-                      importance=None):
+                      importance=None, symmetric: bool = False):
     """float16 offset, scale (N,) of one group's current weights."""
     from q35f.kernels.tensor import quantize
 
+    if symmetric:
+        from q35f.quantization.symmetric import symmetric_parameters
+
+        return symmetric_parameters(block, bits, search=clip_search, importance=importance)
     qt = quantize(np.ascontiguousarray(block), group_size, bits, clip_search=clip_search,
                   importance=importance)
     return qt.offset[:, 0], qt.scale[:, 0]
 
 
 def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits: str = "q35",
-                  clip_search: bool = False, importance=None):
+                  clip_search: bool = False, importance=None, symmetric: bool = False):
     """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H);
-    importance (K,): the clip search's column weights (see q35f.quantize)."""
+    importance (K,): the clip search's column weights (see q35f.quantize); symmetric: group
+    ranges centred on zero (q35f.quantization.symmetric, the ablation's symmetric grid)."""
     from q35f.kernels.tensor import quantize
 
     fmt = get_format(bits)
@@ -71,7 +76,7 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
         block = work[:, first:last]  # a view: updated in place below
         off16, scale16 = _group_parameters(
             block, group_size, bits, clip_search,
-            None if importance is None else importance[first:last])
+            None if importance is None else importance[first:last], symmetric)
         offsets[:, g], scales[:, g] = off16, scale16
         offset = off16.astype(np.float32)
         scale = scale16.astype(np.float32)

@@ -51,7 +51,8 @@ class Improver:
     def __init__(self, ck, clip_search=False, pairing="none", gptq=False, calibration=None,
                  calibration_tokens=DEFAULT_CALIBRATION_TOKENS,
                  sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
-                 importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True):
+                 importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
+                 symmetric=False):
         from q35f.quantization.gptq import DEFAULT_DAMPING
 
         if pairing not in PAIRINGS:
@@ -62,7 +63,10 @@ class Improver:
             raise ValueError("--importance weighs the clip search: it needs --clip-search")
         if not 0 <= float(importance_prior) <= 1:
             raise ValueError(f"importance_prior must lie in [0, 1], got {importance_prior}")
+        if symmetric and not gptq:
+            raise ValueError("symmetric group ranges are implemented for GPTQ only")
         self.clip_search = bool(clip_search)
+        self.symmetric = bool(symmetric)
         self.pairing = pairing
         self.gptq = bool(gptq)
         self.importance = importance
@@ -107,6 +111,8 @@ class Improver:
                "importance": self.importance}
         if self.importance != "none":
             out["importance_prior"] = self.importance_prior
+        if self.symmetric:
+            out["grid"] = "symmetric"
         if self.gptq:
             out["damping"] = self.damping
             out["sequential"] = self.sequential
@@ -157,7 +163,7 @@ class Improver:
                 imp = (mixed_importance(mean_square, self.importance_prior)
                        if self.importance != "none" else None)
                 return gptq_quantize(weight, factor[1], group_size, bits, self.clip_search,
-                                     importance=imp)
+                                     importance=imp, symmetric=self.symmetric)
 
             started = time.perf_counter()
             batches = calibration_batches(self.source, self.spec, self.calibration_tokens,
@@ -186,6 +192,6 @@ class Improver:
             from q35f.quantization.gptq import gptq_quantize
 
             return gptq_quantize(w, self._factor(name), group_size, bits, self.clip_search,
-                                 importance=self._importance(name))
+                                 importance=self._importance(name), symmetric=self.symmetric)
         return quantize(w, group_size, bits, clip_search=self.clip_search,
                         importance=self._importance(name))
