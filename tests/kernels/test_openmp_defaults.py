@@ -1,5 +1,5 @@
 """The kernels' OpenMP defaults (q35f.kernels.fortran): threads for the idle cores only, and
-threads that sleep while they wait, unless the user chose otherwise."""
+threads that spin only briefly while they wait, unless the user chose otherwise."""
 
 import os
 import subprocess
@@ -9,8 +9,8 @@ import pytest
 
 from q35f.kernels import fortran
 
-PROBE = ("import os, q35f.kernels.fortran; "
-         "print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('OMP_NUM_THREADS'))")
+PROBE = ("import os, q35f.kernels.fortran; print(os.environ.get('OMP_WAIT_POLICY'), "
+         "os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_NUM_THREADS'))")
 
 
 def _after_import(**env_overrides) -> list[str]:
@@ -39,14 +39,14 @@ def test_busy_cores_is_a_fraction_of_the_machine():
 
 
 def test_defaults_are_set_before_the_kernels_start():
-    policy, threads = _after_import()
-    assert policy == "passive"
+    policy, spin, threads = _after_import()
+    assert policy == "None" and int(spin) == fortran.SPIN_COUNT
     assert 1 <= int(threads) <= os.cpu_count()
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    ({"OMP_WAIT_POLICY": "active", "OMP_NUM_THREADS": "3"}, ["active", "3"]),
-    ({"GOMP_SPINCOUNT": "100000", "OMP_NUM_THREADS": "1"}, ["None", "1"]),
+    ({"OMP_WAIT_POLICY": "active", "OMP_NUM_THREADS": "3"}, ["active", "None", "3"]),
+    ({"GOMP_SPINCOUNT": "100000", "OMP_NUM_THREADS": "1"}, ["None", "100000", "1"]),
 ])
 def test_the_users_choice_is_kept(overrides, expected):
     assert _after_import(**overrides) == expected

@@ -12,6 +12,9 @@ import numpy as np
 
 
 
+SPIN_COUNT = 30000  # libgomp's spin iterations before a waiting thread sleeps (~tens of µs)
+
+
 def default_threads(cpus: int, busy: float) -> int:
     """Kernel threads for `cpus` usable cores of which `busy` are in use by other work: the idle
     ones, at least 1. On a busy 2-core machine a second thread that has to wait for a core makes
@@ -49,10 +52,12 @@ def _configure_openmp(environ) -> None:
         busy = busy_cores()
         if busy is not None:
             environ["OMP_NUM_THREADS"] = str(default_threads(cpus or 1, busy))
-    # Threads that spin while they wait stall every parallel region whenever another process
-    # holds one of the cores: a 2-thread decode fell from ~45 to ~9 tok/s (measured).
+    # Waiting threads spin briefly, then sleep. Spinning for good (libgomp's default when the
+    # threads fit the cores) stalls every parallel region whenever another process holds a core
+    # (2-thread decode ~45 -> ~9 tok/s at load 3), sleeping at once costs each region a wake-up
+    # (quiet machine: 42-58 tok/s passive vs 67-80 spinning); a short spin kept 72-74 (measured).
     if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
-        environ["OMP_WAIT_POLICY"] = "passive"
+        environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
 
 
 _configure_openmp(os.environ)
