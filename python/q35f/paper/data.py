@@ -869,29 +869,21 @@ def measure_methods(model_path, corpus, ctx, max_tokens, quick, work_dir, out_di
                     max_load: float | None = None):
     """performance and accuracy rows of fp32/int8/int4/q35/int3 for one model.
 
-    Perplexity through q35f.measure.compare (the same token ids for every method, quantized files made
-    by q35f.quantization.convert); speed and memory through q35f.measure.benchmark in a fresh process per method,
-    with RAPL energy read around it when the machine exposes it.
+    Perplexity as measure_accuracy; speed and memory through q35f.measure.benchmark in a fresh
+    process per method, with RAPL energy read around it when the machine exposes it.
     """
-    from q35f.measure.compare import compare
-
     bench = QUICK_BENCH if quick else BENCH
-    rows = compare(model_path, METHODS, group_size=group_size, corpus=corpus, ctx=ctx,
-                   max_tokens=max_tokens, head_bits=head_bits, out_dir=work_dir, speed=False,
-                   progress=True)
+    rows, acc = _compare_methods(model_path, corpus, ctx, max_tokens, work_dir, out_dir,
+                                 group_size, head_bits)
     name = _model_name(model_path)
-    scores = lm_eval_scores(Path(out_dir) / "lm_eval")
-    base = next(r["ppl"] for r in rows if r["variant"] == "fp32")
-    perf, acc = [], []
+    perf = []
     for r in rows:
         method = r["variant"]
         fp32 = method == "fp32"
-        layout = _layout(method, group_size, head_bits)
-        perf.append(q35f_perf_row(method, r["path"], name, bench, threads, layout,
+        perf.append(q35f_perf_row(method, r["path"], name, bench, threads,
+                                  _layout(method, group_size, head_bits),
                                   None if fp32 else group_size, None if fp32 else head_bits,
                                   max_load))
-        acc.append(accuracy_row(r, base, name, scores))
-    acc += task_only_rows(acc, scores, name)
     return perf, acc
 
 
@@ -941,8 +933,16 @@ def task_only_rows(acc: list[dict], scores: dict, name: str) -> list[dict]:
 
 def measure_accuracy(model_path, corpus, ctx, max_tokens, work_dir, out_dir,
                      group_size: int = 128, head_bits: str = "int8") -> list[dict]:
-    """accuracy.csv alone: the perplexity of every method (q35f.measure.compare, no speed runs)
-    and the task columns from out_dir/lm_eval."""
+    """accuracy.csv alone: the perplexity of every method (no speed runs) and the task columns
+    from out_dir/lm_eval."""
+    return _compare_methods(model_path, corpus, ctx, max_tokens, work_dir, out_dir, group_size,
+                            head_bits)[1]
+
+
+def _compare_methods(model_path, corpus, ctx, max_tokens, work_dir, out_dir, group_size,
+                     head_bits):
+    """(q35f.measure.compare rows, accuracy rows) of every method: the same token ids for every
+    method, quantized files made by q35f.quantization.convert into work_dir."""
     from q35f.measure.compare import compare
 
     rows = compare(model_path, METHODS, group_size=group_size, corpus=corpus, ctx=ctx,
@@ -952,4 +952,4 @@ def measure_accuracy(model_path, corpus, ctx, max_tokens, work_dir, out_dir,
     scores = lm_eval_scores(Path(out_dir) / "lm_eval")
     base = next(r["ppl"] for r in rows if r["variant"] == "fp32")
     acc = [accuracy_row(r, base, name, scores) for r in rows]
-    return acc + task_only_rows(acc, scores, name)
+    return rows, acc + task_only_rows(acc, scores, name)
