@@ -13,7 +13,7 @@ module q35_matmul
     use q35_quantize, only: odd_step
     implicit none
     private
-    public :: gemv_tiles
+    public :: gemv_tiles, gemv_tiles_shared
 
     ! Below this many packed bytes a matrix is done by one thread: starting and joining a parallel
     ! region costs microseconds on an idle machine and a scheduler time slice (milliseconds) on a
@@ -30,6 +30,21 @@ contains
         integer(int16), intent(in), contiguous :: offsets(:, :, :)
         real(real32), intent(in), contiguous :: x(:, :)  ! (16 * n_blocks, m), zero-padded
         real(real32), intent(out), contiguous :: y(:, :, :)  ! (tile_rows, n_tiles, m)
+        !$omp parallel default(shared) if (size(tiles) >= parallel_min_bytes)
+        call gemv_tiles_shared(fmt, group_size, tiles, scales, offsets, x, y)
+        !$omp end parallel
+    end subroutine gemv_tiles
+
+    !> gemv_tiles' work, shared among the threads of the enclosing parallel region (an orphaned
+    !> worksharing loop, ending in a barrier); outside a parallel region, one thread does it all.
+    !> The decode step (q35_decode) calls it for every linear layer of a block from one region.
+    subroutine gemv_tiles_shared(fmt, group_size, tiles, scales, offsets, x, y)
+        integer, intent(in) :: fmt, group_size
+        integer(int8), intent(in), contiguous :: tiles(:, :, :)
+        integer(int16), intent(in), contiguous :: scales(:, :, :)
+        integer(int16), intent(in), contiguous :: offsets(:, :, :)
+        real(real32), intent(in), contiguous :: x(:, :)
+        real(real32), intent(out), contiguous :: y(:, :, :)
         real(real32) :: acc_even(tile_rows), acc_odd(tile_rows), acc(tile_rows)
         real(real32) :: x_sum(size(scales, 2), size(x, 2)), scale(tile_rows)
         integer :: t, g, j, nb, n_blocks, blocks_per_group, first, count
@@ -41,6 +56,8 @@ contains
         nb = block_bytes(fmt)
         n_blocks = size(x, 1) / block_weights
         blocks_per_group = group_size / block_weights
+        ! Every thread sums the activations of each group itself (a few hundred adds): cheaper
+        ! than sharing them, which would cost a barrier.
         do j = 1, size(x, 2)
             do g = 1, size(scales, 2)
                 first = (g - 1) * blocks_per_group
@@ -49,8 +66,7 @@ contains
             end do
         end do
 
-        !$omp parallel do schedule(static) default(shared) if (size(tiles) >= parallel_min_bytes) &
-        !$omp private(t, g, j, base, acc, acc_even, acc_odd, scale, first, count)
+        !$omp do schedule(static)
         do t = 1, size(tiles, 3)
             do j = 1, size(x, 2)
                 acc = 0.0_real32
@@ -83,8 +99,8 @@ contains
                 y(:, t, j) = acc
             end do
         end do
-        !$omp end parallel do
-    end subroutine gemv_tiles
+        !$omp end do
+    end subroutine gemv_tiles_shared
 
     ! The group dot products: for `count` blocks of a tile, sum level * x over the even and the
     ! odd positions separately. Bytes are widened to int32 lanes, fields cut out with constant

@@ -182,3 +182,48 @@ subroutine q35_rows_from_planar(n_rows, n_blocks, planar, stream)
     end do
     !$omp end parallel do
 end subroutine q35_rows_from_planar
+
+! One decoder block for one token (q35_decode): x (hidden) updated in place, the token's key and
+! value written into the caches at pos (0-based). Each linear layer comes as its tiled arrays;
+! q/k/v and gate/up are fused (stacked rows).
+subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, pos, eps, scale, &
+                        x, attn_norm, mlp_norm, cos_pos, sin_pos, k_cache, v_cache, &
+                        qkv_fmt, qkv_group, qkv_bytes, qkv_groups, qkv_tiles, qkv_t, qkv_s, qkv_o, &
+                        wo_fmt, wo_group, wo_bytes, wo_groups, wo_tiles, wo_t, wo_s, wo_o, &
+                        gu_fmt, gu_group, gu_bytes, gu_groups, gu_tiles, gu_t, gu_s, gu_o, &
+                        dn_fmt, dn_group, dn_bytes, dn_groups, dn_tiles, dn_t, dn_s, dn_o)
+    use iso_fortran_env, only: int8, int16, int32, real32
+    use q35_decode, only: decode_block_tiles => decode_block, tiled
+    implicit none
+    integer(int32), intent(in) :: hidden, d, max_pos, n_kv, half, intermediate, n_heads, pos
+    real(real32), intent(in) :: eps, scale
+    real(real32), intent(inout) :: x(hidden)
+    real(real32), intent(in) :: attn_norm(hidden), mlp_norm(hidden), cos_pos(half), sin_pos(half)
+    real(real32), intent(inout) :: k_cache(d, max_pos, n_kv), v_cache(d, max_pos, n_kv)
+    integer(int32), intent(in) :: qkv_fmt, qkv_group, qkv_bytes, qkv_groups, qkv_tiles
+    integer(int8), intent(in), target :: qkv_t(16, qkv_bytes, qkv_tiles)
+    integer(int16), intent(in), target :: qkv_s(16, qkv_groups, qkv_tiles)
+    integer(int16), intent(in), target :: qkv_o(16, qkv_groups, qkv_tiles)
+    integer(int32), intent(in) :: wo_fmt, wo_group, wo_bytes, wo_groups, wo_tiles
+    integer(int8), intent(in), target :: wo_t(16, wo_bytes, wo_tiles)
+    integer(int16), intent(in), target :: wo_s(16, wo_groups, wo_tiles)
+    integer(int16), intent(in), target :: wo_o(16, wo_groups, wo_tiles)
+    integer(int32), intent(in) :: gu_fmt, gu_group, gu_bytes, gu_groups, gu_tiles
+    integer(int8), intent(in), target :: gu_t(16, gu_bytes, gu_tiles)
+    integer(int16), intent(in), target :: gu_s(16, gu_groups, gu_tiles)
+    integer(int16), intent(in), target :: gu_o(16, gu_groups, gu_tiles)
+    integer(int32), intent(in) :: dn_fmt, dn_group, dn_bytes, dn_groups, dn_tiles
+    integer(int8), intent(in), target :: dn_t(16, dn_bytes, dn_tiles)
+    integer(int16), intent(in), target :: dn_s(16, dn_groups, dn_tiles)
+    integer(int16), intent(in), target :: dn_o(16, dn_groups, dn_tiles)
+    if (pos < 0 .or. pos >= max_pos) error stop "decode_block: position outside the KV cache"
+    if (n_kv < 1 .or. mod(n_heads, n_kv) /= 0 .or. 2 * half /= d) &
+        error stop "decode_block: inconsistent head counts or head size"
+    call decode_block_tiles(x, attn_norm, mlp_norm, eps, &
+                            tiled(qkv_fmt, qkv_group, qkv_t, qkv_s, qkv_o), &
+                            tiled(wo_fmt, wo_group, wo_t, wo_s, wo_o), &
+                            tiled(gu_fmt, gu_group, gu_t, gu_s, gu_o), &
+                            tiled(dn_fmt, dn_group, dn_t, dn_s, dn_o), &
+                            n_heads, n_kv, intermediate, pos, cos_pos, sin_pos, scale, &
+                            k_cache, v_cache)
+end subroutine decode_block

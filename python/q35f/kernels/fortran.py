@@ -189,9 +189,21 @@ def quantize_rows(w: np.ndarray, group_size: int, bits: str):
     )
 
 
-def _tile_args(qt):
+def tile_args(qt):
+    """(format id, group size, tiles, scales, offsets) of a QuantizedTensor as the kernels read
+    them: Fortran-ordered views of its tile arrays, no copies."""
     tiles, scales, offsets = qt.tile_arrays
     return FORMAT_IDS[qt.bits], qt.group_size, tiles.view(np.int8).T, scales.T, offsets.T
+
+
+def decode_block(n_heads, intermediate, pos, eps, scale, x, attn_norm, mlp_norm, cos_pos,
+                 sin_pos, k_cache, v_cache, weights):
+    """One decoder block for one token, in place (fortran/q35_decode.f90): x (hidden,) float32
+    becomes the block's output, the token's key and value go into k_cache and v_cache (kv heads,
+    positions, head_dim) at pos. weights: tile_args of the fused q/k/v, o, fused gate/up and
+    down layers, concatenated."""
+    _kernels.decode_block(intermediate, n_heads, pos, eps, scale, x, attn_norm, mlp_norm,
+                          cos_pos, sin_pos, k_cache.T, v_cache.T, *weights)
 
 
 def padded_width(k: int) -> int:
@@ -208,7 +220,7 @@ def gemv(x: np.ndarray, qt) -> np.ndarray:
     else:
         xp = np.zeros((m, k_pad), dtype=np.float32)
         xp[:, :k] = x
-    fmt, group_size, tiles, scales, offsets = _tile_args(qt)
+    fmt, group_size, tiles, scales, offsets = tile_args(qt)
     y = _kernels.gemv(fmt, group_size, tiles, scales, offsets, xp.T)
     # y is Fortran (TILE_ROWS, n_tiles, m): as (M, n_pad) it is C-ordered.
     return y.reshape(-1, m, order="F").T[:, :n]
@@ -220,7 +232,7 @@ def dequantize_tiles(qt, first: int, count: int, out: np.ndarray | None = None) 
     if out is None or out.shape[0] < count * TILE_ROWS or out.shape[1] != k_pad:
         out = np.empty((count * TILE_ROWS, k_pad), dtype=np.float32)
     band = out[: count * TILE_ROWS]
-    fmt, group_size, tiles, scales, offsets = _tile_args(qt)
+    fmt, group_size, tiles, scales, offsets = tile_args(qt)
     _kernels.dequantize(
         fmt,
         group_size,

@@ -10,6 +10,10 @@ Every linear layer is a `Linear`: a float32 (N, K) matrix multiplied by numpy/BL
 `QuantizedTensor` multiplied by the Fortran kernels (`q35f.matmul`: GEMV for one token, tiled GEMM
 for a prompt). A quantized weight is never turned back into a float matrix; the embedding table,
 when quantized, is read one row per token (`take_rows`).
+
+Decoding one token through a model whose block weights are all quantized runs each block as one
+Fortran call (`decode_block`, fortran/q35_decode.f90): the same arithmetic as the numpy block
+below, without a Python operation or an OpenMP fork per step (`Model.fused_decode`).
 """
 
 from __future__ import annotations
@@ -431,6 +435,8 @@ class Model:
     config: LlamaConfig
     weights: Weights
     max_seq_len: int | None = None
+    # One token at a time through decode_block where every block allows it (see _decode_args).
+    fused_decode: bool = True
     layers: list[Layer] = field(init=False)
 
     def __post_init__(self):
@@ -457,6 +463,7 @@ class Model:
         self.positions = 0  # rotary table rows and KV cache slots allocated so far
         self.ensure_positions(min(self.max_seq_len, INITIAL_POSITIONS))
         self.scale = np.float32(1.0 / math.sqrt(c.head_dim))
+        self._decode = self._decode_args()
         release_free_memory()  # fusing left the separate matrices' memory free but mapped
 
     def ensure_positions(self, end: int) -> None:
@@ -474,6 +481,22 @@ class Model:
             k_cache[:, :, :self.positions] = self.k_cache
             v_cache[:, :, :self.positions] = self.v_cache
         self.k_cache, self.v_cache, self.positions = k_cache, v_cache, size
+
+    def _decode_args(self) -> list[tuple] | None:
+        """decode_block's weight arguments per block, or None where a block has a float or a
+        separately multiplied (mixed-format) linear layer: those decode through numpy."""
+        from q35f.kernels import fortran
+
+        args = []
+        for layer in self.layers:
+            linears = (layer.qkv.linear, layer.wo, layer.gate_up.linear, layer.down)
+            if any(lin is None or not lin.quantized for lin in linears):
+                return None
+            if layer.gate_up.sizes[0] != layer.gate_up.sizes[1]:
+                return None
+            args.append(tuple(a for lin in linears for a in fortran.tile_args(lin.weight))
+                        + (layer.gate_up.sizes[0], layer.attn_norm, layer.mlp_norm))
+        return args
 
     # parameters and sizes
 
@@ -566,6 +589,8 @@ class Model:
             segments, offsets = branches
             positions = pos + offsets
             visible = (segments[:, None] == segments[None, :]) & np.tri(t, dtype=bool)
+        if t == 1 and branches is None and self.fused_decode and self._decode is not None:
+            return self._decode_token(ids, pos)
         cos, sin = self.cos[positions], self.sin[positions]
 
         x = self.embed(ids)  # (T, hidden)
@@ -582,6 +607,19 @@ class Model:
             x = x + layer.wo(attention(q, keys, values, visible, self.scale))
             x = feed_forward(layer, x, eps)
         return rms_norm(x, self.weights.norm, eps)
+
+    def _decode_token(self, ids: np.ndarray, pos: int) -> np.ndarray:
+        """_blocks for one token at pos, each block one decode_block call."""
+        from q35f.kernels.fortran import decode_block
+
+        c = self.config
+        x = np.array(self.embed(ids)[0], dtype=np.float32)  # a private copy, updated in place
+        for li, args in enumerate(self._decode):
+            *weights, intermediate, attn_norm, mlp_norm = args
+            decode_block(c.num_attention_heads, intermediate, pos, c.rms_norm_eps, self.scale, x,
+                         attn_norm, mlp_norm, self.cos[pos], self.sin[pos],
+                         self.k_cache[li], self.v_cache[li], weights)
+        return rms_norm(x[None, :], self.weights.norm, c.rms_norm_eps)
 
 
 def load_model(path=None, max_seq_len: int | None = None):

@@ -1,0 +1,126 @@
+"""The one-call decode step (fortran/q35_decode.f90) against the numpy block it replaces.
+
+decode_block runs a whole transformer block for one token in Fortran; Model.fused_decode = False
+keeps the numpy path (GEMV per linear layer, attention in numpy). Both must give the same logits
+and write the same keys and values into the cache, to float32 rounding, for every format and for
+shapes with ragged tails (hidden sizes and MLP widths that are not multiples of 16, one or
+several query heads per kv head).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+import q35f
+from conftest import tiny_config, tiny_weights
+from q35f.runtime import model as model_module
+from q35f.runtime.model import LlamaConfig, Model, Weights
+
+LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+
+
+def quantized(weights: Weights, bits_of) -> Weights:
+    layers = [
+        model_module.LayerWeights(
+            attn_norm=lw.attn_norm, mlp_norm=lw.mlp_norm,
+            **{name: q35f.quantize(getattr(lw, name), 32, bits_of(name)) for name in LINEAR_NAMES})
+        for lw in weights.layers
+    ]
+    return Weights(embed=q35f.quantize(weights.embed, 32, "int8"), layers=layers,
+                   norm=weights.norm, lm_head=weights.lm_head)
+
+
+def fused_and_numpy(config: dict, bits: str, seed: int = 0):
+    cfg = LlamaConfig.from_hf(config)
+    # a Model takes over its weights (it fuses them): one set each, the same numbers
+    fused = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits), max_seq_len=64)
+    plain = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits), max_seq_len=64)
+    plain.fused_decode = False
+    return fused, plain
+
+
+def assert_same_decoding(fused: Model, plain: Model, prompt, steps: int) -> None:
+    assert fused._decode is not None, "every block is quantized: the fused step must be used"
+    a, b = fused.forward(prompt, 0), plain.forward(prompt, 0)
+    pos = len(prompt)
+    for _ in range(steps):
+        token = [int(np.argmax(b))]
+        a, b = fused.forward(token, pos), plain.forward(token, pos)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max())
+        pos += 1
+    for mine, theirs in ((fused.k_cache, plain.k_cache), (fused.v_cache, plain.v_cache)):
+        np.testing.assert_allclose(mine[:, :, :pos], theirs[:, :, :pos], rtol=1e-4,
+                                   atol=1e-4 * np.abs(theirs[:, :, :pos]).max())
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.sampled_from(["q35", "int4", "int8", "int3"]),
+       n_kv=st.integers(1, 3), group=st.integers(1, 3), half_d=st.integers(2, 10),
+       intermediate=st.integers(4, 90), prompt=st.integers(1, 9), seed=st.integers(0, 5))
+def test_fused_decode_equals_numpy_block(bits, n_kv, group, half_d, intermediate, prompt, seed):
+    heads = n_kv * group
+    config = tiny_config(hidden_size=heads * 2 * half_d, num_attention_heads=heads,
+                         num_key_value_heads=n_kv, intermediate_size=intermediate,
+                         head_dim=2 * half_d)
+    fused, plain = fused_and_numpy(config, bits, seed)
+    ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=prompt)
+    assert_same_decoding(fused, plain, ids, steps=4)
+
+
+def test_decode_continues_across_kv_cache_growth(monkeypatch):
+    """Past the first cache allocation the fused step reads and writes the grown cache."""
+    monkeypatch.setattr(model_module, "INITIAL_POSITIONS", 4)
+    fused, plain = fused_and_numpy(tiny_config(), "q35")
+    assert fused.positions == 4
+    assert_same_decoding(fused, plain, np.array([5, 9, 11]), steps=8)  # positions 3..10
+    assert fused.positions == 16
+
+
+def test_mixed_formats_in_a_block_decode_through_numpy():
+    """A block whose fused q/k/v cannot be one matrix (different formats) is left to numpy."""
+    config = tiny_config()
+    weights = quantized(tiny_weights(config), lambda name: "int4" if name == "wk" else "q35")
+    model = Model(LlamaConfig.from_hf(config), weights, max_seq_len=32)
+    assert model._decode is None
+    model.forward([1, 2, 3], 0)
+    assert np.isfinite(model.forward([4], 3)).all()
+
+
+def test_float_model_decodes_through_numpy():
+    config = tiny_config()
+    model = Model(LlamaConfig.from_hf(config), tiny_weights(config), max_seq_len=32)
+    assert model._decode is None
+
+
+def test_fused_decode_with_two_threads():
+    """The threads share each GEMV's tiles and the attention heads inside one parallel region:
+    run the comparison in a process with two OpenMP threads (whatever this one has)."""
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); sys.path.insert(0, 'tests/runtime')\n"
+        "import numpy as np\n"
+        "from conftest import tiny_config\n"
+        "from test_decode_step import fused_and_numpy, assert_same_decoding\n"
+        "for bits in ('q35', 'int8'):\n"
+        "    config = tiny_config(hidden_size=96, num_attention_heads=6, num_key_value_heads=2,\n"
+        "                         intermediate_size=200)\n"
+        "    fused, plain = fused_and_numpy(config, bits)\n"
+        "    for _ in range(20):  # a race shows in some runs only\n"
+        "        assert_same_decoding(fused, plain, np.arange(1, 6), steps=6)\n"
+        "print('ok')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_fused_decode_copies_no_array(no_array_copies):
+    """Weights, caches, norms and the rotary rows reach decode_block as they are (no f2py copy)."""
+    fused, plain = fused_and_numpy(tiny_config(hidden_size=40, num_attention_heads=4,
+                                               num_key_value_heads=2, head_dim=10), "q35")
+    fused.forward([1, 2], 0)
+    fused.forward([3], 2)
