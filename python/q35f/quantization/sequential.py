@@ -16,6 +16,9 @@ for a 7B Llama (hidden 4096, intermediate 11008) about 0.13 + 0.8 + 1.4 GB.
 
 from __future__ import annotations
 
+import sys
+import time
+
 import numpy as np
 
 _PARTS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
@@ -60,7 +63,7 @@ class LayerStream:
     """
 
     def __init__(self, source, config: dict, batches: np.ndarray, quantize, refit=False,
-                 tune_steps=0, target="float-block", tune_options=None):
+                 tune_steps=0, target="float-block", tune_options=None, progress=False):
         from q35f.runtime.model import LlamaConfig, rope_tables
 
         if target not in TARGETS:
@@ -70,6 +73,8 @@ class LayerStream:
         self.target = target
         self.tune_options = dict(tune_options or {})
         self.tune_log = []  # (layer, mse before, mse after) of every tuned block
+        self.seconds = {"refit": 0.0, "tune": 0.0}
+        self.progress = progress
 
         self.source = source
         self.config = LlamaConfig.from_hf(config)
@@ -113,7 +118,9 @@ class LayerStream:
                 if self.refit:  # levels fixed: the best float16 parameters for them
                     from q35f.quantization.tune import refit_rows
 
+                    started = time.perf_counter()
                     qt = refit_rows(qt, w, stats.hessian)
+                    self.seconds["refit"] += time.perf_counter() - started
                 quantized[name] = qt
 
         def linear(proj, x):
@@ -127,6 +134,7 @@ class LayerStream:
         if self.tune_steps:
             from q35f.quantization.tune import tune_block
 
+            started = time.perf_counter()
             if self.target == "float-stream":
                 target = self.x_float
             else:  # the float block on the quantized-so-far inputs
@@ -136,6 +144,10 @@ class LayerStream:
                                               self.cos, self.sin, steps=self.tune_steps,
                                               **self.tune_options)
             self.tune_log.append((layer, before, after))
+            self.seconds["tune"] += time.perf_counter() - started
+            if self.progress:
+                print(f"\nblock {layer}: tuned output MSE {before:.4g} -> {after:.4g} "
+                      f"({self.seconds['tune']:.0f} s tuning so far)", file=sys.stderr)
             if after < before:
                 quantized.update({weight_name(layer, proj): qt for proj, qt in tuned.items()})
                 self.x = self.forward(x_in, norms, linear)
