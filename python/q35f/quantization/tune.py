@@ -62,42 +62,42 @@ def _to_float16(scale, offset):
 def row_errors(w, w_hat, hessian) -> np.ndarray:
     """Per row (w - w_hat)^T H (w - w_hat), float64 (N,)."""
     d = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
-    return np.einsum("ij,jk,ik->i", d, np.asarray(hessian, np.float64), d)
+    return ((d @ np.asarray(hessian, np.float64)) * d).sum(axis=1)
 
 
-def refit_rows(qt, w, hessian, band: int = 128):
+def refit_rows(qt, w, hessian, band: int = 256):
     """qt with every row's group parameters refitted in the Hessian metric (levels fixed);
-    rows where the float16-rounded refit does not lower row_errors keep their old parameters."""
+    rows where the float16-rounded refit does not lower row_errors keep their old parameters.
+
+    Row n's w_hat = E o + diag(l) E s (E: column -> group indicator, l: levels times step
+    factors), so the normal equations of min (w - w_hat)^T H (w - w_hat) over (s, o) are
+    [[E'LHLE, E'LHE], [E'HLE, E'HE]] [s; o] = [E'L H w; E'H w]."""
     n, k = qt.shape
     gs = qt.group_size
     groups = n_groups(k, gs)
-    h = np.asarray(hessian, np.float64)
+    kp = groups * gs  # padded to whole groups: padding has level 0 and H 0, it adds nothing
+    h = np.zeros((kp, kp))
+    h[:k, :k] = hessian
+    h4 = h.reshape(groups, gs, kp)
+    lev = np.zeros((n, kp))
+    lev[:, :k] = levels_of(qt) * _column_factors(k, qt.bits)
     w = np.asarray(w, np.float64)
-    lev = levels_of(qt).astype(np.float64) * _column_factors(k, qt.bits)  # w_hat = o + s * lev
-    member = np.arange(k) // gs  # group of each column
-    ind = np.zeros((k, groups))  # E: column -> group indicator
-    ind[np.arange(k), member] = 1
-    he = h @ ind  # H E (K, G)
-    moo = ind.T @ he  # E^T H E (G, G), the same for every row
-    scale = qt.scale.astype(np.float32)
-    offset = qt.offset.astype(np.float32)
-    new_scale, new_offset = scale.copy(), offset.copy()
+    he = h.reshape(kp, groups, gs).sum(axis=2)  # H E (Kp, G)
+    moo = he.reshape(groups, gs, groups).sum(axis=1)  # E'HE (G, G), the same for every row
+    new_scale = np.empty((n, groups))
+    new_offset = np.empty((n, groups))
     for first in range(0, n, band):
         rows = slice(first, min(first + band, n))
-        lv = lev[rows]  # (b, K)
+        lv = lev[rows]
         b = lv.shape[0]
-        # H (diag(l) E) per row: column g' holds H[:, g'] @ l[g']
-        hl = np.empty((b, k, groups))
-        for g in range(groups):
-            cols = slice(g * gs, min((g + 1) * gs, k))
-            hl[:, :, g] = lv[:, cols] @ h[cols, :]
-        mss = np.einsum("bi,big->big", lv, hl)  # l_i (H diag(l) E)_{i g'}, summed per group:
-        mss = np.stack([mss[:, member == g].sum(axis=1) for g in range(groups)], axis=1)
-        mso = np.stack([(lv[:, member == g, None] * he[None, member == g]).sum(axis=1)
-                        for g in range(groups)], axis=1)  # (b, G, G')
-        hw = w[rows] @ h  # (b, K)
-        rs = np.stack([(lv * hw)[:, member == g].sum(axis=1) for g in range(groups)], axis=1)
-        ro = hw @ ind
+        lv3 = lv.reshape(b, groups, gs)
+        hl = np.einsum("bgi,gij->bjg", lv3, h4, optimize=True)  # H diag(l) E per row (b, Kp, G)
+        mss = np.einsum("bgi,bgih->bgh", lv3, hl.reshape(b, groups, gs, groups), optimize=True)
+        mso = np.einsum("bgi,gih->bgh", lv3, he.reshape(groups, gs, groups), optimize=True)
+        hw = np.zeros((b, kp))
+        hw[:, :k] = w[rows] @ hessian
+        rs = (lv * hw).reshape(b, groups, gs).sum(axis=2)
+        ro = hw.reshape(b, groups, gs).sum(axis=2)
         m = np.empty((b, 2 * groups, 2 * groups))
         m[:, :groups, :groups] = mss
         m[:, :groups, groups:] = mso
@@ -110,7 +110,8 @@ def refit_rows(qt, w, hessian, band: int = 128):
         new_scale[rows], new_offset[rows] = theta[:, :groups], theta[:, groups:]
     s16, o16 = _to_float16(new_scale, new_offset)
     candidate = _with_params(qt, s16, o16)
-    better = row_errors(w, candidate.dequantize(), h) < row_errors(w, qt.dequantize(), h)
+    better = (row_errors(w, candidate.dequantize(), hessian)
+              < row_errors(w, qt.dequantize(), hessian))
     s16 = np.where(better[:, None], s16, qt.scale)
     o16 = np.where(better[:, None], o16, qt.offset)
     return _with_params(qt, s16, o16)
