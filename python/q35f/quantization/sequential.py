@@ -12,6 +12,11 @@ so each layer's error feedback compensates the errors already made upstream (GPT
 sequential" order). Memory holds the hidden states (tokens x hidden float32), one block's float
 weights and its four Hessians (hidden^2 and intermediate^2 float64), never the whole model's:
 for a 7B Llama (hidden 4096, intermediate 11008) about 0.13 + 0.8 + 1.4 GB.
+
+Optionally (q35f.quantization.tune) each linear's float16 parameters are refitted to its final
+levels right after GPTQ (`refit`), and once all seven linears of a block are quantized their
+parameters are tuned together against a float target (`tune_steps`); the stream then carries
+the outputs of the block as finally stored.
 """
 
 from __future__ import annotations
