@@ -71,6 +71,11 @@ class Improver:
                              "parameters: they need --gptq (the default recipe)")
         if int(tune_steps) < 0:
             raise ValueError(f"tune_steps must be >= 0, got {tune_steps}")
+        if tune_steps:
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:  # autograd of the block tuning
+                raise ValueError("--tune-scales needs torch (pip install torch)")
         self.refit = bool(refit)
         self.tune_steps = int(tune_steps)
         self.tune_target = tune_target
