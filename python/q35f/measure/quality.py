@@ -54,11 +54,11 @@ def _parse_config(spec: str):
             from q35f.quantization.recipe import RECIPES
 
             kwargs.update(RECIPES[value])
-        elif key in ("clip_search", "gptq", "sequential"):
+        elif key in ("clip_search", "gptq", "sequential", "refit"):
             kwargs[key] = value not in ("0", "false", "")
-        elif key in ("group_size", "calibration_tokens"):
+        elif key in ("group_size", "calibration_tokens", "tune_steps"):
             kwargs[key] = int(value)
-        elif key in ("importance_prior", "damping"):
+        elif key in ("importance_prior", "damping", "tune_lr"):
             kwargs[key] = float(value)
         else:
             kwargs[key] = value

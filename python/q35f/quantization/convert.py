@@ -119,7 +119,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         progress=True, max_shard_bytes=DEFAULT_SHARD_BYTES, clip_search=False,
                         pairing="none", gptq=False, calibration=None,
                         calibration_tokens=None, importance="none", importance_prior=None,
-                        damping=None, sequential=True, symmetric=False) -> dict:
+                        damping=None, sequential=True, symmetric=False, refit=False,
+                        tune_steps=0, tune_target="float-block", tune_lr=None) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -154,7 +155,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         }
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
-                or calibration is not None):
+                or calibration is not None or refit or tune_steps):
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -165,7 +166,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                                   if importance_prior is None
                                                   else importance_prior),
                                 damping=damping, sequential=sequential,
-                                symmetric=symmetric)
+                                symmetric=symmetric, refit=refit, tune_steps=tune_steps,
+                                tune_target=tune_target, tune_lr=tune_lr)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -274,6 +276,19 @@ def register(subparsers):
     p.add_argument("--damping", type=float, default=None, metavar="D",
                    help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
                    "(default 0.01)")
+    p.add_argument("--refit-scales", action="store_true",
+                   help="after GPTQ, refit each row's float16 scales/offsets to its final levels "
+                   "by least squares in the Hessian metric (kept only where better)")
+    p.add_argument("--tune-scales", action="store_true",
+                   help="after GPTQ has fixed a block's levels, tune the block's float16 "
+                   "scales/offsets by Adam to match the float block's output on the "
+                   "calibration text (needs torch; kept only where better)")
+    p.add_argument("--tune-steps", type=int, default=None, metavar="N",
+                   help="Adam steps per block of --tune-scales (default 100)")
+    p.add_argument("--tune-target", default="float-block", choices=["float-block",
+                   "float-stream"],
+                   help="what --tune-scales matches: the float block on the quantized inputs "
+                   "(default) or the float model's own hidden states")
     p.add_argument("--calibration", default=None, metavar="FILE|CORPUS",
                    help="calibration text: a text file or a corpus name (generated, pydoc, "
                    "emma, ...; default generated: text the embedded model wrote itself)")
@@ -300,6 +315,15 @@ def recipe_options(args) -> dict:
         options["importance"] = "none"  # --no-clip-search: nothing left to weigh
     options.update(calibration=args.calibration, calibration_tokens=args.calibration_tokens,
                    importance_prior=args.importance_prior, damping=args.damping)
+    if args.tune_steps is not None and not args.tune_scales:
+        raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
+    if args.refit_scales:
+        options["refit"] = True
+    if args.tune_scales:
+        from q35f.quantization.tune import DEFAULT_TUNE_STEPS
+
+        options.update(tune_steps=(DEFAULT_TUNE_STEPS if args.tune_steps is None
+                                   else args.tune_steps), tune_target=args.tune_target)
     return options
 
 

@@ -52,7 +52,8 @@ class Improver:
                  calibration_tokens=DEFAULT_CALIBRATION_TOKENS,
                  sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
-                 symmetric=False):
+                 symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
+                 tune_lr=None):
         from q35f.quantization.gptq import DEFAULT_DAMPING
 
         if pairing not in PAIRINGS:
@@ -65,6 +66,20 @@ class Improver:
             raise ValueError(f"importance_prior must lie in [0, 1], got {importance_prior}")
         if symmetric and not gptq:
             raise ValueError("symmetric group ranges are implemented for GPTQ only")
+        if (refit or tune_steps) and not (gptq and sequential):
+            raise ValueError("--refit-scales and --tune-scales refine sequential GPTQ's "
+                             "parameters: they need --gptq (the default recipe)")
+        if int(tune_steps) < 0:
+            raise ValueError(f"tune_steps must be >= 0, got {tune_steps}")
+        if tune_steps:
+            import importlib.util
+
+            if importlib.util.find_spec("torch") is None:  # autograd of the block tuning
+                raise ValueError("--tune-scales needs torch (pip install torch)")
+        self.refit = bool(refit)
+        self.tune_steps = int(tune_steps)
+        self.tune_target = tune_target
+        self.tune_lr = tune_lr
         self.clip_search = bool(clip_search)
         self.symmetric = bool(symmetric)
         self.pairing = pairing
@@ -116,6 +131,13 @@ class Improver:
         if self.gptq:
             out["damping"] = self.damping
             out["sequential"] = self.sequential
+        if self.refit:
+            out["refit"] = "hessian"
+        if self.tune_steps:
+            from q35f.quantization.tune import DEFAULT_TUNE_BATCH, DEFAULT_TUNE_LR
+
+            out["tune"] = {"steps": self.tune_steps, "target": self.tune_target,
+                           "lr": self.tune_lr or DEFAULT_TUNE_LR, "batch": DEFAULT_TUNE_BATCH}
         if self.sequential:
             out["calibration"] = {"source": self.spec, "tokens": self.calibration_tokens,
                                   "sequence_length": self.sequence_length}
@@ -168,7 +190,11 @@ class Improver:
             started = time.perf_counter()
             batches = calibration_batches(self.source, self.spec, self.calibration_tokens,
                                           self.sequence_length)
-            self._stream = LayerStream(self.source, self.source.config, batches, quantize_full)
+            self._stream = LayerStream(
+                self.source, self.source.config, batches, quantize_full, refit=self.refit,
+                tune_steps=self.tune_steps, target=self.tune_target,
+                tune_options={} if self.tune_lr is None else {"lr": self.tune_lr},
+                progress=self.progress)
             self.seconds["sequential_setup"] = round(time.perf_counter() - started, 3)
         if name not in self._block:
             self._block = self._stream.block(input_key(name)[0])

@@ -12,14 +12,27 @@ so each layer's error feedback compensates the errors already made upstream (GPT
 sequential" order). Memory holds the hidden states (tokens x hidden float32), one block's float
 weights and its four Hessians (hidden^2 and intermediate^2 float64), never the whole model's:
 for a 7B Llama (hidden 4096, intermediate 11008) about 0.13 + 0.8 + 1.4 GB.
+
+Optionally (q35f.quantization.tune) each linear's float16 parameters are refitted to its final
+levels right after GPTQ (`refit`), and once all seven linears of a block are quantized their
+parameters are tuned together against a float target (`tune_steps`); the stream then carries
+the outputs of the block as finally stored.
 """
 
 from __future__ import annotations
+
+import sys
+import time
 
 import numpy as np
 
 _PARTS = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn",
           "o_proj": "self_attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+
+# What block l's tuning matches: the float block on the quantized-so-far inputs, or the float
+# model's own hidden states after block l (which also asks it to undo the earlier blocks' error).
+TARGETS = ("float-block", "float-stream")
 
 
 def weight_name(layer: int, proj: str) -> str:
@@ -54,8 +67,19 @@ class LayerStream:
     asked for (the writer's progress bar moves as blocks finish).
     """
 
-    def __init__(self, source, config: dict, batches: np.ndarray, quantize):
+    def __init__(self, source, config: dict, batches: np.ndarray, quantize, refit=False,
+                 tune_steps=0, target="float-block", tune_options=None, progress=False):
         from q35f.runtime.model import LlamaConfig, rope_tables
+
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
+        self.refit = bool(refit)
+        self.tune_steps = int(tune_steps)
+        self.target = target
+        self.tune_options = dict(tune_options or {})
+        self.tune_log = []  # (layer, mse before, mse after) of every tuned block
+        self.seconds = {"refit": 0.0, "tune": 0.0}
+        self.progress = progress
 
         self.source = source
         self.config = LlamaConfig.from_hf(config)
@@ -63,6 +87,8 @@ class LayerStream:
         embed = source.get("model.embed_tokens.weight")
         self.x = np.ascontiguousarray(embed[np.asarray(batches)], dtype=np.float32)  # (n, T, h)
         del embed
+        # the float model's hidden states, carried only when they are the tuning's target
+        self.x_float = self.x.copy() if self.tune_steps and target == "float-stream" else None
         self.cos, self.sin = rope_tables(self.config, batches.shape[1])
         self.done = 0  # blocks already quantized and applied to self.x
         self.waiting = {}  # quantized blocks not asked for yet (a file listing 0, 1, 10, ..., 2)
@@ -80,34 +106,79 @@ class LayerStream:
         return self.source.get(weight_name(layer, proj))
 
     def _run_block(self, layer: int) -> dict:
-        from q35f.runtime.model import apply_rope, rms_norm
         from q35f.kernels.tensor import matmul
 
-        c = self.config
-        eps = c.rms_norm_eps
-        n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        group = n_heads // n_kv
         p = f"model.layers.{layer}."
-        attn_norm = self.source.get(p + "input_layernorm.weight")
-        mlp_norm = self.source.get(p + "post_attention_layernorm.weight")
+        norms = (self.source.get(p + "input_layernorm.weight"),
+                 self.source.get(p + "post_attention_layernorm.weight"))
         quantized = {}
 
-        def quantize_all(projs, stats):
+        def quantize_all(projs, x):
+            stats = _Stats()
+            stats.add(x)
             for proj in projs:
                 name = weight_name(layer, proj)
-                quantized[name] = self.quantize(name, self._weights(layer, proj),
-                                                stats.hessian, stats.mean_square)
+                w = self._weights(layer, proj)
+                qt = self.quantize(name, w, stats.hessian, stats.mean_square)
+                if self.refit:  # levels fixed: the best float16 parameters for them
+                    from q35f.quantization.tune import refit_rows
+
+                    started = time.perf_counter()
+                    qt = refit_rows(qt, w, stats.hessian)
+                    self.seconds["refit"] += time.perf_counter() - started
+                quantized[name] = qt
 
         def linear(proj, x):
             return matmul(np.ascontiguousarray(x.reshape(-1, x.shape[-1])),
                           quantized[weight_name(layer, proj)]).reshape(*x.shape[:-1], -1)
 
-        n, t, _ = self.x.shape
+        x_in = self.x if self.tune_steps or self.x_float is not None else None
+        self.x = self.forward(self.x, norms, linear, quantize_all)
+        if self.x_float is not None:  # the float model's own stream, for the tuning's target
+            self.x_float = self.forward(self.x_float, norms, self._float_linear(layer))
+        if self.tune_steps:
+            from q35f.quantization.tune import tune_block
+
+            started = time.perf_counter()
+            if self.target == "float-stream":
+                target = self.x_float
+            else:  # the float block on the quantized-so-far inputs
+                target = self.forward(x_in, norms, self._float_linear(layer))
+            by_proj = {proj: quantized[weight_name(layer, proj)] for proj in _PARTS}
+            tuned, before, after = tune_block(x_in, target, by_proj, norms, self.config,
+                                              self.cos, self.sin, steps=self.tune_steps,
+                                              **self.tune_options)
+            self.tune_log.append((layer, before, after))
+            self.seconds["tune"] += time.perf_counter() - started
+            if self.progress:
+                print(f"\nblock {layer}: tuned output MSE {before:.4g} -> {after:.4g} "
+                      f"({self.seconds['tune']:.0f} s tuning so far)", file=sys.stderr)
+            if after < before:
+                quantized.update({weight_name(layer, proj): qt for proj, qt in tuned.items()})
+                self.x = self.forward(x_in, norms, linear)
+        return quantized
+
+    def _float_linear(self, layer):
+        def linear(proj, x):
+            w = self._weights(layer, proj)
+            return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], -1)
+        return linear
+
+    def forward(self, x, norms, linear, before=None) -> np.ndarray:
+        """Block output (n, T, hidden) of x with linear(proj, input); before(projs, input) is
+        called before the projections reading `input` are first used (to quantize them)."""
+        from q35f.runtime.model import apply_rope, rms_norm
+
+        c = self.config
+        eps = c.rms_norm_eps
+        n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        group = n_heads // n_kv
+        attn_norm, mlp_norm = norms
+        before = before or (lambda projs, inputs: None)
+        n, t, _ = x.shape
         # attention
-        h = rms_norm(self.x, attn_norm, eps)
-        stats = _Stats()
-        stats.add(h)
-        quantize_all(("q_proj", "k_proj", "v_proj"), stats)
+        h = rms_norm(x, attn_norm, eps)
+        before(("q_proj", "k_proj", "v_proj"), h)
         q = linear("q_proj", h).reshape(n, t, n_heads, d)
         k = linear("k_proj", h).reshape(n, t, n_kv, d)
         v = linear("v_proj", h).reshape(n, t, n_kv, d)
@@ -127,25 +198,17 @@ class LayerStream:
             o = scores @ v[s].transpose(1, 0, 2)[:, None]  # (kv, g, T, d)
             attn[s] = o.transpose(2, 0, 1, 3).reshape(t, n_heads * d)
         del q, k, v
-        stats = _Stats()
-        stats.add(attn)
-        quantize_all(("o_proj",), stats)
-        self.x += linear("o_proj", attn)
+        before(("o_proj",), attn)
+        x = x + linear("o_proj", attn)
         del attn
         # feed-forward
-        h = rms_norm(self.x, mlp_norm, eps)
-        stats = _Stats()
-        stats.add(h)
-        quantize_all(("gate_proj", "up_proj"), stats)
+        h = rms_norm(x, mlp_norm, eps)
+        before(("gate_proj", "up_proj"), h)
         gate = linear("gate_proj", h)
         with np.errstate(over="ignore"):
             hidden = gate / (1 + np.exp(-gate))  # silu
         del gate
         hidden *= linear("up_proj", h)
         del h
-        stats = _Stats()
-        stats.add(hidden)
-        quantize_all(("down_proj",), stats)
-        self.x += linear("down_proj", hidden)
-        return quantized
-
+        before(("down_proj",), hidden)
+        return x + linear("down_proj", hidden)
