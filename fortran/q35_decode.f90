@@ -71,11 +71,10 @@ contains
         ! and the temporaries copied back over each other (measured: lost rows with 2 threads)
         real(real32), pointer, contiguous :: qkv_t(:, :, :), o_t(:, :, :)
         real(real32), pointer, contiguous :: gu_t(:, :, :), dn_t(:, :, :)
-        integer :: hidden, d, f, n_pos, hq, hk, v0
+        integer :: hidden, d, n_pos, hq, hk, v0
 
         hidden = size(x)
         d = size(k_cache, 1)
-        f = intermediate
         n_pos = pos + 1
         allocate(h(padded_inputs(qkv), 1), attn(padded_inputs(wo), 1), source=0.0_real32)
         allocate(hm(padded_inputs(gate_up), 1), act(padded_inputs(down), 1), source=0.0_real32)
@@ -115,7 +114,8 @@ contains
         call gemv_tiles_shared(gate_up%fmt, gate_up%group_size, gate_up%tiles, gate_up%scales, &
                                gate_up%offsets, hm, gu_t)
         !$omp single
-        act(1:f, 1) = silu_times(gu_y(1:f), gu_y(f + 1:2 * f))
+        act(1:intermediate, 1) = silu_times(gu_y(1:intermediate), &
+                                            gu_y(intermediate + 1:2 * intermediate))
         !$omp end single
         call gemv_tiles_shared(down%fmt, down%group_size, down%tiles, down%scales, &
                                down%offsets, act, dn_t)

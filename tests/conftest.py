@@ -288,6 +288,22 @@ class DictCheckpoint:
         return self.weights[name][start:stop]
 
 
+def assert_stream_is_the_quantized_model(stream, blocks, weights, batches, config=TINY_CONFIG):
+    """A LayerStream's final hidden states are what a Model built from its quantized blocks
+    (and the float rest of `weights`) computes on the calibration batches."""
+    from q35f.runtime.model import rms_norm
+
+    quantized = dict(weights)
+    for block in blocks:
+        quantized.update(block)
+    cfg = LlamaConfig.from_hf(config)
+    model = Model(cfg, Weights.from_checkpoint(DictCheckpoint(quantized, config), cfg), 24)
+    for s in range(batches.shape[0]):
+        expect = model.hidden_states(batches[s], 0)
+        got = rms_norm(stream.x[s], weights["model.norm.weight"], cfg.rms_norm_eps)
+        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+
+
 def check_short_answer(answer, model_name: str) -> None:
     """What either SDK (groq, openai) must see for a chat completion of at most 6 tokens
     answering a 4-word question: the OpenAI/Groq response shape and consistent usage."""

@@ -88,9 +88,9 @@ def test_calibration_sequences_are_spread_and_checked():
 def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
     # Quantize block by block (int8 rounding as the callback) and compare the carried hidden
     # states with the forward pass of the model made of exactly those quantized weights.
-    from q35f.runtime.model import LlamaConfig, Model, Weights, rms_norm
     from q35f.quantization.sequential import LayerStream
-    from conftest import TINY_CONFIG, DictCheckpoint, tiny_tensors
+    from conftest import (TINY_CONFIG, DictCheckpoint, assert_stream_is_the_quantized_model,
+                          tiny_tensors)
 
     weights = tiny_tensors(TINY_CONFIG, seed=5)
     ck = DictCheckpoint(weights, TINY_CONFIG)
@@ -106,14 +106,6 @@ def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
     layers = TINY_CONFIG["num_hidden_layers"]
     blocks = [stream.block(i) for i in reversed(range(layers))]  # any order: later ones wait
     assert len(seen) == 7 * layers
-    quantized = dict(weights)
-    for block in blocks:
-        quantized.update(block)
-    cfg = LlamaConfig.from_hf(TINY_CONFIG)
-    model = Model(cfg, Weights.from_checkpoint(DictCheckpoint(quantized, TINY_CONFIG), cfg), 24)
-    for s in range(batches.shape[0]):
-        expect = model.hidden_states(batches[s], 0)
-        got = rms_norm(stream.x[s], weights["model.norm.weight"], cfg.rms_norm_eps)
-        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+    assert_stream_is_the_quantized_model(stream, blocks, weights, batches)
     with pytest.raises(ValueError, match="already handed out"):
         stream.block(0)

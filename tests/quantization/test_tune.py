@@ -14,7 +14,8 @@ from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor
 from q35f.quantization.sequential import LayerStream, weight_name
 from q35f.quantization.tune import PROJS, refit_rows, row_errors, torch_block, tune_block
 from q35f.runtime.model import LlamaConfig
-from conftest import TINY_CONFIG, DictCheckpoint, tiny_tensors, write_hf
+from conftest import (TINY_CONFIG, DictCheckpoint, assert_stream_is_the_quantized_model,
+                      tiny_tensors, write_hf)
 
 torch = pytest.importorskip("torch")
 
@@ -116,8 +117,6 @@ def test_tuning_never_returns_parameters_worse_than_the_given_ones(lr, steps, se
 
 @pytest.mark.parametrize("target", ["float-block", "float-stream"])
 def test_the_stream_carries_the_tuned_model_s_own_states(target):
-    from q35f.runtime.model import Model, Weights, rms_norm
-
     weights = tiny_tensors(TINY_CONFIG, seed=5)
     ck = DictCheckpoint(weights, TINY_CONFIG)
     batches = (np.arange(4 * 24).reshape(4, 24) * 7 + 1) % TINY_CONFIG["vocab_size"]
@@ -130,15 +129,7 @@ def test_the_stream_carries_the_tuned_model_s_own_states(target):
     blocks = [stream.block(i) for i in range(TINY_CONFIG["num_hidden_layers"])]
     assert [layer for layer, _, _ in stream.tune_log] == [0, 1]
     assert all(after <= before for _, before, after in stream.tune_log)
-    quantized = dict(weights)
-    for block in blocks:
-        quantized.update(block)
-    cfg = LlamaConfig.from_hf(TINY_CONFIG)
-    model = Model(cfg, Weights.from_checkpoint(DictCheckpoint(quantized, TINY_CONFIG), cfg), 24)
-    for s in range(batches.shape[0]):
-        expect = model.hidden_states(batches[s], 0)
-        got = rms_norm(stream.x[s], weights["model.norm.weight"], cfg.rms_norm_eps)
-        np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-4 * np.abs(expect).max())
+    assert_stream_is_the_quantized_model(stream, blocks, weights, batches)
 
 
 def test_a_file_quantized_with_tuning_loads_generates_and_keeps_its_size(tmp_path, capsys):

@@ -578,6 +578,8 @@ class Model:
 
     def _blocks(self, ids: np.ndarray, pos: int, branches) -> np.ndarray:
         """The transformer blocks and the final norm for one chunk (see hidden_states)."""
+        if ids.size == 1 and branches is None and self.fused_decode and self._decode is not None:
+            return self._decode_token(ids, pos)
         c = self.config
         eps = c.rms_norm_eps
         t = ids.size
@@ -589,8 +591,6 @@ class Model:
             segments, offsets = branches
             positions = pos + offsets
             visible = (segments[:, None] == segments[None, :]) & np.tri(t, dtype=bool)
-        if t == 1 and branches is None and self.fused_decode and self._decode is not None:
-            return self._decode_token(ids, pos)
         cos, sin = self.cos[positions], self.sin[positions]
 
         x = self.embed(ids)  # (T, hidden)
