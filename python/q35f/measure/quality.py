@@ -8,7 +8,10 @@ Each config is quantized once and measured on every --eval text (one CSV row per
 Perplexity: the text is tokenized once; the first `windows` non-overlapping windows of
 `window` tokens are run through the model, every token but the first of each window scored
 (the yardstick's protocol). The float32 model is the source checkpoint itself; ΔPPL is
-relative to it. Every number written comes from the run that writes it.
+relative to it. With --kl the same windows also give the mean KL divergence from the float
+model's next-token distribution and the top-1 agreement with it (llama.cpp's `perplexity
+--kl-divergence` measures; the float model runs again beside each config). Every number written
+comes from the run that writes it.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from pathlib import Path
 
 
 def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
-               progress: bool = True) -> tuple[float, int]:
-    """(perplexity, scored tokens) of a checkpoint (None = embedded model) on the first `windows`
-    windows of `text`, by the one protocol of q35f.measure.perplexity."""
+               progress: bool = True, reference=False, src=None) -> dict:
+    """q35f.measure.perplexity's result (ppl, tokens, ...) for a checkpoint (None = embedded
+    model) on the first `windows` windows of `text`; with `reference`, also the KL divergence
+    and top-1 agreement to the float checkpoint `src` (None = embedded model)."""
+    from q35f.io.checkpoint import default_model_path
     from q35f.measure import perplexity as ppl
     from q35f.runtime.model import load_model
 
@@ -35,8 +40,31 @@ def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
         ids = ppl.tokenize(ck.tokenizer, text)
     finally:
         ck.close()
-    result = ppl.perplexity(model, ids, ctx=window, max_tokens=windows * window, progress=progress)
-    return result["ppl"], result["tokens"]
+    ref = None
+    if reference:
+        ref, ref_ck = load_model(src if src is not None else default_model_path(),
+                                 max_seq_len=window)
+        ref_ck.close()
+    return ppl.perplexity(model, ids, ctx=window, max_tokens=windows * window, progress=progress,
+                          reference=ref)
+
+
+def _widen(path: Path, fields) -> None:
+    """Rewrite CSV `path` with header `fields` if it lacks some (old rows get empty cells)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if set(fields) <= set(reader.fieldnames or ()):
+            return
+        extra = [c for c in reader.fieldnames or () if c not in fields]
+        if extra:
+            raise ValueError(f"{path}: unknown columns {extra}; write to a new --out file")
+        rows = list(reader)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 def _load() -> str:
@@ -54,12 +82,14 @@ def _parse_config(spec: str):
             from q35f.quantization.recipe import RECIPES
 
             kwargs.update(RECIPES[value])
-        elif key in ("clip_search", "gptq", "sequential", "refit"):
+        elif key in ("clip_search", "gptq", "sequential", "refit", "rotate"):
             kwargs[key] = value not in ("0", "false", "")
-        elif key in ("group_size", "calibration_tokens", "tune_steps"):
+        elif key in ("group_size", "calibration_tokens", "tune_steps", "sequence_length"):
             kwargs[key] = int(value)
         elif key in ("importance_prior", "damping", "tune_lr"):
             kwargs[key] = float(value)
+        elif key == "layer_bits":  # qkv=int3;down=int4 (';' inside one config)
+            kwargs[key] = value.replace(";", ",")
         else:
             kwargs[key] = value
     return name, kwargs
@@ -82,6 +112,9 @@ def main(argv=None) -> int:
                         help="take the float model's PPL from the fp32 rows of an earlier run "
                         "with the same --windows/--window instead of measuring it again")
     parser.add_argument("--out", required=True, help="CSV to append rows to")
+    parser.add_argument("--kl", action="store_true",
+                        help="also the KL divergence to the float model and the top-1 agreement "
+                        "(runs the float model beside each config)")
     parser.add_argument("--keep", metavar="DIR", default=None,
                         help="keep each quantized model as DIR/NAME (default: a temporary one)")
     args = parser.parse_args(argv)
@@ -97,8 +130,10 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = ["config", "options", "bits", "group_size", "linear_bits_per_weight",
               "file_bits_per_weight", "quantize_seconds", "eval", "windows", "tokens", "ppl",
-              "delta_ppl_pct", "fp32_ppl", "note"]
+              "delta_ppl_pct", "fp32_ppl", "kl_divergence", "top1_agreement", "note"]
     new = not out.exists()
+    if not new:
+        _widen(out, fields)
     fp32 = {}
     if args.fp32_from:
         with open(args.fp32_from, newline="") as old:
@@ -110,7 +145,8 @@ def main(argv=None) -> int:
             writer.writeheader()
         if args.fp32:
             for e in evals:
-                fp32[e], tokens = perplexity(args.src, texts[e], args.windows, args.window)
+                r = perplexity(args.src, texts[e], args.windows, args.window)
+                fp32[e], tokens = r["ppl"], r["tokens"]
                 writer.writerow({"config": "fp32", "options": "{}", "bits": "fp32",
                                  "ppl": f"{fp32[e]:.4f}", "eval": e, "windows": args.windows,
                                  "tokens": tokens, "delta_ppl_pct": "0.00",
@@ -127,7 +163,9 @@ def main(argv=None) -> int:
                 seconds = time.perf_counter() - started
                 note = f"{_load()}; quantize cpu {time.process_time() - cpu:.0f} s"
                 for e in evals:
-                    ppl, tokens = perplexity(model, texts[e], args.windows, args.window)
+                    r = perplexity(model, texts[e], args.windows, args.window,
+                                   reference=args.kl, src=args.src)
+                    ppl, tokens = r["ppl"], r["tokens"]
                     row = {"config": name, "options": json.dumps(kwargs, sort_keys=True),
                            "bits": summary["bits"], "group_size": summary["group_size"],
                            "linear_bits_per_weight": f"{summary['linear_bits_per_weight']:.4f}",
@@ -135,6 +173,9 @@ def main(argv=None) -> int:
                            "quantize_seconds": f"{seconds:.1f}", "eval": e,
                            "windows": args.windows, "tokens": tokens, "ppl": f"{ppl:.4f}",
                            "note": note}
+                    if args.kl:
+                        row["kl_divergence"] = f"{r['kl_divergence']:.5f}"
+                        row["top1_agreement"] = f"{r['top1_agreement']:.4f}"
                     if e in fp32:
                         row["fp32_ppl"] = f"{fp32[e]:.4f}"
                         row["delta_ppl_pct"] = f"{100 * (ppl / fp32[e] - 1):.2f}"
