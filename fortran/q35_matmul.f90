@@ -46,8 +46,8 @@ contains
         real(real32), intent(in), contiguous :: x(:, :)
         real(real32), intent(out), contiguous :: y(:, :, :)
         real(real32) :: acc_even(tile_rows), acc_odd(tile_rows), acc(tile_rows)
-        real(real32) :: x_sum(size(scales, 2), size(x, 2)), scale(tile_rows)
-        integer :: t, g, j, nb, n_blocks, blocks_per_group, first, count
+        real(real32) :: x_sum(size(scales, 2), size(x, 2)), lane_scale
+        integer :: t, g, j, r, nb, n_blocks, blocks_per_group, first, count
         integer(int64) :: base
 
         ! The Python wrapper only passes known ids; anything else is a bug, never a format.
@@ -92,9 +92,15 @@ contains
                         call group_dot_int3(count, tiles(:, base:, t), &
                                             x(first * block_weights + 1:, j), acc_even, acc_odd)
                     end select
-                    scale = half_to_real(scales(:, g, t))
-                    acc = acc + scale * acc_even + odd_step(fmt, scale) * acc_odd &
-                        + half_to_real(offsets(:, g, t)) * x_sum(g, j)
+                    ! An explicit lane loop: as array expressions GCC 12 converted the float16
+                    ! parameters and added the lanes one scalar at a time (~25 % of the time).
+                    !$omp simd private(lane_scale)
+                    do r = 1, tile_rows
+                        lane_scale = half_to_real(scales(r, g, t))
+                        acc(r) = acc(r) + lane_scale * acc_even(r) &
+                            + odd_step(fmt, lane_scale) * acc_odd(r) &
+                            + half_to_real(offsets(r, g, t)) * x_sum(g, j)
+                    end do
                 end do
                 y(:, t, j) = acc
             end do
@@ -157,8 +163,11 @@ contains
                     + real(shiftr(odd, 21), real32) * x(16, b)
             end do
         end do
-        acc_even = acc_even + even2
-        acc_odd = acc_odd + odd2
+        !$omp simd
+        do r = 1, tile_rows
+            acc_even(r) = acc_even(r) + even2(r)
+            acc_odd(r) = acc_odd(r) + odd2(r)
+        end do
 
     end subroutine group_dot_q35
 
@@ -215,8 +224,11 @@ contains
                     + real(wide(r, 16), real32) * x(16, b)
             end do
         end do
-        acc_even = acc_even + even2
-        acc_odd = acc_odd + odd2
+        !$omp simd
+        do r = 1, tile_rows
+            acc_even(r) = acc_even(r) + even2(r)
+            acc_odd(r) = acc_odd(r) + odd2(r)
+        end do
     end subroutine group_dot_int8
 
     pure subroutine group_dot_int4(count, bytes, x, acc_even, acc_odd)
@@ -264,8 +276,11 @@ contains
                     + real(shiftr(wide(r, 8), 4), real32) * x(16, b)
             end do
         end do
-        acc_even = acc_even + even2
-        acc_odd = acc_odd + odd2
+        !$omp simd
+        do r = 1, tile_rows
+            acc_even(r) = acc_even(r) + even2(r)
+            acc_odd(r) = acc_odd(r) + odd2(r)
+        end do
     end subroutine group_dot_int4
 
     pure subroutine group_dot_int3(count, bytes, x, acc_even, acc_odd)
@@ -327,8 +342,11 @@ contains
                     + real(iand(f(15), 7), real32) * x(16, b)
             end do
         end do
-        acc_even = acc_even + even2
-        acc_odd = acc_odd + odd2
+        !$omp simd
+        do r = 1, tile_rows
+            acc_even(r) = acc_even(r) + even2(r)
+            acc_odd(r) = acc_odd(r) + odd2(r)
+        end do
     end subroutine group_dot_int3
 
 
