@@ -82,14 +82,12 @@ def _parse_config(spec: str):
             from q35f.quantization.recipe import RECIPES
 
             kwargs.update(RECIPES[value])
-        elif key in ("clip_search", "gptq", "sequential", "refit", "rotate"):
+        elif key in ("clip_search", "gptq", "sequential", "refit"):
             kwargs[key] = value not in ("0", "false", "")
-        elif key in ("group_size", "calibration_tokens", "tune_steps", "sequence_length"):
+        elif key in ("group_size", "calibration_tokens", "tune_steps"):
             kwargs[key] = int(value)
         elif key in ("importance_prior", "damping", "tune_lr"):
             kwargs[key] = float(value)
-        elif key == "layer_bits":  # qkv=int3;down=int4 (';' inside one config)
-            kwargs[key] = value.replace(";", ",")
         else:
             kwargs[key] = value
     return name, kwargs

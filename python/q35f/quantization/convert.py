@@ -61,37 +61,10 @@ class _Planned:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
-# Units of a mixed allocation (--layer-bits): the linears that read one input share a format,
-# since the runtime fuses q/k/v and gate/up into one matrix each.
-UNITS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
-         "gate_up": ("gate_proj", "up_proj"), "down": ("down_proj",)}
-
-
-def parse_layer_bits(spec) -> dict:
-    """'qkv=int3,down=int4' (or such a dict) -> {projection: format}; other units keep --bits."""
-    if not spec:
-        return {}
-    items = spec.items() if isinstance(spec, dict) else (
-        item.partition("=")[::2] for item in str(spec).replace(";", ",").split(",") if item)
-    out = {}
-    for unit, fmt in items:
-        if unit not in UNITS:
-            raise ValueError(f"layer bits: unknown unit {unit!r}; units are {list(UNITS)}")
-        if fmt not in FORMATS:
-            _bad(f"layer bits of {unit}", fmt, tuple(FORMATS))
-        out.update({proj: fmt for proj in UNITS[unit]})
-    return out
-
-
-def linear_format(name: str, bits: str, layer_bits: dict) -> str:
-    """The format of linear weight `name` (model.layers.N.part.PROJ.weight)."""
-    return layer_bits.get(name.split(".")[-2], bits)
-
-
-def _plan_tensor(name, shape, bits, group_size, head_bits, layer_bits=None):
+def _plan_tensor(name, shape, bits, group_size, head_bits):
     treatment = None
     if len(shape) == 2 and LINEAR.fullmatch(name):
-        treatment = linear_format(name, bits, layer_bits or {})
+        treatment = bits
     elif len(shape) == 2 and name in HEAD_NAMES:
         treatment = head_bits
     if treatment in FORMATS:
@@ -147,8 +120,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         pairing="none", gptq=False, calibration=None,
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
-                        tune_steps=0, tune_target="float-block", tune_lr=None,
-                        rotate=False, layer_bits=None, sequence_length=None) -> dict:
+                        tune_steps=0, tune_target="float-block", tune_lr=None) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -161,7 +133,6 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
     if head_bits not in HEAD_CHOICES:
         _bad("head_bits", head_bits, HEAD_CHOICES)
     check_group_size(group_size)
-    layer_bits = parse_layer_bits(layer_bits)
     out = Path(out)
     if out.exists() and not force:
         raise FileExistsError(f"{out}: already exists; pass --force (force=True) to overwrite")
@@ -171,13 +142,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             raise ValueError(f"{out}: the output must not be the source checkpoint {ck.path}")
         if ck.quant_config is not None:
             raise ValueError(f"{ck.path}: already quantized by q35f; quantize the original")
-        if rotate:  # folded into the float weights first: everything below sees a Llama
-            from q35f.quantization.rotation import RotatedCheckpoint
-
-            ck = RotatedCheckpoint(ck)
         planned = [
-            _plan_tensor(info.name, info.shape, bits, group_size, head_bits, layer_bits)
-            for info in ck.infos()
+            _plan_tensor(info.name, info.shape, bits, group_size, head_bits) for info in ck.infos()
         ]
         config = dict(ck.config)
         config["quantization_config"] = {
@@ -187,11 +153,6 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             "group_size": group_size,
             "head_bits": head_bits,
         }
-        if layer_bits:
-            config["quantization_config"]["layer_bits"] = {
-                unit: layer_bits.get(projs[0], bits) for unit, projs in UNITS.items()}
-        if rotate:
-            config["quantization_config"]["rotation"] = ck.describe()
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps):
@@ -201,15 +162,12 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             improver = Improver(ck, clip_search, pairing, gptq, calibration,
                                 calibration_tokens or DEFAULT_CALIBRATION_TOKENS,
                                 progress=progress, importance=importance,
-                                **({} if sequence_length is None
-                                   else {"sequence_length": sequence_length}),
                                 importance_prior=(DEFAULT_IMPORTANCE_PRIOR
                                                   if importance_prior is None
                                                   else importance_prior),
                                 damping=damping, sequential=sequential,
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
                                 tune_target=tune_target, tune_lr=tune_lr)
-            improver.format_of = lambda name: linear_format(name, bits, layer_bits)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:

@@ -120,8 +120,6 @@ class Improver:
         self._stream = None  # sequential: the LayerStream, made at the first linear weight
         self._block = {}  # sequential: the current block's QuantizedTensors by name
         self._rows_done = {}  # sequential: rows of each of them already handed out
-        # linear weight name -> its format, set by the converter for a mixed allocation
-        self.format_of = None
 
     def describe(self) -> dict:
         out = {"clip_search": self.clip_search, "pairing": self.pairing, "gptq": self.gptq,
@@ -186,8 +184,7 @@ class Improver:
                     factor[:] = hessian, inverse_hessian_factor(hessian, self.damping)
                 imp = (mixed_importance(mean_square, self.importance_prior)
                        if self.importance != "none" else None)
-                fmt = self.format_of(tensor) if self.format_of else bits
-                return gptq_quantize(weight, factor[1], group_size, fmt, self.clip_search,
+                return gptq_quantize(weight, factor[1], group_size, bits, self.clip_search,
                                      importance=imp, symmetric=self.symmetric)
 
             started = time.perf_counter()
