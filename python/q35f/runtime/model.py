@@ -377,12 +377,13 @@ def rotated_qkv(layer, x: np.ndarray, eps, cos, sin, n_heads: int, n_kv: int, d:
     return qk[:, :n_heads], qk[:, n_heads:], v
 
 
-def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible, scale) -> np.ndarray:
+def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask, scale) -> np.ndarray:
     """softmax(q k^T * scale) v of T tokens, query heads grouped over their shared kv heads (GQA).
 
     q is (T, heads, d); keys and values are (kv heads, S, d) with the T tokens' own positions
-    last. visible (T, T) says which of those own positions each token sees (None: all of them);
-    every earlier position is seen by every token. Returns (T, heads * d).
+    last. mask (T, T) float32, 0 or -inf, is added to the scores of those own positions (None:
+    all seen; see visible_mask); every earlier position is seen by every token. Returns
+    (T, heads * d).
     """
     t, n_heads, d = q.shape
     n_kv, s = keys.shape[0], keys.shape[1]
@@ -390,13 +391,19 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, visible, scal
     # query heads h*group..h*group+group-1 share kv head h: (n_kv, group*T, d)
     qg = q.reshape(t, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * t, d)
     scores = (qg * scale) @ keys.transpose(0, 2, 1)  # (n_kv, group*T, S)
-    if visible is not None:
-        scores.reshape(n_kv, group, t, s)[:, :, :, s - t:][:, :, ~visible] = -np.inf
+    if mask is not None:  # an add, 5x faster than assigning -inf through a boolean index
+        own = scores.reshape(n_kv, group, t, s)[:, :, :, s - t:]
+        np.add(own, mask, out=own)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
+    scores *= 1 / scores.sum(axis=-1, keepdims=True)
     out = scores @ values  # (n_kv, group*T, d)
     return out.reshape(n_kv, group, t, d).transpose(2, 0, 1, 3).reshape(t, n_heads * d)
+
+
+def visible_mask(visible: np.ndarray) -> np.ndarray:
+    """The additive attention mask of a boolean one: 0 where seen, -inf elsewhere (float32)."""
+    return np.where(visible, np.float32(0), np.float32(-np.inf))
 
 
 def feed_forward(layer, x: np.ndarray, eps) -> np.ndarray:
@@ -592,6 +599,7 @@ class Model:
             positions = pos + offsets
             visible = (segments[:, None] == segments[None, :]) & np.tri(t, dtype=bool)
         cos, sin = self.cos[positions], self.sin[positions]
+        mask = None if visible is None else visible_mask(visible)
 
         x = self.embed(ids)  # (T, hidden)
         for li, layer in enumerate(self.layers):
@@ -604,7 +612,7 @@ class Model:
             else:
                 keys = np.concatenate([k_cache[:, :pos], k.transpose(1, 0, 2)], axis=1)
                 values = np.concatenate([v_cache[:, :pos], v.transpose(1, 0, 2)], axis=1)
-            x = x + layer.wo(attention(q, keys, values, visible, self.scale))
+            x = x + layer.wo(attention(q, keys, values, mask, self.scale))
             x = feed_forward(layer, x, eps)
         return rms_norm(x, self.weights.norm, eps)
 
