@@ -29,7 +29,12 @@ def main() -> None:
     one_block = [quantize(rng.standard_normal(s, dtype=np.float32), 128, args.bits)
                  for s in SHAPES]
     # distinct copies of the packed bytes, so nothing stays in cache from one block to the next
-    weights = [QuantizedTensor(*(a.copy() for a in qt.tile_arrays), qt.shape, qt.group_size,
+    def copy(a):  # in memory like the model's own tiles (huge pages, fortran.tile_rows)
+        out = fortran.huge_page_array(a.shape, a.dtype)
+        out[...] = a
+        return out
+
+    weights = [QuantizedTensor(*(copy(a) for a in qt.tile_arrays), qt.shape, qt.group_size,
                                qt.bits)
                for _ in range(args.layers) for qt in one_block]
     xs = {k: rng.standard_normal((1, k), dtype=np.float32) for k in {s[1] for s in SHAPES}}
