@@ -66,7 +66,7 @@ def test_the_torch_block_equals_the_numpy_block(n, t, seed):
     batches = np.random.default_rng(seed).integers(0, TINY_CONFIG["vocab_size"], (n, t))
     stream = LayerStream(DictCheckpoint(weights, TINY_CONFIG), TINY_CONFIG, batches, None)
     x = stream.x * 30  # hidden states of a deeper block's size
-    expect = stream.forward(x, norms, stream._float_linear(0))
+    expect = stream.forward(x, norms, stream.float_linear(0))
     got = torch_block(torch.from_numpy(x), {p: torch.from_numpy(w) for p, w in floats.items()},
                       *(torch.from_numpy(v) for v in norms), cfg, torch.from_numpy(stream.cos),
                       torch.from_numpy(stream.sin)).numpy()
@@ -78,7 +78,7 @@ def _quantized_block(bits="q35"):
     batches = (np.arange(6 * 16).reshape(6, 16) * 11 + 3) % TINY_CONFIG["vocab_size"]
     stream = LayerStream(DictCheckpoint(weights, TINY_CONFIG), TINY_CONFIG, batches, None)
     x = stream.x * 30
-    target = stream.forward(x, norms, stream._float_linear(0))
+    target = stream.forward(x, norms, stream.float_linear(0))
     quantized = {p: q35f.quantize(w, 16, bits) for p, w in floats.items()}
     return x, target, quantized, norms, cfg, stream
 

@@ -7,10 +7,11 @@ For every transformer block and each of its four distinct linear inputs
     mlp_in     rms(x) before gate/up      (hidden)
     mlp_hidden silu(gate) * up before down (intermediate)
 
-`collect` accumulates over the calibration tokens the per-input-channel mean square
+`calibrate_checkpoint` gathers over the calibration tokens the per-input-channel mean square
 E[x_c^2] (importance-aware pairing, q35f.quantization.pairing) and, optionally, the Hessian X^T X
-(error feedback, q35f.quantization.gptq). Everything comes from the float model in one pass: a layer's
-statistics do not see the quantization error of the layers before it.
+(error feedback, q35f.quantization.gptq). Everything comes from the float model in one pass, block
+by block: a layer's statistics do not see the quantization error of the layers before it (the
+sequential GPTQ of q35f.quantization.sequential does).
 """
 
 from __future__ import annotations
@@ -98,51 +99,6 @@ def sequences(token_ids, n_tokens: int, sequence_length: int) -> np.ndarray:
     return np.stack([ids[s:s + sequence_length] for s in starts])
 
 
-class _Recorder:
-    """Wraps a layer's linear: accumulates its input's statistics, then calls it."""
-
-    def __init__(self, inner, calib: Calibration, key, hessian: bool):
-        self.inner, self.calib, self.key, self.hessian = inner, calib, key, hessian
-
-    def __call__(self, x):
-        x64 = x.astype(np.float64)
-        ms = self.calib.mean_square
-        ms[self.key] = ms.get(self.key, 0.0) + (x64 * x64).sum(axis=0)
-        if self.hessian:
-            h = self.calib.hessian
-            if self.key not in h:
-                h[self.key] = np.zeros((x.shape[1], x.shape[1]))
-            h[self.key] += x.T @ x  # float32 per batch, summed in float64
-        return self.inner(x)
-
-
-def collect(model, batches: np.ndarray, source: str = "?", hessians: bool = True,
-            progress: bool = True) -> Calibration:
-    """Run the (float) model over each row of `batches` and gather every layer's statistics."""
-    from tqdm import tqdm
-
-    n, length = batches.shape
-    calib = Calibration(source, n, length)
-    saved = []
-    for i, layer in enumerate(model.layers):
-        saved.append((layer.qkv, layer.wo, layer.gate_up, layer.down))
-        layer.qkv = _Recorder(layer.qkv, calib, (i, "attn_in"), hessians)
-        layer.wo = _Recorder(layer.wo, calib, (i, "attn_out"), hessians)
-        layer.gate_up = _Recorder(layer.gate_up, calib, (i, "mlp_in"), hessians)
-        layer.down = _Recorder(layer.down, calib, (i, "mlp_hidden"), hessians)
-    try:
-        for row in tqdm(batches, desc="calibrate", unit="seq", disable=not progress,
-                        file=sys.stderr):
-            model.hidden_states(row, 0)
-    finally:
-        for layer, (qkv, wo, gate_up, down) in zip(model.layers, saved):
-            layer.qkv, layer.wo, layer.gate_up, layer.down = qkv, wo, gate_up, down
-    tokens = n * length
-    for key in calib.mean_square:
-        calib.mean_square[key] = calib.mean_square[key] / tokens
-    return calib
-
-
 def calibration_batches(ck, spec: str, n_tokens: int,
                         sequence_length: int = DEFAULT_SEQUENCE_LENGTH) -> np.ndarray:
     """(n, sequence_length) token ids of calibration text `spec`, spread over the text."""
@@ -157,19 +113,43 @@ def calibration_batches(ck, spec: str, n_tokens: int,
 
 def calibrate_checkpoint(ck, spec: str, n_tokens: int, sequence_length: int = DEFAULT_SEQUENCE_LENGTH,
                          hessians: bool = True, progress: bool = True) -> Calibration:
-    """Calibration statistics of the float model of open checkpoint `ck` on text `spec`."""
-    from q35f.runtime.model import LlamaConfig, Model, Weights
+    """Calibration statistics of the float model of open checkpoint `ck` on text `spec`.
 
+    Block by block (q35f.quantization.sequential.LayerStream with float weights): the hidden
+    states of all calibration tokens are carried from one block to the next and only one
+    block's weights are read at a time, so memory does not grow with the model's depth."""
     key = (str(ck.path), spec, int(n_tokens), int(sequence_length))
     if _CACHE.get("key") == key and (_CACHE["value"].hessian or not hessians):
         return _CACHE["value"]
     batches = calibration_batches(ck, spec, n_tokens, sequence_length)
-    config = LlamaConfig.from_hf(ck.config)
-    model = Model(config, Weights.from_checkpoint(ck, config), max_seq_len=sequence_length)
-    try:
-        calib = collect(model, batches, source=spec, hessians=hessians, progress=progress)
-    finally:
-        del model
+    calib = stream_statistics(ck, batches, spec, hessians, progress)
     if CACHE:
         _CACHE.update(key=key, value=calib)
+    return calib
+
+
+def stream_statistics(ck, batches: np.ndarray, source: str = "?", hessians: bool = True,
+                      progress: bool = False) -> Calibration:
+    """Every block's input statistics of the float model `ck` (any object with get/config) on
+    token batches (n, length), running the blocks one after the other."""
+    from tqdm import tqdm
+
+    from q35f.quantization.sequential import LayerStream
+
+    calib = Calibration(source, *batches.shape)
+    stream = LayerStream(ck, ck.config, batches, quantize=None)
+    for layer in tqdm(range(stream.config.num_hidden_layers), desc="calibrate", unit="block",
+                      disable=not progress, file=sys.stderr):
+
+        def record(projs, x, layer=layer):
+            key = (layer, LAYER_INPUT[projs[0]])
+            x2 = x.reshape(-1, x.shape[-1])
+            x64 = x2.astype(np.float64)
+            calib.mean_square[key] = (x64 * x64).sum(axis=0) / x2.shape[0]
+            if hessians:
+                calib.hessian[key] = np.zeros((x2.shape[1], x2.shape[1]))
+                calib.hessian[key] += x2.T @ x2  # float32 products, kept in float64
+
+        stream.x = stream.forward(stream.x, stream.norms(layer), stream.float_linear(layer),
+                                  record)
     return calib

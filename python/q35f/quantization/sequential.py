@@ -108,9 +108,7 @@ class LayerStream:
     def _run_block(self, layer: int) -> dict:
         from q35f.kernels.tensor import matmul
 
-        p = f"model.layers.{layer}."
-        norms = (self.source.get(p + "input_layernorm.weight"),
-                 self.source.get(p + "post_attention_layernorm.weight"))
+        norms = self.norms(layer)
         quantized = {}
 
         def quantize_all(projs, x):
@@ -135,7 +133,7 @@ class LayerStream:
         x_in = self.x if self.tune_steps or self.x_float is not None else None
         self.x = self.forward(self.x, norms, linear, quantize_all)
         if self.x_float is not None:  # the float model's own stream, for the tuning's target
-            self.x_float = self.forward(self.x_float, norms, self._float_linear(layer))
+            self.x_float = self.forward(self.x_float, norms, self.float_linear(layer))
         if self.tune_steps:
             from q35f.quantization.tune import tune_block
 
@@ -143,7 +141,7 @@ class LayerStream:
             if self.target == "float-stream":
                 target = self.x_float
             else:  # the float block on the quantized-so-far inputs
-                target = self.forward(x_in, norms, self._float_linear(layer))
+                target = self.forward(x_in, norms, self.float_linear(layer))
             by_proj = {proj: quantized[weight_name(layer, proj)] for proj in _PARTS}
             tuned, before, after = tune_block(x_in, target, by_proj, norms, self.config,
                                               self.cos, self.sin, steps=self.tune_steps,
@@ -158,7 +156,14 @@ class LayerStream:
                 self.x = self.forward(x_in, norms, linear)
         return quantized
 
-    def _float_linear(self, layer):
+    def norms(self, layer: int) -> tuple:
+        """Block `layer`'s two RMSNorm weights (attention, feed-forward)."""
+        p = f"model.layers.{layer}."
+        return (self.source.get(p + "input_layernorm.weight"),
+                self.source.get(p + "post_attention_layernorm.weight"))
+
+    def float_linear(self, layer):
+        """linear(proj, x) of block `layer` with the source's float weights."""
         def linear(proj, x):
             w = self._weights(layer, proj)
             return (x.reshape(-1, x.shape[-1]) @ w.T).reshape(*x.shape[:-1], -1)
