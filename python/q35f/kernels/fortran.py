@@ -309,7 +309,6 @@ def gemm_int8(x: np.ndarray, qt) -> np.ndarray:
     if qt.group_size > max_group_weights(qt.bits):
         raise ValueError(f"group size {qt.group_size} exceeds {max_group_weights(qt.bits)}, "
                          f"the largest whose int32 sums cannot overflow for {qt.bits}")
-    m = x.shape[0]
     xq, scale, total = quantize_activations(_padded_x(x, padded_width(k)), qt.group_size)
     fmt, group_size, tiles, scales, offsets = tile_args(qt)
     y = _kernels.gemm_int8(fmt, group_size, tiles, scales, offsets, xq.T, scale.T, total.T)
