@@ -13,6 +13,7 @@
 ! Compiled with FMA contraction (like q35_matmul): the float result is accurate, not bit-exact;
 ! the integer parts (activation quantization, levels, S) are exact and tested bit for bit.
 module q35_gemm
+    use, intrinsic :: ieee_arithmetic, only: ieee_value, ieee_quiet_nan
     use iso_fortran_env, only: int8, int16, int32, int64, real32
     use q35_half, only: half_to_real
     use q35_blocks, only: tile_rows, block_weights, block_bytes, format_q35, format_int8, &
@@ -51,7 +52,8 @@ contains
 
     !> x(k_pad, m) -> xq int8 per (group, token): scale = max|x| / 127, xq = floor(x / scale +
     !> 1/2) clamped to [-127, 127]; scale 0 (and xq 0) where it underflows (max|x| < 127 * the
-    !> smallest subnormal) or the group is zero. x_sum = sum of the group's xq.
+    !> smallest subnormal) or the group is zero. x_sum = sum of the group's xq. A group holding
+    !> a NaN or an infinity gets scale NaN and xq 0: the caller must not use the integer path.
     subroutine quantize_activations(group_size, x, xq, x_scale, x_sum)
         integer, intent(in) :: group_size
         real(real32), intent(in), contiguous :: x(:, :)
@@ -61,19 +63,24 @@ contains
         real(real32) :: amax, scale
         integer(int32) :: q, total
         integer :: t, g, i, first, last
-        !$omp parallel do schedule(static) private(g, i, first, last, amax, scale, q, total) &
+        logical :: finite
+        !$omp parallel do schedule(static) &
+        !$omp private(g, i, first, last, amax, scale, q, total, finite) &
         !$omp if (size(x) >= 1024 * 1024)
         do t = 1, size(x, 2)
             do g = 1, size(x_scale, 1)
                 first = (g - 1) * group_size + 1
                 last = min(g * group_size, size(x, 1))
                 amax = 0.0_real32
+                finite = .true.
                 do i = first, last
                     amax = max(amax, abs(x(i, t)))
+                    finite = finite .and. abs(x(i, t)) <= huge(amax)
                 end do
                 scale = amax / 127.0_real32
+                if (.not. finite) scale = ieee_value(scale, ieee_quiet_nan)
                 total = 0
-                if (scale == 0.0_real32) then
+                if (scale == 0.0_real32 .or. .not. finite) then
                     xq(first:last, t) = 0_int8
                 else
                     do i = first, last

@@ -145,3 +145,21 @@ def test_groups_too_large_for_int32_sums_are_refused_and_matmul_falls_back():
     with pytest.raises(ValueError, match="int32"):
         kernels.gemm_int8(x, qt)
     np.testing.assert_allclose(q35f.matmul(x, qt), x @ qt.dequantize().T, rtol=1e-5)
+
+
+def test_matmul_takes_the_integer_path_for_prompts_unless_told_not_to(monkeypatch):
+    rng = np.random.default_rng(5)
+    qt = q35f.quantize(rng.standard_normal((40, 200)).astype(np.float32), 64)
+    x = rng.standard_normal((tensor.GEMM_MIN_ROWS, 200)).astype(np.float32)
+    np.testing.assert_array_equal(q35f.matmul(x, qt), kernels.gemm_int8(x, qt))
+    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "float")
+    np.testing.assert_array_equal(q35f.matmul(x, qt), tensor._gemm_by_tiles(x, qt))
+
+
+def test_non_finite_activations_take_the_float_path():
+    qt = q35f.quantize(np.ones((20, 64), np.float32), 32)
+    x = np.ones((9, 64), np.float32)
+    x[2, 3], x[4, 5] = np.nan, np.inf
+    assert kernels.gemm_int8(x, qt) is None
+    y = q35f.matmul(x, qt)
+    assert np.isnan(y[2]).all() and np.isinf(y[4]).all() and np.all(y[[0, 1, 3, 5]] == 64)

@@ -303,13 +303,16 @@ def _padded_x(x, k_pad):
     return xp
 
 
-def gemm_int8(x: np.ndarray, qt) -> np.ndarray:
-    """x (M, K) float32 -> (M, N): activations to int8 per group, integer products (VNNI)."""
+def gemm_int8(x: np.ndarray, qt) -> np.ndarray | None:
+    """x (M, K) float32 -> (M, N): activations to int8 per group, integer products (VNNI);
+    None when x holds a NaN or an infinity (no int8 value carries it)."""
     n, k = qt.shape
     if qt.group_size > max_group_weights(qt.bits):
         raise ValueError(f"group size {qt.group_size} exceeds {max_group_weights(qt.bits)}, "
                          f"the largest whose int32 sums cannot overflow for {qt.bits}")
     xq, scale, total = quantize_activations(_padded_x(x, padded_width(k)), qt.group_size)
+    if not np.isfinite(scale).all():
+        return None
     fmt, group_size, tiles, scales, offsets = tile_args(qt)
     y = _kernels.gemm_int8(fmt, group_size, tiles, scales, offsets, xq.T, scale.T, total.T)
     # y is Fortran (n_pad, m): as (M, n_pad) it is C-ordered.

@@ -315,7 +315,8 @@ INTEGER_LEVELS = {"q35": (7, 15, 7), "int8": (1, 1, 1), "int4": (1, 1, 1), "int3
 def quantize_activations(x, group_size: int):
     """x (M, K) float32 -> xq int8 (M, K_pad), scale float32 (M, groups), sum int64 (M, groups):
     per token and group, scale = max|x| / 127 and xq = clamp(floor(x / scale + 1/2), -127, 127)
-    in float32; where scale is 0 (a zero group, or max|x| < 127 * the smallest subnormal) xq = 0."""
+    in float32; where scale is 0 (a zero group, or max|x| < 127 * the smallest subnormal) xq = 0;
+    a group holding a NaN or an infinity gets scale NaN and xq 0 (the float path's case)."""
     x = np.asarray(x, dtype=np.float32)
     m, k = x.shape
     k_pad = n_blocks(k) * BLOCK_WEIGHTS
@@ -327,10 +328,14 @@ def quantize_activations(x, group_size: int):
     for g in range(groups):
         cols = slice(g * group_size, min((g + 1) * group_size, k_pad))
         block = padded[:, cols]
-        s = (np.abs(block).max(axis=1) / np.float32(ACTIVATION_LEVEL)).astype(np.float32)
+        finite = np.isfinite(block).all(axis=1)
+        s = (np.abs(np.where(finite[:, None], block, 0)).max(axis=1)
+             / np.float32(ACTIVATION_LEVEL)).astype(np.float32)
+        s = np.where(finite, s, np.float32(np.nan)).astype(np.float32)
         with np.errstate(divide="ignore", invalid="ignore"):
             q = np.floor(block / s[:, None] + np.float32(0.5))
-        q = np.where(s[:, None] == 0, 0, np.clip(q, -ACTIVATION_LEVEL, ACTIVATION_LEVEL))
+        zero = (s[:, None] == 0) | ~finite[:, None]
+        q = np.where(zero, 0, np.clip(np.nan_to_num(q), -ACTIVATION_LEVEL, ACTIVATION_LEVEL))
         xq[:, cols] = q.astype(np.int8)
         scale[:, g] = s
     total = np.stack([xq[:, g * group_size:(g + 1) * group_size].astype(np.int64).sum(axis=1)
