@@ -138,7 +138,8 @@ def test_extreme_levels_and_a_parallel_sized_matrix(bits):
     assert np.all(np.abs(y - exact) <= _rounding_bound(x, qt) + 1e-6 * np.abs(exact))
 
 
-def test_groups_too_large_for_int32_sums_are_refused_and_matmul_falls_back():
+def test_groups_too_large_for_int32_sums_are_refused_and_matmul_falls_back(monkeypatch):
+    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "int8")
     g = 16 * (kernels.max_group_weights("q35") // 16 + 1)
     qt = q35f.quantize(np.ones((3, 32), np.float32), g)
     x = np.ones((tensor.GEMM_MIN_ROWS, 32), np.float32)
@@ -147,16 +148,20 @@ def test_groups_too_large_for_int32_sums_are_refused_and_matmul_falls_back():
     np.testing.assert_allclose(q35f.matmul(x, qt), x @ qt.dequantize().T, rtol=1e-5)
 
 
-def test_matmul_takes_the_integer_path_for_prompts_unless_told_not_to(monkeypatch):
+def test_matmul_takes_the_integer_path_for_prompts_only_when_asked(monkeypatch):
     rng = np.random.default_rng(5)
     qt = q35f.quantize(rng.standard_normal((40, 200)).astype(np.float32), 64)
     x = rng.standard_normal((tensor.GEMM_MIN_ROWS, 200)).astype(np.float32)
-    np.testing.assert_array_equal(q35f.matmul(x, qt), kernels.gemm_int8(x, qt))
-    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "float")
+    monkeypatch.delenv(tensor.PROMPT_GEMM_ENV, raising=False)
     np.testing.assert_array_equal(q35f.matmul(x, qt), tensor._gemm_by_tiles(x, qt))
+    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "int8")
+    np.testing.assert_array_equal(q35f.matmul(x, qt), kernels.gemm_int8(x, qt))
+    qt3 = q35f.quantize(rng.standard_normal((40, 200)).astype(np.float32), 64, "int3")
+    np.testing.assert_array_equal(q35f.matmul(x, qt3), tensor._gemm_by_tiles(x, qt3))
 
 
-def test_non_finite_activations_take_the_float_path():
+def test_non_finite_activations_take_the_float_path(monkeypatch):
+    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "int8")
     qt = q35f.quantize(np.ones((20, 64), np.float32), 32)
     x = np.ones((9, 64), np.float32)
     x[2, 3], x[4, 5] = np.nan, np.inf

@@ -25,9 +25,9 @@ def _check(x, qt):
 
 @pytest.fixture
 def float_prompt_gemm(monkeypatch):
-    """The float kernels' accuracy: prompts through dequantize + sgemm, not the integer GEMM
-    (which quantizes activations; its bound: test_gemm_int8.py)."""
-    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "float")
+    """The float kernels' accuracy: prompts through dequantize + sgemm, not the (opt-in)
+    integer GEMM, which quantizes activations (its bound: test_gemm_int8.py)."""
+    monkeypatch.delenv(tensor.PROMPT_GEMM_ENV, raising=False)
 
 
 @pytest.mark.parametrize("bits", BITS)

@@ -73,7 +73,9 @@ def test_quantized_layers_compute_what_their_dequantized_weights_do(bits, prompt
     most about 9/254 = 3.5 % of the largest logit (1.0-1.4 % measured), against float32
     rounding (1e-4) on the float path."""
     if prompt_gemm == "float":
-        monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "float")
+        monkeypatch.delenv(tensor.PROMPT_GEMM_ENV, raising=False)
+    else:
+        monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "int8")
     prompt_atol = 1e-4 if prompt_gemm == "float" else 9 / 254
     weights = tiny_weights(tiny_config())
     config = LlamaConfig.from_hf(tiny_config())

@@ -26,12 +26,13 @@ from q35f.format.spec import (
 GEMM_MIN_ROWS = 8
 # The dequantized tile of W used by the GEMM path never exceeds this many float32 values.
 GEMM_BUFFER_FLOATS = 4 * 1024 * 1024
-# Formats whose prompt GEMM runs in integers (activations to int8 per group, fortran/q35_gemm):
-# measured faster than dequantize + sgemm at M = 256 (`q35f bench kernels`; int3's unpacking
-# made it 0.9x, so it stays on the float path).
+# Formats whose prompt GEMM can run in integers (activations to int8 per group,
+# fortran/q35_gemm): at M = 256 1.06-1.18x dequantize + sgemm on its own (int3's unpacking
+# made it 0.9x). Opt-in only: with int8 activations per group of 128 the embedded model's
+# perplexity rose by 1.0 % (8 windows, RTN q35; the limit set was 0.5 %) and its prompts ran
+# at 269 instead of 293 tok/s (docs/RESULTS.md, "Integer prompt GEMM").
 INT8_GEMM_BITS = ("q35", "int8", "int4")
-# "float" sends every prompt GEMM through dequantize + sgemm (for A/B comparisons: the integer
-# path quantizes activations, the float path does not); anything else: the default choice.
+# "int8": prompt GEMMs of INT8_GEMM_BITS in integers; unset or anything else: dequantize + sgemm.
 PROMPT_GEMM_ENV = "Q35F_PROMPT_GEMM"
 
 
@@ -276,8 +277,8 @@ def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
 
 
 def _integer_gemm(qt) -> bool:
-    """Whether qt's prompt GEMM runs in integers (INT8_GEMM_BITS, int32-safe groups, no A/B)."""
-    return (os.environ.get(PROMPT_GEMM_ENV) != "float" and qt.bits in INT8_GEMM_BITS
+    """Whether qt's prompt GEMM runs in integers (asked for, INT8_GEMM_BITS, int32-safe groups)."""
+    return (os.environ.get(PROMPT_GEMM_ENV) == "int8" and qt.bits in INT8_GEMM_BITS
             and qt.group_size <= kernels.max_group_weights(qt.bits))
 
 def _gemm_by_tiles(x, qt):
