@@ -103,7 +103,8 @@ contains
         integer, intent(in) :: fmt
         integer(int8), intent(in) :: tiles(:, :, :)
         integer(int8), intent(out) :: u(:, :)
-        integer(int32) :: bytes(tile_rows, 0:block_weights - 1), lev(tile_rows, 0:block_weights - 1)
+        integer(int32) :: bytes(tile_rows, 0:block_weights - 1)
+        integer(int32) :: lev(tile_rows, 0:block_weights - 1)
         integer(int32) :: odd(tile_rows)
         integer :: t, b, j, r, nb, column
         nb = block_bytes(fmt)
