@@ -200,7 +200,8 @@ def run_prompt_gemm(shapes=PROMPT_GEMM_SHAPES, bits="q35", group_size=128, rows=
     return out
 
 
-def print_prompt_gemm(rows, out=sys.stdout):
+def print_prompt_gemm(rows, out=None):
+    out = out or sys.stdout
     print(f"{'shape':<10} {'int8 ms':>8} {'deq+sgemm ms':>12} {'sgemm ms':>9} {'int8/sgemm':>10} "
           f"{'deq/sgemm':>9} {'int8/deq':>8} {'load':>5}", file=out)
     by_shape = {}
