@@ -227,3 +227,54 @@ subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, p
                             n_heads, n_kv, intermediate, pos, cos_pos, sin_pos, scale, &
                             k_cache, v_cache)
 end subroutine decode_block
+
+! The integer prompt GEMM (q35_gemm): activations quantized to int8 per group, then the product.
+subroutine quantize_activations(group_size, k_pad, m, n_groups, x, xq, x_scale, x_sum)
+    use iso_fortran_env, only: int8, int32, real32
+    use q35_gemm, only: quantize_activations_ => quantize_activations
+    implicit none
+    integer(int32), intent(in) :: group_size, k_pad, m, n_groups
+    real(real32), intent(in) :: x(k_pad, m)
+    integer(int8), intent(out) :: xq(k_pad, m)
+    real(real32), intent(out) :: x_scale(n_groups, m)
+    integer(int32), intent(out) :: x_sum(n_groups, m)
+    call quantize_activations_(group_size, x, xq, x_scale, x_sum)
+end subroutine quantize_activations
+
+subroutine gemm_int8(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m, tiles, scales, &
+                     offsets, xq, x_scale, x_sum, y)
+    use iso_fortran_env, only: int8, int16, int32, real32
+    use q35_gemm, only: gemm_int8_ => gemm_int8
+    implicit none
+    integer(int32), intent(in) :: fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m
+    integer(int8), intent(in) :: tiles(16, row_bytes, n_tiles)
+    integer(int16), intent(in) :: scales(16, n_groups, n_tiles), offsets(16, n_groups, n_tiles)
+    integer(int8), intent(in) :: xq(k_pad, m)
+    real(real32), intent(in) :: x_scale(n_groups, m)
+    integer(int32), intent(in) :: x_sum(n_groups, m)
+    real(real32), intent(out) :: y(16 * n_tiles, m)
+    call gemm_int8_(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m, tiles, scales, &
+                    offsets, xq, x_scale, x_sum, y)
+end subroutine gemm_int8
+
+! Test hooks of the integer GEMM: each row's unsigned integer levels, and the integer group sums.
+subroutine unpack_levels(fmt, row_bytes, n_tiles, k_pad, tiles, u)
+    use iso_fortran_env, only: int8, int32
+    use q35_gemm, only: unpack_levels_ => unpack_levels
+    implicit none
+    integer(int32), intent(in) :: fmt, row_bytes, n_tiles, k_pad
+    integer(int8), intent(in) :: tiles(16, row_bytes, n_tiles)
+    integer(int8), intent(out) :: u(k_pad, 16 * n_tiles)
+    call unpack_levels_(fmt, tiles, u)
+end subroutine unpack_levels
+
+subroutine group_sums(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m, tiles, xq, s)
+    use iso_fortran_env, only: int8, int32
+    use q35_gemm, only: group_sums_ => group_sums
+    implicit none
+    integer(int32), intent(in) :: fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m
+    integer(int8), intent(in) :: tiles(16, row_bytes, n_tiles)
+    integer(int8), intent(in) :: xq(k_pad, m)
+    integer(int32), intent(out) :: s(n_groups, m, 16 * n_tiles)
+    call group_sums_(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m, tiles, xq, s)
+end subroutine group_sums

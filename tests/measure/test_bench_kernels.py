@@ -33,3 +33,14 @@ def test_paired_medians_measures_both_functions():
     # One warm-up plus three runs of fn; the baseline before and after it, warm-up included.
     assert calls == {"fn": 4, "base": 8}
     assert seconds >= 0 and baseline >= 0
+
+
+def test_prompt_gemm_rows_compare_three_paths_in_one_run(capsys):
+    rows = bench_kernels.run_prompt_gemm(shapes=((32, 128), (48, 200)), rows=9, runs=1,
+                                         progress=False)
+    assert [r["method"] for r in rows] == ["int8", "dequant", "fp32"] * 2
+    for row in rows:
+        assert row["median_s"] > 0 and row["load_average"] >= 0
+        assert math.isclose(row["speedup_vs_fp32"], row["baseline_median_s"] / row["median_s"])
+    bench_kernels.print_prompt_gemm(rows)
+    assert "48x200" in capsys.readouterr().out

@@ -299,3 +299,63 @@ def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
         tile_rows(scales.T.astype(np.float16).view(np.int16)),
         tile_rows(offsets.T.astype(np.float16).view(np.int16)),
     )
+
+
+# the integer prompt GEMM (fortran/q35_gemm.f90)
+
+ACTIVATION_LEVEL = 127  # activations are quantized to [-127, 127] per group
+# Largest unsigned integer level per format (q35: 7*l1 and 15*l2 share one reduction).
+MAX_LEVEL = {"q35": 105, "int8": 255, "int4": 15, "int3": 7}
+
+
+def max_group_weights(bits: str) -> int:
+    """Largest group whose integer sums |S| <= G * MAX_LEVEL * 127 fit in int32."""
+    return (2**31 - 1) // (MAX_LEVEL[bits] * ACTIVATION_LEVEL)
+
+
+def quantize_activations(x: np.ndarray, group_size: int):
+    """x (M, K_pad) float32 C-ordered -> xq int8 (M, K_pad), scale float32 and sum int32
+    (M, groups): per token and group, scale = max|x| / 127, xq = floor(x / scale + 1/2)."""
+    m, k_pad = x.shape
+    groups = n_groups(k_pad, group_size)
+    xq, scale, total = _kernels.quantize_activations(group_size, groups, x.T)
+    return xq.T, scale.T, total.T
+
+
+def _padded_x(x, k_pad):
+    if x.shape[1] == k_pad and x.flags.c_contiguous:
+        return x
+    xp = np.zeros((x.shape[0], k_pad), dtype=np.float32)
+    xp[:, : x.shape[1]] = x
+    return xp
+
+
+def gemm_int8(x: np.ndarray, qt) -> np.ndarray | None:
+    """x (M, K) float32 -> (M, N): activations to int8 per group, integer products (VNNI);
+    None when x holds a NaN or an infinity (no int8 value carries it)."""
+    n, k = qt.shape
+    if qt.group_size > max_group_weights(qt.bits):
+        raise ValueError(f"group size {qt.group_size} exceeds {max_group_weights(qt.bits)}, "
+                         f"the largest whose int32 sums cannot overflow for {qt.bits}")
+    xq, scale, total = quantize_activations(_padded_x(x, padded_width(k)), qt.group_size)
+    if not np.isfinite(scale).all():
+        return None
+    fmt, group_size, tiles, scales, offsets = tile_args(qt)
+    y = _kernels.gemm_int8(fmt, group_size, tiles, scales, offsets, xq.T, scale.T, total.T)
+    # y is Fortran (n_pad, m): as (M, n_pad) it is C-ordered.
+    return y.T[:, :n]
+
+
+def unpack_levels(qt) -> np.ndarray:
+    """(N_pad, K_pad) uint8: each row's integer levels as the integer GEMM reads them."""
+    fmt, _, tiles, _, _ = tile_args(qt)
+    u = _kernels.unpack_levels(fmt, padded_width(qt.shape[1]), tiles)
+    return u.T.view(np.uint8)
+
+
+def group_sums(qt, xq: np.ndarray) -> np.ndarray:
+    """int32 (N_pad, M, groups): the integer sums S of the GEMM for int8 xq (M, K_pad), M a
+    multiple of 4."""
+    fmt, group_size, tiles, _, _ = tile_args(qt)
+    s = _kernels.group_sums(fmt, group_size, n_groups(qt.shape[1], group_size), tiles, xq.T)
+    return s.T

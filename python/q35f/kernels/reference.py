@@ -301,3 +301,76 @@ def clip_params(w, group_size: int = 128, bits: str = "q35", n_grid: int = 32, n
                 best_scale = np.where(better, cand_scale, best_scale)
         offset[:, g], scale[:, g] = best_off, best_scale
     return offset, scale
+
+
+# The integer prompt GEMM (fortran/q35_gemm.f90): int8 activations, integer levels
+
+ACTIVATION_LEVEL = 127
+# Per format: integer multipliers of the even and odd levels (u = multiplier * level) and the
+# divisor of the group scale (a = scale / divisor), so that a * u = step * level (FORMAT.md §4:
+# q35's odd step is 15 * scale / 7, so 7 * l1 and 15 * l2 share one sum, both <= 105).
+INTEGER_LEVELS = {"q35": (7, 15, 7), "int8": (1, 1, 1), "int4": (1, 1, 1), "int3": (1, 1, 1)}
+
+
+def quantize_activations(x, group_size: int):
+    """x (M, K) float32 -> xq int8 (M, K_pad), scale float32 (M, groups), sum int64 (M, groups):
+    per token and group, scale = max|x| / 127 and xq = clamp(floor(x / scale + 1/2), -127, 127)
+    in float32; where scale is 0 (a zero group, or max|x| < 127 * the smallest subnormal) xq = 0;
+    a group holding a NaN or an infinity gets scale NaN and xq 0 (the float path's case)."""
+    x = np.asarray(x, dtype=np.float32)
+    m, k = x.shape
+    k_pad = n_blocks(k) * BLOCK_WEIGHTS
+    groups = n_groups(k, group_size)
+    padded = np.zeros((m, k_pad), dtype=np.float32)
+    padded[:, :k] = x
+    xq = np.zeros((m, k_pad), dtype=np.int8)
+    scale = np.zeros((m, groups), dtype=np.float32)
+    for g in range(groups):
+        cols = slice(g * group_size, min((g + 1) * group_size, k_pad))
+        block = padded[:, cols]
+        finite = np.isfinite(block).all(axis=1)
+        s = (np.abs(np.where(finite[:, None], block, 0)).max(axis=1)
+             / np.float32(ACTIVATION_LEVEL)).astype(np.float32)
+        s = np.where(finite, s, np.float32(np.nan)).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.floor(block / s[:, None] + np.float32(0.5))
+        zero = (s[:, None] == 0) | ~finite[:, None]
+        q = np.where(zero, 0, np.clip(np.nan_to_num(q), -ACTIVATION_LEVEL, ACTIVATION_LEVEL))
+        xq[:, cols] = q.astype(np.int8)
+        scale[:, g] = s
+    total = np.stack([xq[:, g * group_size:(g + 1) * group_size].astype(np.int64).sum(axis=1)
+                      for g in range(groups)], axis=1)
+    return xq, scale, total
+
+
+def integer_levels(packed, k: int, bits: str):
+    """(N, K_pad) int64: each weight's integer level u = multiplier * level, the padding of K
+    included as its zero bits decode (q35: levels 8 and 4; it meets zero activations)."""
+    even, odd, _ = INTEGER_LEVELS[bits]
+    k_pad = n_blocks(k) * BLOCK_WEIGHTS
+    levels = unpack_levels(packed, k_pad, bits)
+    return levels * np.where(np.arange(k_pad) % 2 == 0, even, odd)
+
+
+def group_sums(u, xq, group_size: int):
+    """int64 (N, M, groups): S = sum over each group of u * xq (exact integers)."""
+    u = np.asarray(u, dtype=np.int64)
+    xq = np.asarray(xq, dtype=np.int64)
+    groups = -(-u.shape[1] // group_size)
+    return np.stack([u[:, g * group_size:(g + 1) * group_size]
+                     @ xq[:, g * group_size:(g + 1) * group_size].T
+                     for g in range(groups)], axis=2)
+
+
+def matmul_int8(x, packed, scale, offset, k: int, group_size: int = 128, bits: str = "q35"):
+    """The integer GEMM's result in float64: y = sum over groups of
+    sx * (scale / divisor) * S + offset * sx * sum(xq); returns (y, xq, sx, x_sum, S)."""
+    xq, sx, total = quantize_activations(x, group_size)
+    u = integer_levels(packed, k, bits)
+    s = group_sums(u, xq, group_size)
+    a = np.asarray(scale, dtype=np.float32).astype(np.float64) / INTEGER_LEVELS[bits][2]
+    o = np.asarray(offset, dtype=np.float32).astype(np.float64)
+    sx64 = sx.astype(np.float64)
+    y = (np.einsum("nmg,mg,ng->mn", s.astype(np.float64), sx64, a)
+         + np.einsum("ng,mg->mn", o, sx64 * total))
+    return y, xq, sx, total, s

@@ -6,6 +6,7 @@ the format's size; `.packed`, `.scale`, `.offset` give the canonical file layout
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,14 @@ from q35f.format.spec import (
 GEMM_MIN_ROWS = 8
 # The dequantized tile of W used by the GEMM path never exceeds this many float32 values.
 GEMM_BUFFER_FLOATS = 4 * 1024 * 1024
+# Formats whose prompt GEMM can run in integers (activations to int8 per group,
+# fortran/q35_gemm): at M = 256 1.02-1.20x dequantize + sgemm where K >= 1536, 0.80-0.86x at
+# K = 576 (bench/results/prompt_gemm.csv; int3's unpacking made it 0.9x). Opt-in only: with int8 activations per group of 128 the embedded model's
+# perplexity rose by 1.0 % (8 windows, RTN q35; the limit set was 0.5 %) and its prompts ran
+# at 269 instead of 293 tok/s (docs/RESULTS.md, "Integer prompt GEMM").
+INT8_GEMM_BITS = ("q35", "int8", "int4")
+# "int8": prompt GEMMs of INT8_GEMM_BITS in integers; unset or anything else: dequantize + sgemm.
+PROMPT_GEMM_ENV = "Q35F_PROMPT_GEMM"
 
 
 @dataclass(frozen=True)
@@ -260,9 +269,17 @@ def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
     if x2.shape[0] < GEMM_MIN_ROWS:
         y = kernels.gemv(x2, qt)
     else:
-        y = _gemm_by_tiles(x2, qt)
+        # The integer path returns None when x holds a NaN or an infinity (no int8 carries it).
+        y = kernels.gemm_int8(x2, qt) if _integer_gemm(qt) else None
+        if y is None:
+            y = _gemm_by_tiles(x2, qt)
     return y[0] if vector else y
 
+
+def _integer_gemm(qt) -> bool:
+    """Whether qt's prompt GEMM runs in integers (asked for, INT8_GEMM_BITS, int32-safe groups)."""
+    return (os.environ.get(PROMPT_GEMM_ENV) == "int8" and qt.bits in INT8_GEMM_BITS
+            and qt.group_size <= kernels.max_group_weights(qt.bits))
 
 def _gemm_by_tiles(x, qt):
     """Prefill: dequantize a bounded band of rows at a time and let BLAS multiply it."""

@@ -22,6 +22,10 @@ DEFAULT_SHAPE = (28672, 8192)  # Llama-3-70B MLP up/gate projection: (intermedia
 QUICK_SHAPE = (2048, 1024)
 # TinyLlama-1.1B's matrices (q/o, gate/up, down): the prompt GEMM is also measured on these.
 TINYLLAMA_SHAPES = ((2048, 2048), (5632, 2048), (2048, 5632))
+KERNELS_CSV = "bench/results/kernels.csv"
+PROMPT_GEMM_CSV = "bench/results/prompt_gemm.csv"  # --prompt-gemm's default
+# The prompt GEMM comparison (--prompt-gemm): SmolLM2-135M's and TinyLlama-1.1B's matrices.
+PROMPT_GEMM_SHAPES = ((576, 576), (1536, 576), (576, 1536)) + TINYLLAMA_SHAPES
 METHODS = ("fp32", "int8", "int4", "q35", "int3")
 FIELDS = [
     "benchmark", "method", "shape", "median_s", "runs", "bytes_read", "gb_per_s", "speedup_vs_fp32",
@@ -126,8 +130,7 @@ def run(shape=DEFAULT_SHAPE, group_size=128, runs=5, gemm_rows=256, bandwidth_gi
         rows.append(gemv_row(method, gemv_s, base, qt.nbytes, "fused dequantize-GEMV"))
         bar.update()
         gemm_s, base = paired_medians(lambda: q35f.matmul(xm, qt), sgemm, gemm_runs)
-        rows.append(gemm_row(method, shape_text, n * k, gemm_s, base,
-                             "bounded band dequantization + OpenBLAS sgemm"))
+        rows.append(gemm_row(method, shape_text, n * k, gemm_s, base, _gemm_note(qt)))
         bar.update()
         del qt
 
@@ -139,8 +142,7 @@ def run(shape=DEFAULT_SHAPE, group_size=128, runs=5, gemm_rows=256, bandwidth_gi
             (gemm_rows, k2)).astype(np.float32)
         qt = q35f.quantize(w2, group_size, "q35")
         gemm_s, base = paired_medians(lambda: q35f.matmul(x2, qt), lambda: x2 @ w2.T, gemm_runs)
-        rows.append(gemm_row("q35", f"{n2}x{k2}", n2 * k2, gemm_s, base,
-                             "bounded band dequantization + OpenBLAS sgemm"))
+        rows.append(gemm_row("q35", f"{n2}x{k2}", n2 * k2, gemm_s, base, _gemm_note(qt)))
         bar.update()
 
     # The numpy reference is slow: time it on the first reference_rows rows only.
@@ -153,6 +155,64 @@ def run(shape=DEFAULT_SHAPE, group_size=128, runs=5, gemm_rows=256, bandwidth_gi
                      "note": "numpy reference (first rows only)"})
     bar.close()
     return rows
+
+
+def _gemm_note(qt) -> str:
+    from q35f.kernels import tensor
+
+    if tensor._integer_gemm(qt):
+        return "integer GEMM: int8 activations per group (fortran/q35_gemm)"
+    return "bounded band dequantization + OpenBLAS sgemm"
+
+
+def run_prompt_gemm(shapes=PROMPT_GEMM_SHAPES, bits="q35", group_size=128, rows=256, runs=7,
+                    progress=True):
+    """Per shape, in one stretch: the integer GEMM, dequantize + sgemm and sgemm on the float
+    weights (measured before and after the other two, averaged), medians of `runs` runs."""
+    import numpy as np
+    from tqdm import tqdm
+
+    import q35f
+    from q35f.kernels import fortran as kernels
+    from q35f.kernels import tensor
+    from q35f.measure.machine import honesty
+
+    out = []
+    rng = np.random.default_rng(0)
+    for n, k in tqdm(shapes, disable=not progress, desc="prompt gemm", file=sys.stderr):
+        tag = honesty(model=f"random normal W {n}x{k}, x {rows}x{k}", source="measured")
+        w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
+        x = rng.standard_normal((rows, k)).astype(np.float32)
+        qt = q35f.quantize(w, group_size, bits)
+        before = median_time(lambda: x @ w.T, runs)
+        integer = median_time(lambda: kernels.gemm_int8(x, qt), runs)
+        dequant = median_time(lambda: tensor._gemm_by_tiles(x, qt), runs)
+        sgemm = (before + median_time(lambda: x @ w.T, runs)) / 2
+        load = load_average()
+        for method, seconds, note in (
+                ("int8", integer, f"{bits} integer GEMM (int8 activations per group)"),
+                ("dequant", dequant, f"{bits} band dequantization + OpenBLAS sgemm"),
+                ("fp32", sgemm, "OpenBLAS sgemm on the float weights (before/after mean)")):
+            out.append({"benchmark": f"prompt_gemm_m{rows}", "method": method,
+                        "shape": f"{n}x{k}", "median_s": seconds, "runs": runs,
+                        "speedup_vs_fp32": sgemm / seconds, "weights_per_s": n * k / seconds,
+                        "baseline_median_s": sgemm, "load_average": load, **tag, "note": note})
+    return out
+
+
+def print_prompt_gemm(rows, out=None):
+    out = out or sys.stdout
+    print(f"{'shape':<10} {'int8 ms':>8} {'deq+sgemm ms':>12} {'sgemm ms':>9} {'int8/sgemm':>10} "
+          f"{'deq/sgemm':>9} {'int8/deq':>8} {'load':>5}", file=out)
+    by_shape = {}
+    for r in rows:
+        by_shape.setdefault(r["shape"], {})[r["method"]] = r
+    for shape, r in by_shape.items():
+        i, d, f = r["int8"], r["dequant"], r["fp32"]
+        print(f"{shape:<10} {i['median_s'] * 1e3:>8.2f} {d['median_s'] * 1e3:>12.2f} "
+              f"{f['median_s'] * 1e3:>9.2f} {i['speedup_vs_fp32']:>9.2f}x "
+              f"{d['speedup_vs_fp32']:>8.2f}x {d['median_s'] / i['median_s']:>7.2f}x "
+              f"{i['load_average']:>5.2f}", file=out)
 
 
 def print_table(rows, out=sys.stdout):
@@ -180,6 +240,15 @@ def write_csv(rows, path: Path):
 
 
 def handler(args) -> int:
+    if args.prompt_gemm:
+        rows = run_prompt_gemm(bits=args.bits, group_size=args.group_size, rows=args.gemm_rows,
+                               runs=args.runs, progress=not args.no_progress)
+        print_prompt_gemm(rows)
+        path = PROMPT_GEMM_CSV if args.csv == KERNELS_CSV else args.csv
+        if path:
+            write_csv(rows, Path(path))
+            print(f"wrote {path}")
+        return 0
     shape = QUICK_SHAPE if args.quick else tuple(args.shape)
     rows = run(shape=shape, group_size=args.group_size, runs=args.runs,
                gemm_rows=args.gemm_rows, bandwidth_gib=0.25 if args.quick else 1.0,
@@ -208,10 +277,15 @@ def register_bench(sub) -> None:
     parser.add_argument("--group-size", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per median (default 5)")
     parser.add_argument("--gemm-rows", type=int, default=256, help="M of the GEMM (default 256)")
-    parser.add_argument("--csv", default="bench/results/kernels.csv",
+    parser.add_argument("--csv", default=KERNELS_CSV,
                         help="CSV to write (default: %(default)s; '' to skip)")
     parser.add_argument("--quick", action="store_true", help=f"small {QUICK_SHAPE} run, for CI")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--prompt-gemm", action="store_true",
+                        help="only the prompt GEMM at M = --gemm-rows on SmolLM2-135M's and "
+                        "TinyLlama-1.1B's shapes: integer GEMM vs dequantize + sgemm vs sgemm "
+                        f"(CSV: {PROMPT_GEMM_CSV} unless --csv says otherwise)")
+    parser.add_argument("--bits", default="q35", help="format of --prompt-gemm (default q35)")
     parser.set_defaults(func=handler)
 
 
