@@ -28,7 +28,8 @@ GEMM_MIN_ROWS = 8
 GEMM_BUFFER_FLOATS = 4 * 1024 * 1024
 # Formats whose prompt GEMM can run in integers (activations to int8 per group,
 # fortran/q35_gemm): at M = 256 1.02-1.20x dequantize + sgemm where K >= 1536, 0.80-0.86x at
-# K = 576 (bench/results/prompt_gemm.csv; int3's unpacking made it 0.9x). Opt-in only: with int8 activations per group of 128 the embedded model's
+# K = 576 (bench/results/prompt_gemm.csv; int3's unpacking made it 0.9x). Opt-in only: with int8
+# activations per group of 128 the embedded model's
 # perplexity rose by 1.0 % (8 windows, RTN q35; the limit set was 0.5 %) and its prompts ran
 # at 269 instead of 293 tok/s (docs/RESULTS.md, "Integer prompt GEMM").
 INT8_GEMM_BITS = ("q35", "int8", "int4")
@@ -280,6 +281,7 @@ def _integer_gemm(qt) -> bool:
     """Whether qt's prompt GEMM runs in integers (asked for, INT8_GEMM_BITS, int32-safe groups)."""
     return (os.environ.get(PROMPT_GEMM_ENV) == "int8" and qt.bits in INT8_GEMM_BITS
             and qt.group_size <= kernels.max_group_weights(qt.bits))
+
 
 def _gemm_by_tiles(x, qt):
     """Prefill: dequantize a bounded band of rows at a time and let BLAS multiply it."""
