@@ -17,7 +17,8 @@ module q35_gemm
     use iso_fortran_env, only: int8, int16, int32, int64, real32
     use q35_half, only: half_to_real
     use q35_blocks, only: tile_rows, block_weights, block_bytes, format_q35, format_int8, &
-                          format_int4, format_int3, int3_low, int3_high, int3_shift
+                          format_int4, format_int3, int3_low, int3_high, int3_shift, &
+                          top_level, odd_top_level
     implicit none
     private
     public :: quantize_activations, unpack_levels, gemm_int8, group_sums, max_level, &
@@ -32,19 +33,19 @@ module q35_gemm
 
 contains
 
-    !> Largest unsigned integer level u of a format (q35: 7 * 15 = 15 * 7 = 105).
+    !> Largest unsigned integer level u of a format: the grid's top level; for q35 the two
+    !> grids' levels are scaled to a common step, 7 * l1 and 15 * l2, so 7 * 15 = 105.
     pure integer function max_level(fmt)
         integer, intent(in) :: fmt
-        select case (fmt)
-        case (format_q35); max_level = 105
-        case (format_int8); max_level = 255
-        case (format_int4); max_level = 15
-        case default; max_level = 7
-        end select
+        if (fmt == format_q35) then
+            max_level = top_level(fmt) * odd_top_level(fmt)
+        else
+            max_level = top_level(fmt)
+        end if
     end function max_level
 
     !> Largest group for which |S| <= group * max_level * 127 fits in int32 (the bound the
-    !> reduction relies on; q35: 161,042 weights, int8: 66,311).
+    !> reduction relies on; q35: 161,041 weights, int8: 66,311).
     pure integer function max_group_weights(fmt)
         integer, intent(in) :: fmt
         max_group_weights = int(int(huge(1_int32), int64) / (int(max_level(fmt), int64) * 127))
