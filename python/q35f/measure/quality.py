@@ -27,11 +27,10 @@ from pathlib import Path
 
 
 def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
-               progress: bool = True, reference=False, src=None) -> dict:
+               progress: bool = True, reference=None) -> dict:
     """q35f.measure.perplexity's result (ppl, tokens, ...) for a checkpoint (None = embedded
-    model) on the first `windows` windows of `text`; with `reference`, also the KL divergence
-    and top-1 agreement to the float checkpoint `src` (None = embedded model)."""
-    from q35f.io.checkpoint import default_model_path
+    model) on the first `windows` windows of `text`; with a `reference` Model (the float
+    source), also the KL divergence and top-1 agreement to it."""
     from q35f.measure import perplexity as ppl
     from q35f.runtime.model import load_model
 
@@ -40,13 +39,8 @@ def perplexity(model_path, text: str, windows: int = 64, window: int = 512,
         ids = ppl.tokenize(ck.tokenizer, text)
     finally:
         ck.close()
-    ref = None
-    if reference:
-        ref, ref_ck = load_model(src if src is not None else default_model_path(),
-                                 max_seq_len=window)
-        ref_ck.close()
     return ppl.perplexity(model, ids, ctx=window, max_tokens=windows * window, progress=progress,
-                          reference=ref)
+                          reference=reference)
 
 
 def _widen(path: Path, fields) -> None:
@@ -137,6 +131,14 @@ def main(argv=None) -> int:
         with open(args.fp32_from, newline="") as old:
             fp32 = {r["eval"]: float(r["ppl"]) for r in csv.DictReader(old)
                     if r["config"] == "fp32" and int(r["windows"]) == args.windows}
+    reference = None  # the float model, loaded once for every config's KL divergence
+    if args.kl:
+        from q35f.io.checkpoint import default_model_path
+        from q35f.runtime.model import load_model
+
+        reference, ref_ck = load_model(args.src if args.src is not None
+                                       else default_model_path(), max_seq_len=args.window)
+        ref_ck.close()
     with open(out, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         if new:
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
                 note = f"{_load()}; quantize cpu {time.process_time() - cpu:.0f} s"
                 for e in evals:
                     r = perplexity(model, texts[e], args.windows, args.window,
-                                   reference=args.kl, src=args.src)
+                                   reference=reference)
                     ppl, tokens = r["ppl"], r["tokens"]
                     row = {"config": name, "options": json.dumps(kwargs, sort_keys=True),
                            "bits": summary["bits"], "group_size": summary["group_size"],

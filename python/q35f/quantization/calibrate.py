@@ -146,9 +146,8 @@ def stream_statistics(ck, batches: np.ndarray, source: str = "?", hessians: bool
             x2 = x.reshape(-1, x.shape[-1])
             x64 = x2.astype(np.float64)
             calib.mean_square[key] = (x64 * x64).sum(axis=0) / x2.shape[0]
-            if hessians:
-                calib.hessian[key] = np.zeros((x2.shape[1], x2.shape[1]))
-                calib.hessian[key] += x2.T @ x2  # float32 products, kept in float64
+            if hessians:  # float32 products, kept in float64 as GPTQ reads them
+                calib.hessian[key] = (x2.T @ x2).astype(np.float64)
 
         stream.x = stream.forward(stream.x, stream.norms(layer), stream.float_linear(layer),
                                   record)
