@@ -100,42 +100,17 @@ def test_tuning_lowers_the_block_s_output_mse_with_the_levels_fixed(bits):
     assert mse(quantized) == pytest.approx(before, rel=1e-3)
 
 
-@pytest.mark.parametrize("bits", ["q35", "int4", "int3"])
-def test_level_tuning_lowers_the_block_s_mse_and_stays_on_the_grid(bits):
-    from q35f.kernels import reference
-
-    x, target, quantized, norms, cfg, s = _quantized_block(bits)
-    tuned, before, after = tune_block(x, target, quantized, norms, cfg, s.cos, s.sin, steps=60,
-                                      lr=1e-2, batch=3, levels=True, level_lr=5e-2)
-    assert after < 0.95 * before
-    assert any((tuned[p].packed != qt.packed).any() for p, qt in quantized.items())
-    for p, qt in quantized.items():
-        lv = reference.unpack_levels(tuned[p].packed, qt.shape[1], bits)
-        fmt = q35f.format.spec.get_format(bits)
-        assert lv.min() >= 0 and lv[:, 0::2].max() < fmt.even_levels
-        assert lv[:, 1::2].max() < fmt.odd_levels
-        assert tuned[p].bits_per_weight == qt.bits_per_weight
-
-    def mse(tensors):  # the MSE reported is that of the levels and parameters returned
-        out = s.forward(x, norms, lambda proj, v: v @ tensors[proj].dequantize().T)
-        return float(((out - target) ** 2).mean())
-    assert mse(tuned) == pytest.approx(after, rel=1e-3)
-
-
 @settings(max_examples=8)
 @given(lr=st.sampled_from([1e-3, 1e-1, 3.0, 100.0]), steps=st.integers(0, 8),
        seed=st.integers(0, 100))
-@pytest.mark.parametrize("levels", [False, True])
-def test_tuning_never_returns_parameters_worse_than_the_given_ones(levels, lr, steps, seed):
+def test_tuning_never_returns_parameters_worse_than_the_given_ones(lr, steps, seed):
     # a wild learning rate makes Adam overshoot: then the given parameters come back unchanged
     x, target, quantized, norms, cfg, s = _quantized_block()
     tuned, before, after = tune_block(x, target, quantized, norms, cfg, s.cos, s.sin,
-                                      steps=steps, lr=lr, batch=2, seed=seed, levels=levels,
-                                      level_lr=lr)
+                                      steps=steps, lr=lr, batch=2, seed=seed)
     assert after <= before
     if after == before:
         for p, qt in quantized.items():
-            np.testing.assert_array_equal(tuned[p].packed, qt.packed)
             np.testing.assert_array_equal(tuned[p].scale, qt.scale)
             np.testing.assert_array_equal(tuned[p].offset, qt.offset)
 
@@ -169,14 +144,13 @@ def test_a_file_quantized_with_tuning_loads_generates_and_keeps_its_size(tmp_pat
     assert main(["quantize", *common, "-o", str(tmp_path / "plain")]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert main(["quantize", *common, "-o", str(tmp_path / "tuned"), "--refit-scales",
-                 "--tune-scales", "--tune-steps", "5", "--tune-levels"]) == 0
+                 "--tune-scales", "--tune-steps", "5"]) == 0
     tuned = json.loads(capsys.readouterr().out)
     assert tuned["bits_per_weight"] == plain["bits_per_weight"]
     assert tuned["linear_bits_per_weight"] == plain["linear_bits_per_weight"]
     assert tuned["file_bytes"] == plain["file_bytes"]
     qc = json.loads((tmp_path / "tuned" / "config.json").read_text())["quantization_config"]
     assert qc["tune"]["steps"] == 5 and qc["refit"] == "hessian"
-    assert qc["tune"]["levels"] == {"lr": 1e-2}
     assert qc["format_version"] == 1
     assert main(["generate", str(tmp_path / "tuned"), "--prompt", "It is", "-n", "4",
                  "--temperature", "0"]) == 0
@@ -189,8 +163,6 @@ def test_tuning_options_are_checked(tmp_path):
     src = write_hf(tmp_path / "src", tiny_tensors(TINY_CONFIG, seed=3))
     with pytest.raises(ValueError, match="need --gptq"):
         quantize_checkpoint(src, tmp_path / "q", tune_steps=5, clip_search=True)
-    with pytest.raises(ValueError, match="--tune-levels"):
-        quantize_checkpoint(src, tmp_path / "q", gptq=True, tune_levels=True)
     with pytest.raises(ValueError, match="target"):
         LayerStream(DictCheckpoint(tiny_tensors(TINY_CONFIG), TINY_CONFIG), TINY_CONFIG,
                     np.zeros((1, 4), int), None, target="sideways")

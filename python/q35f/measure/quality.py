@@ -76,7 +76,7 @@ def _parse_config(spec: str):
             from q35f.quantization.recipe import RECIPES
 
             kwargs.update(RECIPES[value])
-        elif key in ("clip_search", "gptq", "sequential", "refit", "tune_levels"):
+        elif key in ("clip_search", "gptq", "sequential", "refit"):
             kwargs[key] = value not in ("0", "false", "")
         elif key in ("group_size", "calibration_tokens", "tune_steps"):
             kwargs[key] = int(value)

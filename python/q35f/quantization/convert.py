@@ -120,8 +120,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         pairing="none", gptq=False, calibration=None,
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
-                        tune_steps=0, tune_target="float-block", tune_lr=None,
-                        tune_levels=False) -> dict:
+                        tune_steps=0, tune_target="float-block", tune_lr=None) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -168,8 +167,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                                   else importance_prior),
                                 damping=damping, sequential=sequential,
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
-                                tune_target=tune_target, tune_lr=tune_lr,
-                                tune_levels=tune_levels)
+                                tune_target=tune_target, tune_lr=tune_lr)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -291,9 +289,6 @@ def register(subparsers):
                    "float-stream"],
                    help="what --tune-scales matches: the float block on the quantized inputs "
                    "(default) or the float model's own hidden states")
-    p.add_argument("--tune-levels", action="store_true",
-                   help="with --tune-scales: also re-choose the levels, training a shift per "
-                   "weight through the rounding (straight-through estimator, from GPTQ's levels)")
     p.add_argument("--calibration", default=None, metavar="FILE|CORPUS",
                    help="calibration text: a text file or a corpus name (generated, pydoc, "
                    "emma, ...; default generated: text the embedded model wrote itself)")
@@ -322,16 +317,13 @@ def recipe_options(args) -> dict:
                    importance_prior=args.importance_prior, damping=args.damping)
     if args.tune_steps is not None and not args.tune_scales:
         raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
-    if args.tune_levels and not args.tune_scales:
-        raise ValueError("--tune-levels trains the levels with --tune-scales: pass both")
     if args.refit_scales:
         options["refit"] = True
     if args.tune_scales:
         from q35f.quantization.tune import DEFAULT_TUNE_STEPS
 
         options.update(tune_steps=(DEFAULT_TUNE_STEPS if args.tune_steps is None
-                                   else args.tune_steps), tune_target=args.tune_target,
-                       tune_levels=args.tune_levels)
+                                   else args.tune_steps), tune_target=args.tune_target)
     return options
 
 

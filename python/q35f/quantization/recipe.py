@@ -53,7 +53,7 @@ class Improver:
                  sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
-                 tune_lr=None, tune_levels=False):
+                 tune_lr=None):
         from q35f.quantization.gptq import DEFAULT_DAMPING
 
         if pairing not in PAIRINGS:
@@ -69,8 +69,6 @@ class Improver:
         if (refit or tune_steps) and not (gptq and sequential):
             raise ValueError("--refit-scales and --tune-scales refine sequential GPTQ's "
                              "parameters: they need --gptq (the default recipe)")
-        if tune_levels and not tune_steps:
-            raise ValueError("--tune-levels trains the levels with --tune-scales: pass both")
         if int(tune_steps) < 0:
             raise ValueError(f"tune_steps must be >= 0, got {tune_steps}")
         if tune_steps:
@@ -82,7 +80,6 @@ class Improver:
         self.tune_steps = int(tune_steps)
         self.tune_target = tune_target
         self.tune_lr = tune_lr
-        self.tune_levels = bool(tune_levels)
         self.clip_search = bool(clip_search)
         self.symmetric = bool(symmetric)
         self.pairing = pairing
@@ -141,10 +138,6 @@ class Improver:
 
             out["tune"] = {"steps": self.tune_steps, "target": self.tune_target,
                            "lr": self.tune_lr or DEFAULT_TUNE_LR, "batch": DEFAULT_TUNE_BATCH}
-            if self.tune_levels:
-                from q35f.quantization.tune import DEFAULT_LEVEL_LR
-
-                out["tune"]["levels"] = {"lr": DEFAULT_LEVEL_LR}
         if self.sequential:
             out["calibration"] = {"source": self.spec, "tokens": self.calibration_tokens,
                                   "sequence_length": self.sequence_length}
@@ -153,12 +146,6 @@ class Improver:
         elif self.calib is not None:
             out["calibration"] = self.calib.describe()
         return out
-
-    def _tune_options(self) -> dict:
-        options = {} if self.tune_lr is None else {"lr": self.tune_lr}
-        if self.tune_levels:
-            options["levels"] = True
-        return options
 
     def _factor(self, name):
         """Upper Cholesky factor of the inverse Hessian of weight `name`'s (permuted) input."""
@@ -206,7 +193,7 @@ class Improver:
             self._stream = LayerStream(
                 self.source, self.source.config, batches, quantize_full, refit=self.refit,
                 tune_steps=self.tune_steps, target=self.tune_target,
-                tune_options=self._tune_options(),
+                tune_options={} if self.tune_lr is None else {"lr": self.tune_lr},
                 progress=self.progress)
             self.seconds["sequential_setup"] = round(time.perf_counter() - started, 3)
         if name not in self._block:

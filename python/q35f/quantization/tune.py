@@ -28,7 +28,6 @@ PROJS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_p
 DEFAULT_TUNE_STEPS = 100
 DEFAULT_TUNE_LR = 1e-3  # relative: scale *= 1 + a, offset += scale * b, with a, b trained
 DEFAULT_TUNE_BATCH = 8  # calibration sequences per Adam step
-DEFAULT_LEVEL_LR = 1e-2  # of the level shifts u, in level units per step
 
 
 def _column_factors(k: int, bits: str) -> np.ndarray:
@@ -158,54 +157,27 @@ def torch_block(x, weights: dict, attn_norm, mlp_norm, config, cos, sin):
     return x + hidden @ weights["down_proj"].T
 
 
-def _column_tops(k: int, bits: str) -> np.ndarray:
-    """int64 (K,): each column's top grid level (15 on q35's even columns, 7 on its odd)."""
-    fmt = get_format(bits)
-    odd = (np.arange(k) % 2) == 1
-    return np.where(odd, fmt.odd_levels - 1, fmt.even_levels - 1).astype(np.int64)
-
-
 class _Dequantized:
     """W_hat(a, b) = (offset + scale * b) + scale * (1 + a) * step_factor * level, per group; a, b
-    start at 0 (the given parameters), so one relative learning rate fits every tensor.
+    start at 0 (the given parameters), so one relative learning rate fits every tensor."""
 
-    With `levels=True` every weight also gets a trainable shift u (in level units, from 0): its
-    level becomes clamp(round(level + u), 0, top), trained through the rounding with a
-    straight-through estimator (EfficientQAT's Block-AP, started from GPTQ's levels)."""
-
-    def __init__(self, qt, levels: bool = False):
+    def __init__(self, qt):
         import torch
 
         self.qt = qt
         n, k = qt.shape
         gs = qt.group_size
-        base = levels_of(qt)
-        self.factor = torch.from_numpy(_column_factors(k, qt.bits))
-        self.base = torch.from_numpy(base.astype(np.float32))
-        self.top = torch.from_numpy(_column_tops(k, qt.bits).astype(np.float32))
+        lev = levels_of(qt).astype(np.float32) * _column_factors(k, qt.bits)
+        self.lev = torch.from_numpy(lev)
         self.scale = torch.from_numpy(qt.scale.astype(np.float32))
         self.offset = torch.from_numpy(qt.offset.astype(np.float32))
         self.a = torch.zeros_like(self.scale, requires_grad=True)
         self.b = torch.zeros_like(self.scale, requires_grad=True)
-        self.u = torch.zeros_like(self.base, requires_grad=True) if levels else None
         self.expand = lambda p: p.repeat_interleave(gs, dim=1)[:, :k]
-
-    def variables(self) -> list:
-        return [self.a, self.b] + ([self.u] if self.u is not None else [])
 
     def params(self):
         s = self.scale * (1 + self.a)
         return s, self.offset + self.scale * self.b
-
-    def levels(self, rounded=False):
-        import torch
-
-        if self.u is None:
-            return self.base
-        lvl = torch.minimum(torch.clamp(self.base + self.u, min=0), self.top)
-        if rounded:
-            return lvl.detach().round()
-        return lvl + (lvl.round() - lvl).detach()  # straight through the rounding
 
     def weight(self, rounded=False):
         import torch
@@ -214,20 +186,12 @@ class _Dequantized:
         if rounded:  # what the file will hold
             s16, o16 = _to_float16(s.detach().numpy(), o.detach().numpy())
             s, o = (torch.from_numpy(v.astype(np.float32)) for v in (s16, o16))
-        return self.expand(o) + self.expand(s) * self.factor * self.levels(rounded)
+        return self.expand(o) + self.expand(s) * self.lev
 
     def tuned(self):
-        from q35f.kernels.tensor import QuantizedTensor
-
         s, o = self.params()
         s16, o16 = _to_float16(s.detach().numpy(), o.detach().numpy())
-        if self.u is None:
-            return _with_params(self.qt, s16, o16)
-        n, k = self.qt.shape
-        packed = reference.pack_levels(self.levels(True).numpy().astype(np.int64), k,
-                                       self.qt.bits)
-        return QuantizedTensor.from_packed(packed, s16, o16, self.qt.shape, self.qt.group_size,
-                                           self.qt.bits)
+        return _with_params(self.qt, s16, o16)
 
 
 def _mse(x, target, weights, norms, config, cos, sin, batch):
@@ -243,8 +207,7 @@ def _mse(x, target, weights, norms, config, cos, sin, batch):
 
 def tune_block(x, target, quantized: dict, norms, config, cos, sin,
                steps: int = DEFAULT_TUNE_STEPS, lr: float = DEFAULT_TUNE_LR,
-               batch: int = DEFAULT_TUNE_BATCH, seed: int = 0, levels: bool = False,
-               level_lr: float = DEFAULT_LEVEL_LR):
+               batch: int = DEFAULT_TUNE_BATCH, seed: int = 0):
     """Adam on the group parameters of one block's quantized linears {proj: QuantizedTensor}
     (levels fixed) for the least MSE of torch_block(x) against target (both (n, T, hidden)
     float32 numpy). Returns ({proj: QuantizedTensor}, mse before, mse after): the tuned
@@ -255,13 +218,10 @@ def tune_block(x, target, quantized: dict, norms, config, cos, sin,
     target = torch.from_numpy(np.ascontiguousarray(target, np.float32))
     norms = tuple(torch.from_numpy(np.asarray(v, np.float32)) for v in norms)
     cos, sin = torch.from_numpy(cos), torch.from_numpy(sin)
-    deq = {p: _Dequantized(qt, levels) for p, qt in quantized.items()}
+    deq = {p: _Dequantized(qt) for p, qt in quantized.items()}
     before = _mse(x, target, {p: d.weight(True) for p, d in deq.items()}, norms, config, cos,
                   sin, batch)
-    groups = [{"params": [v for d in deq.values() for v in (d.a, d.b)], "lr": lr}]
-    if levels:
-        groups.append({"params": [d.u for d in deq.values()], "lr": level_lr})
-    opt = torch.optim.Adam(groups)
+    opt = torch.optim.Adam([v for d in deq.values() for v in (d.a, d.b)], lr=lr)
     rng = np.random.default_rng(seed)
     n = x.shape[0]
     for _ in range(steps):
