@@ -62,6 +62,17 @@ def weight_matrices(draw, max_rows=40, max_cols=300):
     return w.astype(np.float32), group_size
 
 
+@pytest.fixture(autouse=True, scope="session")
+def float32_prompt_gemm():
+    """Tests compare prompt results with float32 tolerances, so prompts multiply in float32
+    (dequantize + sgemm) unless a test asks for another prompt GEMM: on a CPU with bf16
+    hardware the default would be the bf16 GEMM, tested with its own bound
+    (tests/kernels/test_prompt_gemm_bf16.py). Session-wide, so module fixtures see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("Q35F_PROMPT_GEMM", "float32")
+        yield
+
+
 @pytest.fixture
 def no_array_copies(capfd):
     """Fail if f2py copied an array (the extension is built with F2PY_REPORT_ON_ARRAY_COPY)."""

@@ -23,24 +23,16 @@ def _check(x, qt):
     assert np.all(np.abs(y - exact) <= 1e-5 * magnitude + 1e-30)
 
 
-@pytest.fixture
-def float_prompt_gemm(monkeypatch):
-    """The float kernels' accuracy: prompts through dequantize + sgemm, not the (opt-in)
-    integer GEMM, which quantizes activations (its bound: test_gemm_int8.py)."""
-    monkeypatch.delenv(tensor.PROMPT_GEMM_ENV, raising=False)
-
-
 @pytest.mark.parametrize("bits", BITS)
 @given(data=weight_matrices(), m=st.sampled_from([1, 2, 5, 8, 33]), seed=st.integers(0, 999))
-def test_matmul_matches_the_dequantized_product(bits, data, m, seed, no_array_copies,
-                                                float_prompt_gemm):
+def test_matmul_matches_the_dequantized_product(bits, data, m, seed, no_array_copies):
     w, group_size = data
     qt = q35f.quantize(w, group_size, bits)
     x = np.random.default_rng(seed).standard_normal((m, w.shape[1])).astype(np.float32)
     _check(x, qt)
 
 
-def test_gemm_path_works_in_bounded_bands(monkeypatch, float_prompt_gemm):
+def test_gemm_path_works_in_bounded_bands(monkeypatch):
     # Force many bands: each holds a single tile of 16 rows.
     monkeypatch.setattr(tensor, "GEMM_BUFFER_FLOATS", 16 * 200)
     w = np.random.default_rng(0).standard_normal((75, 200)).astype(np.float32)

@@ -63,7 +63,7 @@ def test_prompt_continued_after_cached_prefix_equals_fresh_run():
 
 
 @pytest.mark.parametrize("bits", ["q35", "int4", "int8", "int3"])
-@pytest.mark.parametrize("prompt_gemm", ["float", "integer"])
+@pytest.mark.parametrize("prompt_gemm", ["float", "integer", "bf16"])
 def test_quantized_layers_compute_what_their_dequantized_weights_do(bits, prompt_gemm,
                                                                     monkeypatch):
     """Kernels (GEMV for one token, GEMM for prompts, take_rows) vs float matmuls of W_hat.
@@ -71,12 +71,12 @@ def test_quantized_layers_compute_what_their_dequantized_weights_do(bits, prompt
     The integer prompt GEMM also rounds each activation, by at most 1/254 of its group's max
     |x|; in sequence through the 9 matmuls of this model (2 blocks x 4, the head) that is at
     most about 9/254 = 3.5 % of the largest logit (1.0-1.4 % measured), against float32
-    rounding (1e-4) on the float path."""
-    if prompt_gemm == "float":
-        monkeypatch.delenv(tensor.PROMPT_GEMM_ENV, raising=False)
-    else:
-        monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "int8")
-    prompt_atol = 1e-4 if prompt_gemm == "float" else 9 / 254
+    rounding (1e-4) on the float path. The bf16 GEMM rounds activations, weights and results
+    to 8 significant bits: 3 * 2^-8 of each product's magnitude, 27 * 2^-8 = 10.5 % through
+    the 9 matmuls."""
+    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, {"float": "float32", "integer": "int8",
+                                                "bf16": "bf16"}[prompt_gemm])
+    prompt_atol = {"float": 1e-4, "integer": 9 / 254, "bf16": 27 * 2.0**-8}[prompt_gemm]
     weights = tiny_weights(tiny_config())
     config = LlamaConfig.from_hf(tiny_config())
     quant = Model(config, quantized_copy(weights, bits, embed_bits="int8"))

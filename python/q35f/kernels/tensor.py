@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from q35f.kernels import fortran as kernels
+from q35f.kernels import torch_matmul
 from q35f.format.spec import (
     FLOAT16_MAX,
     bits_per_weight,
@@ -33,7 +34,10 @@ GEMM_BUFFER_FLOATS = 4 * 1024 * 1024
 # perplexity rose by 1.0 % (8 windows, RTN q35; the limit set was 0.5 %) and its prompts ran
 # at 269 instead of 293 tok/s (docs/RESULTS.md, "Integer prompt GEMM").
 INT8_GEMM_BITS = ("q35", "int8", "int4")
-# "int8": prompt GEMMs of INT8_GEMM_BITS in integers; unset or anything else: dequantize + sgemm.
+# How prompt GEMMs multiply a dequantized band (q35f.kernels.torch_matmul): "bf16" (torch's bf16
+# GEMM), "float32" (OpenBLAS sgemm), "int8" (INT8_GEMM_BITS in integers); unset: bf16 where the
+# CPU has bf16 hardware and torch imports, else float32.
+PROMPT_GEMMS = ("bf16", "float32", "int8")
 PROMPT_GEMM_ENV = "Q35F_PROMPT_GEMM"
 
 
@@ -277,9 +281,20 @@ def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
     return y[0] if vector else y
 
 
+def prompt_gemm() -> str:
+    """The prompt GEMM in use (PROMPT_GEMMS), from PROMPT_GEMM_ENV or the machine's default."""
+    chosen = os.environ.get(PROMPT_GEMM_ENV, "")
+    if chosen:
+        if chosen not in PROMPT_GEMMS:
+            raise ValueError(f"{PROMPT_GEMM_ENV} must be one of {list(PROMPT_GEMMS)}, got "
+                             f"{chosen!r}")
+        return chosen
+    return "bf16" if torch_matmul.default_on() else "float32"
+
+
 def _integer_gemm(qt) -> bool:
     """Whether qt's prompt GEMM runs in integers (asked for, INT8_GEMM_BITS, int32-safe groups)."""
-    return (os.environ.get(PROMPT_GEMM_ENV) == "int8" and qt.bits in INT8_GEMM_BITS
+    return (prompt_gemm() == "int8" and qt.bits in INT8_GEMM_BITS
             and qt.group_size <= kernels.max_group_weights(qt.bits))
 
 
@@ -290,11 +305,15 @@ def _gemm_by_tiles(x, qt):
     n_tiles = qt._tiles.shape[0]
     tiles_per_band = max(1, GEMM_BUFFER_FLOATS // (tile_rows * k))
     y = np.empty((x.shape[0], n), dtype=np.float32)
+    bf16 = prompt_gemm() == "bf16"
     buffer = None
     for first in range(0, n_tiles, tiles_per_band):
         count = min(tiles_per_band, n_tiles - first)
         buffer = kernels.dequantize_tiles(qt, first, count, out=buffer)
         rows = slice(first * tile_rows, min(n, (first + count) * tile_rows))
         band = buffer[: rows.stop - rows.start, :k]
-        np.matmul(x, band.T, out=y[:, rows])
+        if bf16:
+            torch_matmul.gemm_bf16(x, band, y[:, rows])
+        else:
+            np.matmul(x, band.T, out=y[:, rows])
     return y

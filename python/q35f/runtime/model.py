@@ -390,14 +390,19 @@ def attention(q: np.ndarray, keys: np.ndarray, values: np.ndarray, mask, scale) 
     group = n_heads // n_kv
     # query heads h*group..h*group+group-1 share kv head h: (n_kv, group*T, d)
     qg = q.reshape(t, n_kv, group, d).transpose(1, 2, 0, 3).reshape(n_kv, group * t, d)
-    scores = (qg * scale) @ keys.transpose(0, 2, 1)  # (n_kv, group*T, S)
+    from q35f.kernels import tensor, torch_matmul
+
+    # Prompts multiplied by torch keep numpy's OpenBLAS threads idle (q35f.kernels.torch_matmul).
+    bf16 = t >= tensor.GEMM_MIN_ROWS and tensor.prompt_gemm() == "bf16"
+    mm = torch_matmul.matmul if bf16 else np.matmul
+    scores = mm(qg * scale, keys.transpose(0, 2, 1))  # (n_kv, group*T, S)
     if mask is not None:  # an add, 5x faster than assigning -inf through a boolean index
         own = scores.reshape(n_kv, group, t, s)[:, :, :, s - t:]
         np.add(own, mask, out=own)
     scores -= scores.max(axis=-1, keepdims=True)
     np.exp(scores, out=scores)
     scores *= 1 / scores.sum(axis=-1, keepdims=True)
-    out = scores @ values  # (n_kv, group*T, d)
+    out = mm(scores, values)  # (n_kv, group*T, d)
     return out.reshape(n_kv, group, t, d).transpose(2, 0, 1, 3).reshape(t, n_heads * d)
 
 
