@@ -152,7 +152,7 @@ def test_matmul_takes_the_integer_path_for_prompts_only_when_asked(monkeypatch):
     rng = np.random.default_rng(5)
     qt = q35f.quantize(rng.standard_normal((40, 200)).astype(np.float32), 64)
     x = rng.standard_normal((tensor.GEMM_MIN_ROWS, 200)).astype(np.float32)
-    monkeypatch.delenv(tensor.PROMPT_GEMM_ENV, raising=False)
+    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "float32")
     np.testing.assert_array_equal(q35f.matmul(x, qt), tensor._gemm_by_tiles(x, qt))
     monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "int8")
     np.testing.assert_array_equal(q35f.matmul(x, qt), kernels.gemm_int8(x, qt))

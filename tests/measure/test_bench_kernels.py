@@ -35,10 +35,10 @@ def test_paired_medians_measures_both_functions():
     assert seconds >= 0 and baseline >= 0
 
 
-def test_prompt_gemm_rows_compare_three_paths_in_one_run(capsys):
+def test_prompt_gemm_rows_compare_four_paths_in_one_run(capsys):
     rows = bench_kernels.run_prompt_gemm(shapes=((32, 128), (48, 200)), rows=9, runs=1,
                                          progress=False)
-    assert [r["method"] for r in rows] == ["int8", "dequant", "fp32"] * 2
+    assert [r["method"] for r in rows] == ["int8", "dequant", "bf16", "fp32"] * 2
     for row in rows:
         assert row["median_s"] > 0 and row["load_average"] >= 0
         assert math.isclose(row["speedup_vs_fp32"], row["baseline_median_s"] / row["median_s"])

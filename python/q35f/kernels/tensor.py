@@ -277,7 +277,7 @@ def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
         # The integer path returns None when x holds a NaN or an infinity (no int8 carries it).
         y = kernels.gemm_int8(x2, qt) if _integer_gemm(qt) else None
         if y is None:
-            y = _gemm_by_tiles(x2, qt)
+            y = _gemm_by_tiles(x2, qt, bf16=prompt_gemm() == "bf16")
     return y[0] if vector else y
 
 
@@ -298,14 +298,14 @@ def _integer_gemm(qt) -> bool:
             and qt.group_size <= kernels.max_group_weights(qt.bits))
 
 
-def _gemm_by_tiles(x, qt):
-    """Prefill: dequantize a bounded band of rows at a time and let BLAS multiply it."""
+def _gemm_by_tiles(x, qt, bf16: bool = False):
+    """Prefill: dequantize a bounded band of rows at a time and let a BLAS multiply it (bf16:
+    torch's bf16 GEMM, q35f.kernels.torch_matmul; else OpenBLAS sgemm)."""
     n, k = qt.shape
     tile_rows = kernels.TILE_ROWS
     n_tiles = qt._tiles.shape[0]
     tiles_per_band = max(1, GEMM_BUFFER_FLOATS // (tile_rows * k))
     y = np.empty((x.shape[0], n), dtype=np.float32)
-    bf16 = prompt_gemm() == "bf16"
     buffer = None
     for first in range(0, n_tiles, tiles_per_band):
         count = min(tiles_per_band, n_tiles - first)

@@ -162,21 +162,26 @@ def _gemm_note(qt) -> str:
 
     if tensor._integer_gemm(qt):
         return "integer GEMM: int8 activations per group (fortran/q35_gemm)"
+    if tensor.prompt_gemm() == "bf16":
+        return "bounded band dequantization + torch bf16 GEMM"
     return "bounded band dequantization + OpenBLAS sgemm"
 
 
 def run_prompt_gemm(shapes=PROMPT_GEMM_SHAPES, bits="q35", group_size=128, rows=256, runs=7,
                     progress=True):
-    """Per shape, in one stretch: the integer GEMM, dequantize + sgemm and sgemm on the float
-    weights (measured before and after the other two, averaged), medians of `runs` runs."""
+    """Per shape, in one stretch: the integer GEMM, dequantize + sgemm, dequantize + torch's bf16
+    GEMM (where torch imports) and sgemm on the float weights (measured before and after the
+    others, averaged), medians of `runs` runs."""
     import numpy as np
     from tqdm import tqdm
 
     import q35f
     from q35f.kernels import fortran as kernels
-    from q35f.kernels import tensor
+    from q35f.kernels import tensor, torch_matmul
     from q35f.measure.machine import honesty
 
+    with_bf16 = torch_matmul._torch() is not None
+    bf16_note = ("hardware" if torch_matmul.hardware_bf16() else "emulated: no bf16 instructions")
     out = []
     rng = np.random.default_rng(0)
     for n, k in tqdm(shapes, disable=not progress, desc="prompt gemm", file=sys.stderr):
@@ -187,12 +192,17 @@ def run_prompt_gemm(shapes=PROMPT_GEMM_SHAPES, bits="q35", group_size=128, rows=
         before = median_time(lambda: x @ w.T, runs)
         integer = median_time(lambda: kernels.gemm_int8(x, qt), runs)
         dequant = median_time(lambda: tensor._gemm_by_tiles(x, qt), runs)
+        bf16 = (median_time(lambda: tensor._gemm_by_tiles(x, qt, bf16=True), runs)
+                if with_bf16 else None)
         sgemm = (before + median_time(lambda: x @ w.T, runs)) / 2
         load = load_average()
-        for method, seconds, note in (
-                ("int8", integer, f"{bits} integer GEMM (int8 activations per group)"),
-                ("dequant", dequant, f"{bits} band dequantization + OpenBLAS sgemm"),
-                ("fp32", sgemm, "OpenBLAS sgemm on the float weights (before/after mean)")):
+        methods = [("int8", integer, f"{bits} integer GEMM (int8 activations per group)"),
+                   ("dequant", dequant, f"{bits} band dequantization + OpenBLAS sgemm")]
+        if bf16 is not None:
+            methods.append(("bf16", bf16, f"{bits} band dequantization + torch bf16 GEMM "
+                                          f"({bf16_note})"))
+        methods.append(("fp32", sgemm, "OpenBLAS sgemm on the float weights (before/after mean)"))
+        for method, seconds, note in methods:
             out.append({"benchmark": f"prompt_gemm_m{rows}", "method": method,
                         "shape": f"{n}x{k}", "median_s": seconds, "runs": runs,
                         "speedup_vs_fp32": sgemm / seconds, "weights_per_s": n * k / seconds,
@@ -202,17 +212,19 @@ def run_prompt_gemm(shapes=PROMPT_GEMM_SHAPES, bits="q35", group_size=128, rows=
 
 def print_prompt_gemm(rows, out=None):
     out = out or sys.stdout
-    print(f"{'shape':<10} {'int8 ms':>8} {'deq+sgemm ms':>12} {'sgemm ms':>9} {'int8/sgemm':>10} "
-          f"{'deq/sgemm':>9} {'int8/deq':>8} {'load':>5}", file=out)
+    print(f"{'shape':<10} {'int8 ms':>8} {'deq+sgemm ms':>12} {'deq+bf16 ms':>11} {'sgemm ms':>9} "
+          f"{'int8/sgemm':>10} {'deq/sgemm':>9} {'bf16/sgemm':>10} {'load':>5}  (x = sgemm time / "
+          f"its time)", file=out)
     by_shape = {}
     for r in rows:
         by_shape.setdefault(r["shape"], {})[r["method"]] = r
     for shape, r in by_shape.items():
-        i, d, f = r["int8"], r["dequant"], r["fp32"]
-        print(f"{shape:<10} {i['median_s'] * 1e3:>8.2f} {d['median_s'] * 1e3:>12.2f} "
+        i, d, f, b = r["int8"], r["dequant"], r["fp32"], r.get("bf16")
+        b_ms = f"{b['median_s'] * 1e3:>11.2f}" if b else f"{'-':>11}"
+        b_x = f"{b['speedup_vs_fp32']:>9.2f}x" if b else f"{'-':>10}"
+        print(f"{shape:<10} {i['median_s'] * 1e3:>8.2f} {d['median_s'] * 1e3:>12.2f} {b_ms} "
               f"{f['median_s'] * 1e3:>9.2f} {i['speedup_vs_fp32']:>9.2f}x "
-              f"{d['speedup_vs_fp32']:>8.2f}x {d['median_s'] / i['median_s']:>7.2f}x "
-              f"{i['load_average']:>5.2f}", file=out)
+              f"{d['speedup_vs_fp32']:>8.2f}x {b_x} {i['load_average']:>5.2f}", file=out)
 
 
 def print_table(rows, out=sys.stdout):
@@ -283,7 +295,8 @@ def register_bench(sub) -> None:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--prompt-gemm", action="store_true",
                         help="only the prompt GEMM at M = --gemm-rows on SmolLM2-135M's and "
-                        "TinyLlama-1.1B's shapes: integer GEMM vs dequantize + sgemm vs sgemm "
+                        "TinyLlama-1.1B's shapes: integer GEMM vs dequantize + sgemm vs dequantize + "
+                        "torch bf16 GEMM (where torch imports) vs sgemm "
                         f"(CSV: {PROMPT_GEMM_CSV} unless --csv says otherwise)")
     parser.add_argument("--bits", default="q35", help="format of --prompt-gemm (default q35)")
     parser.set_defaults(func=handler)
