@@ -69,9 +69,10 @@ def test_prompt_gemm_setting_is_checked(monkeypatch):
 
 def test_bf16_without_torch_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch_matmul, "_torch", lambda: None)
+    monkeypatch.setenv(tensor.PROMPT_GEMM_ENV, "bf16")
+    qt = q35f.quantize(np.ones((2, 16), np.float32), 16)
     with pytest.raises(RuntimeError, match="needs torch"):
-        torch_matmul.gemm_bf16(np.ones((8, 4), np.float32), np.ones((2, 4), np.float32),
-                               np.empty((8, 2), np.float32))
+        q35f.matmul(np.ones((tensor.GEMM_MIN_ROWS, 16), np.float32), qt)
 
 
 def test_cpu_flags_name_bf16_hardware_when_present():

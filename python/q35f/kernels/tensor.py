@@ -306,6 +306,7 @@ def _gemm_by_tiles(x, qt, bf16: bool = False):
     n_tiles = qt._tiles.shape[0]
     tiles_per_band = max(1, GEMM_BUFFER_FLOATS // (tile_rows * k))
     y = np.empty((x.shape[0], n), dtype=np.float32)
+    xb = torch_matmul.to_bf16(x) if bf16 else None
     buffer = None
     for first in range(0, n_tiles, tiles_per_band):
         count = min(tiles_per_band, n_tiles - first)
@@ -313,7 +314,7 @@ def _gemm_by_tiles(x, qt, bf16: bool = False):
         rows = slice(first * tile_rows, min(n, (first + count) * tile_rows))
         band = buffer[: rows.stop - rows.start, :k]
         if bf16:
-            torch_matmul.gemm_bf16(x, band, y[:, rows])
+            torch_matmul.gemm_bf16(xb, band, y[:, rows])
         else:
             np.matmul(x, band.T, out=y[:, rows])
     return y

@@ -73,13 +73,19 @@ def default_on() -> bool:
     return hardware_bf16() and _torch() is not None
 
 
-def gemm_bf16(x: np.ndarray, band: np.ndarray, out: np.ndarray) -> None:
-    """out = x @ band.T with both rounded to bf16 (round to nearest even) and float32 sums;
-    x (M, K), band (N, K) float32 (a view is fine), out (M, N) float32 (may be a column view)."""
+def to_bf16(x: np.ndarray):
+    """x (float32) as a torch bf16 tensor (round to nearest even), for gemm_bf16."""
     torch = require_torch()
-    xb = torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16)
+
+
+def gemm_bf16(xb, band: np.ndarray, out: np.ndarray) -> None:
+    """out = xb @ band.T with the band rounded to bf16 and float32 sums: xb (M, K) from to_bf16
+    (converted once for all bands), band (N, K) float32 (a view is fine), out (M, N) float32
+    (may be a column view), written from the bf16 result in one converting copy."""
+    torch = require_torch()
     wb = torch.from_numpy(band).to(torch.bfloat16)
-    out[...] = torch.mm(xb, wb.T).float().numpy()
+    torch.from_numpy(out).copy_(torch.mm(xb, wb.T))
 
 
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
