@@ -513,7 +513,9 @@ def speed_main(args) -> int:
                          "rounds, ratios the median of per-round ratios to the reference; "
                          "load_1m_runs = 1-minute load average as each run started; "
                          f"bits_per_weight = 8*file bytes/{params} source parameters; "
-                         f"whole benchmark {time.perf_counter() - began:.0f} s"))
+                         f"whole benchmark {time.perf_counter() - began:.0f} s"
+                         + (f"; q35f prompt GEMM {first['prompt_gemm']}"
+                            if first.get("prompt_gemm") else "")))
     write_speed_csv(rows, args.out)
     print(f"{'tool':10} {'method':24} {'thr':>3} {'decode':>8} {'prompt':>8} {'TTFT ms':>8} "
           f"{'dec x':>6} {'pr x':>6} {'ttft x':>6}  load")

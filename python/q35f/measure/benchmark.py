@@ -56,6 +56,7 @@ def measure(path, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAULT_PROMPT_
     import numpy as np
 
     from q35f.io import corpora
+    from q35f.kernels.tensor import prompt_gemm
     from q35f.runtime.model import load_model
 
     rss_start = _rss_mb()
@@ -114,6 +115,7 @@ def measure(path, runs: int = DEFAULT_RUNS, prompt_tokens: int = DEFAULT_PROMPT_
         "decode_s": decode_s,
         "prefill_s": prefill_s,
         "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+        "prompt_gemm": prompt_gemm(),  # how prompts were multiplied (q35f.kernels.tensor)
     }
 
 
@@ -183,7 +185,8 @@ def _command(args) -> int:
           f"bits/weight in the transformer linear layers")
     print(f"decode           {result['decode_tok_s']:.1f} tok/s "
           f"({result['decode_tokens']} tokens, median of {result['runs']})")
-    print(f"prompt           {result['prompt_tok_s']:.1f} tok/s ({result['prompt_tokens']} tokens)")
+    print(f"prompt           {result['prompt_tok_s']:.1f} tok/s ({result['prompt_tokens']} tokens, "
+          f"{result['prompt_gemm']} prompt GEMM)")
     print(f"TTFT             {result['ttft_ms']:.0f} ms")
     print(f"peak RSS         {result['peak_rss_mb']:.0f} MB "
           f"(after load {result['rss_after_load_mb']:.0f} MB, "
