@@ -59,6 +59,11 @@ def _torch():
     return torch
 
 
+def torch_available() -> bool:
+    """Whether torch imports (the bf16 path can run, with or without bf16 hardware)."""
+    return _torch() is not None
+
+
 def require_torch():
     torch = _torch()
     if torch is None:
@@ -70,7 +75,7 @@ def require_torch():
 @functools.cache
 def default_on() -> bool:
     """The bf16 path's default: bf16 hardware and an importable torch."""
-    return hardware_bf16() and _torch() is not None
+    return hardware_bf16() and torch_available()
 
 
 def to_bf16(x: np.ndarray):

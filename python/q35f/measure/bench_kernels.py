@@ -180,7 +180,7 @@ def run_prompt_gemm(shapes=PROMPT_GEMM_SHAPES, bits="q35", group_size=128, rows=
     from q35f.kernels import tensor, torch_matmul
     from q35f.measure.machine import honesty
 
-    with_bf16 = torch_matmul._torch() is not None
+    with_bf16 = torch_matmul.torch_available()
     bf16_note = ("hardware" if torch_matmul.hardware_bf16() else "emulated: no bf16 instructions")
     out = []
     rng = np.random.default_rng(0)
