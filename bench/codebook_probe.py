@@ -14,6 +14,12 @@ the numbers say what the format would reach before any kernel is written.
              per pair of weights with the group's float16 offset and scale: same 3.5 + 0.25 bits
     rot_cb_clip  rot_cb with each group's scale chosen among 0.80..1.20 x rms by Hessian-weighted
              error
+    rot_d2, rot_d2_clip  the same with a structured codebook: both weights of a pair on the
+             16-level grid, their levels of equal parity (the D2 "checkerboard" lattice, 128
+             points; it decodes with shifts and masks like the v1 grid, no table)
+    d2_clip  the checkerboard without a rotation (no run-time transform), parameters as in a
+             file: offset + scale * level, the range's shrink chosen by Hessian-weighted error
+    rot_d2mm_clip  d2_clip after the rotation
 
 The rotation of an input block of n columns is R = D H / sqrt(n) (D random signs, H Sylvester's
 Hadamard matrix): W' = W R is quantized and x' = R^T x is what the runtime would feed it.
@@ -33,7 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANTS = ("default", "rot_q35", "rot_cb", "rot_cb_clip")
+VARIANTS = ("default", "rot_q35", "rot_cb", "rot_cb_clip", "rot_d2", "rot_d2_clip", "d2_clip",
+            "rot_d2mm_clip")
 GROUP = 128
 
 
@@ -71,6 +78,15 @@ def gaussian_codebook(points: int = 128, samples: int = 200_000, iterations: int
             sums = np.bincount(idx, weights=z[:, d], minlength=points)
             c[:, d] = np.where(counts > 0, sums / np.maximum(counts, 1), c[:, d])
     return c.astype(np.float32)
+
+
+def checkerboard_codebook(step: float = 0.3131) -> np.ndarray:
+    """The 128 points step * (l1 - 7.5, m - 7.5), l1, m in 0..15 of equal parity, (128, 2);
+    step minimises the squared error of a standard 2-D Gaussian (0.0205 per coordinate against
+    0.0249 for the best 16 x 8 product grid and 0.0155 for the Lloyd codebook)."""
+    l1 = np.repeat(np.arange(16), 8)
+    m = 2 * np.tile(np.arange(8), 16) + (l1 & 1)
+    return (step * np.stack([l1 - 7.5, m - 7.5], axis=1)).astype(np.float32)
 
 
 def nearest(z: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -128,6 +144,67 @@ def gptq_codebook(w, u, cb, group=GROUP, clip=False, h_diag=None):
     return out
 
 
+def round_checkpoint(u, v):
+    """Nearest (l1, m) in 0..15 with l1 = m (mod 2) to the level-unit pair (u, v)."""
+    best = None
+    for parity in (0, 1):
+        a = np.clip(2 * np.round((u - parity) / 2) + parity, parity, 14 + parity)
+        b = np.clip(2 * np.round((v - parity) / 2) + parity, parity, 14 + parity)
+        d = (u - a) ** 2 + (v - b) ** 2
+        if best is None:
+            best = [a, b, d]
+        else:
+            take = d < best[2]
+            best[0] = np.where(take, a, best[0])
+            best[1] = np.where(take, b, best[1])
+            best[2] = np.where(take, d, best[2])
+    return best[0], best[1]
+
+
+def gptq_d2(w, u, group=GROUP, h_diag=None, shrinks=np.linspace(1.0, 0.55, 10)):
+    """gptq_codebook for the checkerboard with file-style parameters: value = offset + scale *
+    level, level in 0..15; per group the range [lo, hi] of the current weights is shrunk about
+    its centre by the factor of least Hessian-weighted rounding error."""
+    w = np.asarray(w, dtype=np.float32)
+    n, k = w.shape
+    u = u.astype(np.float32)
+    work = w.copy()
+    out = np.empty_like(work)
+    for first in range(0, k, group):
+        last = min(first + group, k)
+        block = work[:, first:last]
+        weights = np.ones(last - first) if h_diag is None else h_diag[first:last]
+        lo, hi = block.min(axis=1), block.max(axis=1)
+        mid, half = (lo + hi) / 2, (hi - lo) / 2
+        best, off, scale = np.full(n, np.inf), lo.copy(), np.maximum(hi - lo, 1e-8) / 15
+        for f in shrinks:
+            o = mid - f * half
+            s = np.maximum(2 * f * half / 15, 1e-8)
+            lv = (block - o[:, None]) / s[:, None]
+            a, b = round_checkpoint(lv[:, 0::2], lv[:, 1::2])
+            q = np.empty_like(block)
+            q[:, 0::2], q[:, 1::2] = a, b
+            err = (((block - (o[:, None] + s[:, None] * q)) ** 2) * weights[None]).sum(axis=1)
+            take = err < best
+            best[take], off[take], scale[take] = err[take], o[take], s[take]
+        off = off.astype(np.float16).astype(np.float32)
+        scale = scale.astype(np.float16).astype(np.float32)
+        errors = np.empty((n, last - first), dtype=np.float32)
+        for i in range(0, last - first, 2):
+            pair = block[:, i:i + 2]
+            lv = (pair - off[:, None]) / scale[:, None]
+            a, b = round_checkpoint(lv[:, 0], lv[:, 1])
+            q = off[:, None] + scale[:, None] * np.stack([a, b], axis=1)
+            out[:, first + i:first + i + 2] = q
+            c = first + i
+            e = (pair - q) @ np.linalg.inv(u[c:c + 2, c:c + 2]).astype(np.float32)
+            errors[:, i:i + 2] = e
+            block[:, i + 2:] -= e @ u[c:c + 2, c + 2:last]
+        if last < k:
+            work[:, last:] -= errors @ u[first:last, last:]
+    return out
+
+
 class FakeCheckpoint:
     """The source checkpoint with some tensors replaced by float32 arrays."""
 
@@ -160,7 +237,8 @@ def quantize_linears(variant: str, progress=True) -> tuple:
         source = Improver(ck, progress=progress, **RECIPES["calibrated"]).source
     else:
         source = ck
-    cb = gaussian_codebook() if variant.startswith("rot_cb") else None
+    cb = (gaussian_codebook() if variant.startswith("rot_cb") else
+          checkerboard_codebook() if variant.startswith("rot_d2") else None)
     cached = [None, None]  # (hessian, what was derived from it): q/k/v and gate/up share one
     fakes = {}
 
@@ -172,6 +250,11 @@ def quantize_linears(variant: str, progress=True) -> tuple:
             qt = gptq_quantize(w, cached[1], GROUP, "q35", True,
                                importance=mixed_importance(mean_square))
             fakes[name] = qt.dequantize()
+            return fakes[name]
+        if variant == "d2_clip":
+            if cached[0] is not hessian:
+                cached[:] = hessian, inverse_hessian_factor(hessian, DEFAULT_DAMPING)
+            fakes[name] = gptq_d2(w, cached[1], h_diag=np.diag(hessian))
             return fakes[name]
         # one rotation per linear input (q/k/v share theirs, as gate/up do): the runtime
         # would rotate each input once
@@ -185,8 +268,10 @@ def quantize_linears(variant: str, progress=True) -> tuple:
             qt = gptq_quantize(w_rot, u, GROUP, "q35", True,
                                importance=mixed_importance(np.diag(h_rot)))
             q_rot = qt.dequantize()
+        elif variant == "rot_d2mm_clip":
+            q_rot = gptq_d2(w_rot, u, h_diag=np.diag(h_rot))
         else:
-            q_rot = gptq_codebook(w_rot, u, cb, clip=variant == "rot_cb_clip",
+            q_rot = gptq_codebook(w_rot, u, cb, clip=variant.endswith("_clip"),
                                   h_diag=np.diag(h_rot))
         fakes[name] = (q_rot.astype(np.float64) @ r.T).astype(np.float32)
         return fakes[name]
@@ -230,15 +315,41 @@ def evaluate(source, fakes, texts, windows, window) -> dict:
     return results
 
 
+def print_grid_errors(samples: int = 400_000) -> None:
+    """Squared error per coordinate of each 128-point grid on standard Gaussian pairs, its one
+    scale chosen by a grid search (the v1 product grid: both halves over one range)."""
+    z = np.random.default_rng(1).standard_normal((samples, 2)).astype(np.float32)
+
+    def v1(r):  # 16 levels on [-r, r] for the even weight, 8 on the same range for the odd
+        pts = np.stack(np.meshgrid(np.linspace(-r, r, 16), np.linspace(-r, r, 8),
+                                   indexing="ij"), -1).reshape(-1, 2)
+        return pts.astype(np.float32)
+
+    grids = {"v1 product 16 x 8, one range": [v1(r) for r in np.linspace(1.8, 2.8, 41)],
+             "checkerboard (D2)": [checkerboard_codebook(s) for s in np.linspace(0.28, 0.34, 25)],
+             "Lloyd 128-point codebook": [gaussian_codebook()]}
+    for name, candidates in grids.items():
+        err = min(float(((z - c[nearest(z, c)]) ** 2).mean()) for c in candidates)
+        print(f"{name:32s} {err:.5f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", choices=VARIANTS, required=True)
+    parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument("--mse", action="store_true",
+                        help="only print each grid's squared error per coordinate on standard "
+                        "2-D Gaussian pairs (what a rotation makes the weights look like)")
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--window", type=int, default=512)
     parser.add_argument("--eval", default="prideprejudice,pydoc")
-    parser.add_argument("--out", required=True, help="CSV to append rows to")
+    parser.add_argument("--out", help="CSV to append rows to (required with --variant)")
     args = parser.parse_args(argv)
+    if args.mse:
+        print_grid_errors()
+        return 0
+    if args.variant is None or args.out is None:
+        parser.error("--variant and --out are required (or --mse)")
     from q35f.quantization.calibrate import calibration_text
 
     started = time.perf_counter()
