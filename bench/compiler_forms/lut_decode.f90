@@ -3,7 +3,8 @@
 !   gfortran -O3 -march=native -mprefer-vector-width=512 -fopenmp-simd lut_decode.f90 -o lut && ./lut
 ! "gather" looks each code up in a 2 x 128 float table (gfortran emits vgatherdps only with int32
 ! indices in a separate lane loop; with the index cut from the int8 code in the same loop it does
-! not vectorise at all); "arith" cuts a 4-bit and a 3-bit level from the code like the v1 grid.
+! not vectorise at all); "arith" cuts a 4-bit and a 3-bit level from the code like the v1 grid;
+! "checker" decodes the checkerboard grid (odd level 2h + (l1 & 1), bench/codebook_probe.py).
 ! Both run in L1 with one accumulator per lane, so only their ratio means anything (the real v1
 ! kernel, with more FMA chains, reaches 18-20 Gweights/s on the same core).
 program b
@@ -44,4 +45,18 @@ program b
   end do
   call cpu_time(t1)
   print '(a, f8.2, a, es12.4)', 'arith    Gw/s ', 2.0*16*np*real(reps)/(t1-t0)/1e9, ' ', sum(acc)
+  acc = 0
+  call cpu_time(t0)
+  do rep = 1, reps
+    do j = 1, np
+      !$omp simd
+      do r = 1, 16
+        acc(r) = acc(r) + real(iand(int(codes(r,j), int32), 15)) * xa(j) &
+                        + real(ior(iand(shiftr(int(codes(r,j), int32), 3), 14), &
+                                   iand(int(codes(r,j), int32), 1))) * xb(j)
+      end do
+    end do
+  end do
+  call cpu_time(t1)
+  print '(a, f8.2, a, es12.4)', 'checker  Gw/s ', 2.0*16*np*real(reps)/(t1-t0)/1e9, ' ', sum(acc)
 end program
