@@ -95,12 +95,28 @@ def nearest(z: np.ndarray, c: np.ndarray) -> np.ndarray:
     return d.argmin(axis=1)
 
 
-def gptq_codebook(w, u, cb, group=GROUP, clip=False, h_diag=None):
-    """Dequantized w (N, K) by GPTQ over pairs of columns on offset + scale * cb.
+def feed_back_group(work, u, first, last, out, round_pair):
+    """GPTQ over the pairs of columns first..last of `work` (updated in place): each pair is
+    rounded jointly by round_pair((N, 2)) -> (N, 2) into `out`; its error E = (W_B - Q_B) U_BB^-1
+    reaches the later columns as W_rest -= E U_B,rest (the block form of GPTQ's update)."""
+    block = work[:, first:last]
+    errors = np.empty_like(block)
+    for i in range(0, last - first, 2):
+        c = first + i
+        pair = block[:, i:i + 2]
+        q = round_pair(pair)
+        out[:, c:c + 2] = q
+        e = (pair - q) @ np.linalg.inv(u[c:c + 2, c:c + 2]).astype(np.float32)
+        errors[:, i:i + 2] = e
+        block[:, i + 2:] -= e @ u[c:c + 2, c + 2:last]
+    if last < work.shape[1]:
+        work[:, last:] -= errors @ u[first:last, last:]
 
-    The pair (2j, 2j+1) is rounded jointly to the nearest codebook point; its error
-    E = (W_B - Q_B) U_BB^-1 reaches the later columns as W_rest -= E U_B,rest (the block form of
-    GPTQ's update). Group parameters (float16) are fixed when the group is reached."""
+
+def gptq_codebook(w, u, cb, group=GROUP, clip=False, h_diag=None):
+    """Dequantized w (N, K) by GPTQ over pairs of columns (feed_back_group) on offset + scale *
+    cb, each pair rounded to its nearest codebook point. Group parameters (float16) are fixed
+    when the group is reached."""
     w = np.asarray(w, dtype=np.float32)
     n, k = w.shape
     if k % 2:
@@ -129,18 +145,9 @@ def gptq_codebook(w, u, cb, group=GROUP, clip=False, h_diag=None):
             rms = rms * chosen
         off16 = offset.astype(np.float16).astype(np.float32)
         s16 = np.maximum(rms.astype(np.float16).astype(np.float32), np.float32(6e-8))
-        errors = np.empty((n, last - first), dtype=np.float32)
-        for i in range(0, last - first, 2):
-            pair = block[:, i:i + 2]
-            z = (pair - off16[:, None]) / s16[:, None]
-            q = cb[nearest(z, cb)] * s16[:, None] + off16[:, None]
-            out[:, first + i:first + i + 2] = q
-            a = first + i
-            e = (pair - q) @ np.linalg.inv(u[a:a + 2, a:a + 2]).astype(np.float32)
-            errors[:, i:i + 2] = e
-            block[:, i + 2:] -= e @ u[a:a + 2, a + 2:last]
-        if last < k:
-            work[:, last:] -= errors @ u[first:last, last:]
+        feed_back_group(work, u, first, last, out,
+                        lambda pair: cb[nearest((pair - off16[:, None]) / s16[:, None], cb)]
+                        * s16[:, None] + off16[:, None])
     return out
 
 
@@ -189,19 +196,11 @@ def gptq_d2(w, u, group=GROUP, h_diag=None, shrinks=np.linspace(1.0, 0.55, 10)):
             best[take], off[take], scale[take] = err[take], o[take], s[take]
         off = off.astype(np.float16).astype(np.float32)
         scale = scale.astype(np.float16).astype(np.float32)
-        errors = np.empty((n, last - first), dtype=np.float32)
-        for i in range(0, last - first, 2):
-            pair = block[:, i:i + 2]
+        def round_pair(pair, off=off, scale=scale):
             lv = (pair - off[:, None]) / scale[:, None]
-            a, b = round_checkpoint(lv[:, 0], lv[:, 1])
-            q = off[:, None] + scale[:, None] * np.stack([a, b], axis=1)
-            out[:, first + i:first + i + 2] = q
-            c = first + i
-            e = (pair - q) @ np.linalg.inv(u[c:c + 2, c:c + 2]).astype(np.float32)
-            errors[:, i:i + 2] = e
-            block[:, i + 2:] -= e @ u[c:c + 2, c + 2:last]
-        if last < k:
-            work[:, last:] -= errors @ u[first:last, last:]
+            return off[:, None] + scale[:, None] * np.stack(round_checkpoint(lv[:, 0], lv[:, 1]), 1)
+
+        feed_back_group(work, u, first, last, out, round_pair)
     return out
 
 
