@@ -196,6 +196,7 @@ def gptq_d2(w, u, group=GROUP, h_diag=None, shrinks=np.linspace(1.0, 0.55, 10)):
             best[take], off[take], scale[take] = err[take], o[take], s[take]
         off = off.astype(np.float16).astype(np.float32)
         scale = scale.astype(np.float16).astype(np.float32)
+
         def round_pair(pair, off=off, scale=scale):
             lv = (pair - off[:, None]) / scale[:, None]
             return off[:, None] + scale[:, None] * np.stack(round_checkpoint(lv[:, 0], lv[:, 1]), 1)
@@ -237,7 +238,7 @@ def quantize_linears(variant: str, progress=True) -> tuple:
     else:
         source = ck
     cb = (gaussian_codebook() if variant.startswith("rot_cb") else
-          checkerboard_codebook() if variant.startswith("rot_d2") else None)
+          checkerboard_codebook() if variant in ("rot_d2", "rot_d2_clip") else None)
     cached = [None, None]  # (hessian, what was derived from it): q/k/v and gate/up share one
     fakes = {}
 
@@ -280,16 +281,19 @@ def quantize_linears(variant: str, progress=True) -> tuple:
             return q_matmul(x, qt)
         return x @ qt.T
 
-    tensor_module.matmul = matmul
     batches = calibration_batches(source, DEFAULT_CALIBRATION, DEFAULT_CALIBRATION_TOKENS,
                                   DEFAULT_SEQUENCE_LENGTH)
-    stream = sequential.LayerStream(source, source.config, batches, quantize, progress=progress)
-    n_layers = int(source.config["num_hidden_layers"])
-    for layer in range(n_layers):
-        stream.block(layer)
-        if progress:
-            print(f"block {layer + 1}/{n_layers} quantized", flush=True)
-    tensor_module.matmul = q_matmul
+    tensor_module.matmul = matmul
+    try:
+        stream = sequential.LayerStream(source, source.config, batches, quantize,
+                                        progress=progress)
+        n_layers = int(source.config["num_hidden_layers"])
+        for layer in range(n_layers):
+            stream.block(layer)
+            if progress:
+                print(f"block {layer + 1}/{n_layers} quantized", flush=True)
+    finally:
+        tensor_module.matmul = q_matmul
     return source, fakes
 
 
