@@ -151,7 +151,7 @@ def gptq_codebook(w, u, cb, group=GROUP, clip=False, h_diag=None):
     return out
 
 
-def round_checkpoint(u, v):
+def round_checkerboard(u, v):
     """Nearest (l1, m) in 0..15 with l1 = m (mod 2) to the level-unit pair (u, v)."""
     best = None
     for parity in (0, 1):
@@ -188,7 +188,7 @@ def gptq_d2(w, u, group=GROUP, h_diag=None, shrinks=np.linspace(1.0, 0.55, 10)):
             o = mid - f * half
             s = np.maximum(2 * f * half / 15, 1e-8)
             lv = (block - o[:, None]) / s[:, None]
-            a, b = round_checkpoint(lv[:, 0::2], lv[:, 1::2])
+            a, b = round_checkerboard(lv[:, 0::2], lv[:, 1::2])
             q = np.empty_like(block)
             q[:, 0::2], q[:, 1::2] = a, b
             err = (((block - (o[:, None] + s[:, None] * q)) ** 2) * weights[None]).sum(axis=1)
@@ -199,7 +199,7 @@ def gptq_d2(w, u, group=GROUP, h_diag=None, shrinks=np.linspace(1.0, 0.55, 10)):
 
         def round_pair(pair, off=off, scale=scale):
             lv = (pair - off[:, None]) / scale[:, None]
-            return off[:, None] + scale[:, None] * np.stack(round_checkpoint(lv[:, 0], lv[:, 1]), 1)
+            return off[:, None] + scale[:, None] * np.stack(round_checkerboard(lv[:, 0], lv[:, 1]), 1)
 
         feed_back_group(work, u, first, last, out, round_pair)
     return out
@@ -242,19 +242,20 @@ def quantize_linears(variant: str, progress=True) -> tuple:
     cached = [None, None]  # (hessian, what was derived from it): q/k/v and gate/up share one
     fakes = {}
 
+    def unrotated_factor(hessian):
+        if cached[0] is not hessian:
+            cached[:] = hessian, inverse_hessian_factor(hessian, DEFAULT_DAMPING)
+        return cached[1]
+
     def quantize(name, w, hessian, mean_square):
         w = np.asarray(w, dtype=np.float32)
         if variant == "default":
-            if cached[0] is not hessian:
-                cached[:] = hessian, inverse_hessian_factor(hessian, DEFAULT_DAMPING)
-            qt = gptq_quantize(w, cached[1], GROUP, "q35", True,
+            qt = gptq_quantize(w, unrotated_factor(hessian), GROUP, "q35", True,
                                importance=mixed_importance(mean_square))
             fakes[name] = qt.dequantize()
             return fakes[name]
         if variant == "d2_clip":
-            if cached[0] is not hessian:
-                cached[:] = hessian, inverse_hessian_factor(hessian, DEFAULT_DAMPING)
-            fakes[name] = gptq_d2(w, cached[1], h_diag=np.diag(hessian))
+            fakes[name] = gptq_d2(w, unrotated_factor(hessian), h_diag=np.diag(hessian))
             return fakes[name]
         # one rotation per linear input (q/k/v share theirs, as gate/up do): the runtime
         # would rotate each input once

@@ -52,7 +52,7 @@ def test_rotation_needs_power_of_two_blocks():
 def test_checkerboard_rounding_is_the_nearest_point(seed):
     rng = np.random.default_rng(seed)
     u, v = rng.uniform(-3, 18, (2, 400))
-    a, b = probe.round_checkpoint(u, v)
+    a, b = probe.round_checkerboard(u, v)
     assert ((a.astype(int) % 2) == (b.astype(int) % 2)).all()
     points = probe.checkerboard_codebook(1.0) + 7.5  # level units
     d = ((np.stack([u, v], 1)[:, None] - points[None]) ** 2).sum(-1)
