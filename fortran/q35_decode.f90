@@ -1,7 +1,7 @@
 ! One decoder block for one token in one call (the decode step): RMSNorm, the fused q/k/v GEMV,
 ! rotary embeddings, the KV cache write, grouped-query attention over the cache, the output
 ! projection, RMSNorm, the fused gate/up GEMV, SwiGLU and the down projection, residuals added
-! in place. Everything runs inside one OpenMP parallel region: the GEMVs share their tiles among
+! in place; a rotated layer's input is rotated first (q35_rotate, FORMAT.md sec. 9). Everything runs inside one OpenMP parallel region: the GEMVs share their tiles among
 ! the threads (q35_matmul's gemv_tiles_shared), attention shares its heads, and the small vector
 ! steps are done by one thread. Per token this replaces ~10 Python-level operations and four
 ! parallel regions per block by one call; between the stages the threads wait at a barrier,
@@ -13,13 +13,16 @@ module q35_decode
     use iso_fortran_env, only: int8, int16, int32, real32
     use q35_blocks, only: tile_rows, block_weights, block_bytes
     use q35_matmul, only: gemv_tiles_shared
+    use q35_rotate, only: rotate_columns
     implicit none
     private
     public :: linear_tiles, decode_block, tiled
 
-    !> One quantized linear layer in the tiled kernel layout (FORMAT.md sec. 7).
+    !> One quantized linear layer in the tiled kernel layout (FORMAT.md sec. 7), and its input
+    !> rotation (sec. 9): blocks of rotation_block columns with these signs, or none (0).
     type :: linear_tiles
-        integer :: fmt, group_size
+        integer :: fmt, group_size, rotation_block = 0
+        real(real32), pointer, contiguous :: signs(:) => null()  ! (inputs) when rotated
         integer(int8), pointer, contiguous :: tiles(:, :, :) => null()
         integer(int16), pointer, contiguous :: scales(:, :, :) => null()
         integer(int16), pointer, contiguous :: offsets(:, :, :) => null()
@@ -28,17 +31,29 @@ module q35_decode
 contains
 
     !> A linear_tiles view of a layer's arrays (no copy; valid while they are).
-    function tiled(fmt, group_size, tiles, scales, offsets) result(lin)
-        integer, intent(in) :: fmt, group_size
+    function tiled(fmt, group_size, tiles, scales, offsets, rotation_block, signs) result(lin)
+        integer, intent(in) :: fmt, group_size, rotation_block
         integer(int8), intent(in), target, contiguous :: tiles(:, :, :)
         integer(int16), intent(in), target, contiguous :: scales(:, :, :), offsets(:, :, :)
+        real(real32), intent(in), target, contiguous :: signs(:)
         type(linear_tiles) :: lin
         lin%fmt = fmt
         lin%group_size = group_size
         lin%tiles => tiles
         lin%scales => scales
         lin%offsets => offsets
+        lin%rotation_block = rotation_block
+        lin%signs => signs
     end function tiled
+
+    !> x <- the input a rotated layer takes, R^T x (its first size(signs) rows; the padding
+    !> stays zero); unchanged for a layer without rotation.
+    subroutine rotate_input(lin, x)
+        type(linear_tiles), intent(in) :: lin
+        real(real32), intent(inout) :: x(:, :)
+        if (lin%rotation_block > 0) &
+            call rotate_columns(x(1:size(lin%signs), :), lin%signs, lin%rotation_block, .false.)
+    end subroutine rotate_input
 
     !> Zero-padded input length of a linear layer: 16 weights per packed block.
     pure integer function padded_inputs(lin)
@@ -89,6 +104,7 @@ contains
         !$omp parallel default(shared) private(hq, hk)
         !$omp single
         h(1:hidden, 1) = rms_normed(x, attn_norm, eps)
+        call rotate_input(qkv, h)
         !$omp end single
         call gemv_tiles_shared(qkv%fmt, qkv%group_size, qkv%tiles, qkv%scales, qkv%offsets, &
                                h, qkv_t)
@@ -106,16 +122,23 @@ contains
                         v_cache(:, 1:n_pos, hk), attn((hq - 1) * d + 1:hq * d, 1))
         end do
         !$omp end do
+        if (wo%rotation_block > 0) then  ! the same branch in every thread: a shared value
+            !$omp single
+            call rotate_input(wo, attn)
+            !$omp end single
+        end if
         call gemv_tiles_shared(wo%fmt, wo%group_size, wo%tiles, wo%scales, wo%offsets, attn, o_t)
         !$omp single
         x = x + o_y(1:hidden)
         hm(1:hidden, 1) = rms_normed(x, mlp_norm, eps)
+        call rotate_input(gate_up, hm)
         !$omp end single
         call gemv_tiles_shared(gate_up%fmt, gate_up%group_size, gate_up%tiles, gate_up%scales, &
                                gate_up%offsets, hm, gu_t)
         !$omp single
         act(1:intermediate, 1) = silu_times(gu_y(1:intermediate), &
                                             gu_y(intermediate + 1:2 * intermediate))
+        call rotate_input(down, act)
         !$omp end single
         call gemv_tiles_shared(down%fmt, down%group_size, down%tiles, down%scales, &
                                down%offsets, act, dn_t)

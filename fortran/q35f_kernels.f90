@@ -189,9 +189,13 @@ end subroutine q35_rows_from_planar
 subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, pos, eps, scale, &
                         x, attn_norm, mlp_norm, cos_pos, sin_pos, k_cache, v_cache, &
                         qkv_fmt, qkv_group, qkv_bytes, qkv_groups, qkv_tiles, qkv_t, qkv_s, qkv_o, &
+                        qkv_rot, qkv_k, qkv_signs, &
                         wo_fmt, wo_group, wo_bytes, wo_groups, wo_tiles, wo_t, wo_s, wo_o, &
+                        wo_rot, wo_k, wo_signs, &
                         gu_fmt, gu_group, gu_bytes, gu_groups, gu_tiles, gu_t, gu_s, gu_o, &
-                        dn_fmt, dn_group, dn_bytes, dn_groups, dn_tiles, dn_t, dn_s, dn_o)
+                        gu_rot, gu_k, gu_signs, &
+                        dn_fmt, dn_group, dn_bytes, dn_groups, dn_tiles, dn_t, dn_s, dn_o, &
+                        dn_rot, dn_k, dn_signs)
     use iso_fortran_env, only: int8, int16, int32, real32
     use q35_decode, only: decode_block_tiles => decode_block, tiled
     implicit none
@@ -204,26 +208,34 @@ subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, p
     integer(int8), intent(in), target :: qkv_t(16, qkv_bytes, qkv_tiles)
     integer(int16), intent(in), target :: qkv_s(16, qkv_groups, qkv_tiles)
     integer(int16), intent(in), target :: qkv_o(16, qkv_groups, qkv_tiles)
+    integer(int32), intent(in) :: qkv_rot, qkv_k  ! rotation block (0: none), inputs
+    real(real32), intent(in), target :: qkv_signs(qkv_k)
     integer(int32), intent(in) :: wo_fmt, wo_group, wo_bytes, wo_groups, wo_tiles
     integer(int8), intent(in), target :: wo_t(16, wo_bytes, wo_tiles)
     integer(int16), intent(in), target :: wo_s(16, wo_groups, wo_tiles)
     integer(int16), intent(in), target :: wo_o(16, wo_groups, wo_tiles)
+    integer(int32), intent(in) :: wo_rot, wo_k  ! rotation block (0: none), inputs
+    real(real32), intent(in), target :: wo_signs(wo_k)
     integer(int32), intent(in) :: gu_fmt, gu_group, gu_bytes, gu_groups, gu_tiles
     integer(int8), intent(in), target :: gu_t(16, gu_bytes, gu_tiles)
     integer(int16), intent(in), target :: gu_s(16, gu_groups, gu_tiles)
     integer(int16), intent(in), target :: gu_o(16, gu_groups, gu_tiles)
+    integer(int32), intent(in) :: gu_rot, gu_k  ! rotation block (0: none), inputs
+    real(real32), intent(in), target :: gu_signs(gu_k)
     integer(int32), intent(in) :: dn_fmt, dn_group, dn_bytes, dn_groups, dn_tiles
     integer(int8), intent(in), target :: dn_t(16, dn_bytes, dn_tiles)
     integer(int16), intent(in), target :: dn_s(16, dn_groups, dn_tiles)
     integer(int16), intent(in), target :: dn_o(16, dn_groups, dn_tiles)
+    integer(int32), intent(in) :: dn_rot, dn_k  ! rotation block (0: none), inputs
+    real(real32), intent(in), target :: dn_signs(dn_k)
     if (pos < 0 .or. pos >= max_pos) error stop "decode_block: position outside the KV cache"
     if (n_kv < 1 .or. mod(n_heads, n_kv) /= 0 .or. 2 * half /= d) &
         error stop "decode_block: inconsistent head counts or head size"
     call decode_block_tiles(x, attn_norm, mlp_norm, eps, &
-                            tiled(qkv_fmt, qkv_group, qkv_t, qkv_s, qkv_o), &
-                            tiled(wo_fmt, wo_group, wo_t, wo_s, wo_o), &
-                            tiled(gu_fmt, gu_group, gu_t, gu_s, gu_o), &
-                            tiled(dn_fmt, dn_group, dn_t, dn_s, dn_o), &
+                            tiled(qkv_fmt, qkv_group, qkv_t, qkv_s, qkv_o, qkv_rot, qkv_signs), &
+                            tiled(wo_fmt, wo_group, wo_t, wo_s, wo_o, wo_rot, wo_signs), &
+                            tiled(gu_fmt, gu_group, gu_t, gu_s, gu_o, gu_rot, gu_signs), &
+                            tiled(dn_fmt, dn_group, dn_t, dn_s, dn_o, dn_rot, dn_signs), &
                             n_heads, n_kv, intermediate, pos, cos_pos, sin_pos, scale, &
                             k_cache, v_cache)
 end subroutine decode_block
@@ -278,3 +290,14 @@ subroutine group_sums(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m, t
     integer(int32), intent(out) :: s(n_groups, m, 16 * n_tiles)
     call group_sums_(fmt, group_size, row_bytes, n_groups, n_tiles, k_pad, m, tiles, xq, s)
 end subroutine group_sums
+
+! The input rotation (q35_rotate, FORMAT.md sec. 9) of each column of x, in place.
+subroutine rotate_columns(k, m, group, inverse, signs, x)
+    use iso_fortran_env, only: int32, real32
+    use q35_rotate, only: rotate_columns_ => rotate_columns
+    implicit none
+    integer(int32), intent(in) :: k, m, group, inverse
+    real(real32), intent(in) :: signs(k)
+    real(real32), intent(inout) :: x(k, m)
+    call rotate_columns_(x, signs, group, inverse /= 0)
+end subroutine rotate_columns

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this q35f reads and writes
+ROTATION_VERSION = 2  # the first version with input rotations (FORMAT.md §9)
 BLOCK_WEIGHTS = 16  # every format packs weights in blocks of 16 (FORMAT.md §3, §6)
 FLOAT16_MAX = 65504.0
 MAX_GROUP_SIZE = 1 << 30  # the kernels take int32 arguments

@@ -157,4 +157,4 @@ def open_checkpoint(path) -> Checkpoint:
 @dataclass(frozen=True)
 class StoredInfo(TensorInfo):
     source: str = ""  # file holding the tensor
-    meta: tuple = ()  # (bits, group_size) for quantized weights
+    meta: tuple = ()  # (bits, group_size, rotation) for quantized weights

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from q35f.format.spec import FORMAT_VERSION, n_groups, row_bytes
+from q35f.format.rotation import can_rotate
+from q35f.format.spec import FORMAT_VERSION, ROTATION_VERSION, n_groups, row_bytes
 from q35f.io.checkpoint import Checkpoint, StoredInfo
 from q35f.kernels.tensor import QuantConfig
 from q35f.io.llama import check_config, check_shapes, normalize_config
@@ -174,10 +175,12 @@ class SafetensorsCheckpoint(Checkpoint):
         try:
             entry = json.loads(meta[name])
             shape = tuple(int(v) for v in entry["shape"])
-            config = QuantConfig(entry["bits"], entry["group_size"])
+            config = QuantConfig(entry["bits"], entry["group_size"],
+                                 entry.get("rotation", "none"))
         except (KeyError, TypeError, ValueError, OverflowError, json.JSONDecodeError):
             raise ValueError(
-                f"{file}: tensor {name} has no valid q35f metadata (shape, bits, group_size)"
+                f"{file}: tensor {name} has no valid q35f metadata (shape, bits, group_size, "
+                "rotation)"
             ) from None
         bits, group_size = config.bits, config.group_size
         if len(shape) != 2 or min(shape) <= 0:
@@ -200,7 +203,11 @@ class SafetensorsCheckpoint(Checkpoint):
                     f"{dtype}{list(part_shape)}"
                 )
             nbytes += ITEMSIZE[dtype] * int(np.prod(part_shape))
-        return StoredInfo(name, shape, bits, nbytes, group_size, str(file), (bits, group_size))
+        if config.rotation != "none" and not can_rotate(k, group_size):
+            raise ValueError(f"{file}: tensor {name} is marked rotation {config.rotation!r}, "
+                             f"but rows of {k} weights in groups of {group_size} cannot be")
+        return StoredInfo(name, shape, bits, nbytes, group_size, str(file),
+                          (bits, group_size, config.rotation))
 
     # tensors
 
@@ -216,9 +223,9 @@ class SafetensorsCheckpoint(Checkpoint):
         base = name[: -len(".weight")]
         parts = [self._read(base + s, info.source, as_float32=False)
                  for s in (QWEIGHT, SCALES, OFFSETS)]
-        bits, group_size = info.meta
+        bits, group_size, rotation = info.meta
         try:
-            return QuantizedTensor.from_packed(*parts, info.shape, group_size, bits)
+            return QuantizedTensor.from_packed(*parts, info.shape, group_size, bits, rotation)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{info.source}: tensor {name}: {err}") from None
 
@@ -279,12 +286,23 @@ def quantized_entries(name: str, shape, bits: str, group_size: int) -> list:
     ]
 
 
+def required_version(rotations) -> int:
+    """The oldest format version that describes tensors of these rotations: files without a
+    rotation stay version 1, so older q35f releases keep reading them (FORMAT.md §9)."""
+    return ROTATION_VERSION if any(r != "none" for r in rotations) else 1
+
+
 def tensor_metadata(planned, group_size):
-    meta = {"format": "pt", FILE_VERSION_KEY: str(FORMAT_VERSION)}
-    for p in planned:
-        if p.bits is not None:
-            entry = {"shape": list(p.shape), **asdict(QuantConfig(p.bits, group_size))}
-            meta[p.name] = json.dumps(entry, separators=(",", ":"))
+    """safetensors metadata of one file: its format version and each quantized tensor's
+    shape, bits, group size and (only when it has one) rotation."""
+    quantized = [p for p in planned if p.bits is not None]
+    version = required_version(p.rotation for p in quantized)
+    meta = {"format": "pt", FILE_VERSION_KEY: str(version)}
+    for p in quantized:
+        config = asdict(QuantConfig(p.bits, group_size, p.rotation))
+        if config["rotation"] == "none":
+            del config["rotation"]  # exactly a version-1 entry
+        meta[p.name] = json.dumps({"shape": list(p.shape), **config}, separators=(",", ":"))
     return meta
 
 

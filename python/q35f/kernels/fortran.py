@@ -6,6 +6,7 @@ caller's memory: f2py would otherwise copy silently (FORMAT.md §7 describes the
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -223,12 +224,23 @@ def tile_args(qt):
     return FORMAT_IDS[qt.bits], qt.group_size, tiles.view(np.int8).T, scales.T, offsets.T
 
 
+_NO_SIGNS = np.ones(1, dtype=np.float32)
+
+
+def rotation_args(qt):
+    """(rotation block, signs) of a QuantizedTensor for decode_block: (0, a dummy) without a
+    rotation, else its group size and the signs of its inputs (FORMAT.md §9)."""
+    if not qt.rotated:
+        return 0, _NO_SIGNS
+    return qt.group_size, rotation_signs(qt.shape[1])
+
+
 def decode_block(n_heads, intermediate, pos, eps, scale, x, attn_norm, mlp_norm, cos_pos,
                  sin_pos, k_cache, v_cache, weights):
     """One decoder block for one token, in place (fortran/q35_decode.f90): x (hidden,) float32
     becomes the block's output, the token's key and value go into k_cache and v_cache (kv heads,
-    positions, head_dim) at pos. weights: tile_args of the fused q/k/v, o, fused gate/up and
-    down layers, concatenated."""
+    positions, head_dim) at pos. weights: tile_args + rotation_args of the fused q/k/v, o, fused
+    gate/up and down layers, concatenated."""
     _kernels.decode_block(intermediate, n_heads, pos, eps, scale, x, attn_norm, mlp_norm,
                           cos_pos, sin_pos, k_cache.T, v_cache.T, *weights)
 
@@ -299,6 +311,38 @@ def quantize_rows_clip(w: np.ndarray, group_size: int, bits: str, search: bool,
         tile_rows(scales.T.astype(np.float16).view(np.int16)),
         tile_rows(offsets.T.astype(np.float16).view(np.int16)),
     )
+
+
+# the input rotation (FORMAT.md §9, fortran/q35_rotate.f90)
+
+
+@functools.lru_cache(maxsize=None)
+def rotation_signs(k: int) -> np.ndarray:
+    """The column signs of a rotated tensor's k inputs (read-only, one array per k)."""
+    from q35f.format.rotation import column_signs
+
+    signs = column_signs(k)
+    signs.flags.writeable = False
+    return signs
+
+
+def rotate_rows(x: np.ndarray, group_size: int, inverse: bool = False) -> np.ndarray:
+    """A new float32 (M, K) array: each row of x times R (a weight's rows W -> W R, an input's
+    R^T x), or times R^T (inverse: stored rows back to W's). Every group length a power of two
+    (q35f.format.rotation.can_rotate)."""
+    from q35f.format.rotation import can_rotate
+
+    x = np.asarray(x)
+    if x.ndim != 2 or x.dtype != np.float32:
+        raise TypeError(f"x must be a 2-D float32 array, got {x.dtype.name} {x.shape}")
+    k = x.shape[1]
+    if not can_rotate(k, group_size):
+        raise ValueError(f"rows of {k} weights in groups of {group_size} cannot be rotated: "
+                         "every group length must be a power of two")
+    out = np.array(x, dtype=np.float32, order="C")
+    if out.size:
+        _kernels.rotate_columns(group_size, int(bool(inverse)), rotation_signs(k), out.T)
+    return out
 
 
 # the integer prompt GEMM (fortran/q35_gemm.f90)

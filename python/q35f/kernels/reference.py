@@ -374,3 +374,37 @@ def matmul_int8(x, packed, scale, offset, k: int, group_size: int = 128, bits: s
     y = (np.einsum("nmg,mg,ng->mn", s.astype(np.float64), sx64, a)
          + np.einsum("ng,mg->mn", o, sx64 * total))
     return y, xq, sx, total, s
+
+
+# §9 -- the input rotation, as explicit matrices
+
+
+def hadamard(n: int) -> np.ndarray:
+    """Sylvester's n x n Hadamard matrix (n a power of two), float64."""
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"block size {n} is not a power of two")
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def rotation_matrix(k: int, group_size: int) -> np.ndarray:
+    """R (k, k) float64: one D H / sqrt(n) per group of input columns (FORMAT.md §9)."""
+    from q35f.format.rotation import column_signs
+
+    signs = column_signs(k).astype(np.float64)
+    r = np.zeros((k, k))
+    for first in range(0, k, group_size):
+        n = min(group_size, k - first)
+        block = slice(first, first + n)
+        r[block, block] = signs[block, None] * hadamard(n) / np.sqrt(n)
+    return r
+
+
+def rotate(x, group_size: int, inverse: bool = False):
+    """Rows of x (M, K) times R (x R: a weight's rows W -> W R, or an input's R^T x), or times R^T
+    (inverse: stored rows back to W's), float64."""
+    x = np.asarray(x, dtype=np.float64)
+    r = rotation_matrix(x.shape[-1], group_size)
+    return x @ (r.T if inverse else r)

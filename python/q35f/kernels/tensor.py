@@ -13,6 +13,7 @@ import numpy as np
 
 from q35f.kernels import fortran as kernels
 from q35f.kernels import torch_matmul
+from q35f.format.rotation import can_rotate, check_rotation
 from q35f.format.spec import (
     FLOAT16_MAX,
     bits_per_weight,
@@ -48,21 +49,28 @@ class QuantConfig:
 
     bits: str = "q35"
     group_size: int = 128
+    rotation: str = "none"  # the input rotation (FORMAT.md §9)
 
     def __post_init__(self):
         get_format(self.bits)
         check_group_size(self.group_size)
+        check_rotation(self.rotation)
 
 
 class QuantizedTensor:
-    """An (N, K) weight matrix in one of the packed formats, with float16 group parameters."""
+    """An (N, K) weight matrix in one of the packed formats, with float16 group parameters.
 
-    def __init__(self, tiles, scale_tiles, offset_tiles, shape, group_size, bits):
+    rotation "hadamard" (FORMAT.md §9): the packed matrix is W' = W R; matmul feeds it R^T x and
+    dequantize / take_rows return W's rows, so the tensor still stands for W."""
+
+    def __init__(self, tiles, scale_tiles, offset_tiles, shape, group_size, bits,
+                 rotation="none"):
         """From the kernels' tiled arrays (see tile_arrays); each is checked against shape,
         group_size and bits, since the kernels read exactly what these imply."""
         get_format(bits)
         check_group_size(group_size)
         n, k = _check_shape(shape)
+        _check_rotation(rotation, k, group_size)
         n_tiles = -(-n // kernels.TILE_ROWS)
         groups = n_groups(k, group_size)
         _expect(tiles, "tiles", np.uint8, (n_tiles, row_bytes(k, bits), kernels.TILE_ROWS))
@@ -79,15 +87,18 @@ class QuantizedTensor:
         self.shape = (n, k)
         self.group_size = group_size
         self.bits = bits
+        self.rotation = rotation
 
     # construction
 
     @classmethod
-    def from_packed(cls, packed, scale, offset, shape, group_size=128, bits="q35"):
+    def from_packed(cls, packed, scale, offset, shape, group_size=128, bits="q35",
+                    rotation="none"):
         """Wrap the canonical file layout (e.g. read from safetensors); checks every shape."""
         fmt = get_format(bits)
         check_group_size(group_size)
         n, k = _check_shape(shape)
+        _check_rotation(rotation, k, group_size)
         _expect(packed, "packed", np.uint8, (n, row_bytes(k, bits)))
         _expect(scale, "scale", np.float16, (n, n_groups(k, group_size)))
         _expect(offset, "offset", np.float16, (n, n_groups(k, group_size)))
@@ -105,7 +116,18 @@ class QuantizedTensor:
             (n, k),
             group_size,
             bits,
+            rotation,
         )
+
+    def as_rotated(self, rotation: str = "hadamard") -> "QuantizedTensor":
+        """The same packed arrays (no copy) declared as W' = W R of that rotation: for a
+        quantizer that rotated W itself (q35f.quantization.recipe)."""
+        return QuantizedTensor(self._tiles, self._scale_tiles, self._offset_tiles, self.shape,
+                               self.group_size, self.bits, rotation)
+
+    @property
+    def rotated(self) -> bool:
+        return self.rotation != "none"
 
     @property
     def tile_arrays(self):
@@ -129,7 +151,7 @@ class QuantizedTensor:
 
     @property
     def config(self) -> QuantConfig:
-        return QuantConfig(self.bits, self.group_size)
+        return QuantConfig(self.bits, self.group_size, self.rotation)
 
     @property
     def bits_per_weight(self) -> float:
@@ -144,7 +166,8 @@ class QuantizedTensor:
         n, k = self.shape
         return (
             f"QuantizedTensor(shape=({n}, {k}), bits={self.bits!r}, group_size={self.group_size}, "
-            f"bits_per_weight={self.bits_per_weight:.4f})"
+            + (f"rotation={self.rotation!r}, " if self.rotated else "")
+            + f"bits_per_weight={self.bits_per_weight:.4f})"
         )
 
     # operations
@@ -153,7 +176,13 @@ class QuantizedTensor:
         """float32 (N, K); materialises the whole matrix, so meant for tests and export."""
         n, k = self.shape
         out = kernels.dequantize_tiles(self, 0, self._tiles.shape[0])
-        return np.ascontiguousarray(out[:n, :k])
+        return self._unrotated(np.ascontiguousarray(out[:n, :k]))
+
+    def _unrotated(self, rows: np.ndarray) -> np.ndarray:
+        """Stored rows (of W R) back to W's."""
+        if not self.rotated:
+            return rows
+        return kernels.rotate_rows(rows, self.group_size, inverse=True)
 
     def take_rows(self, ids) -> np.ndarray:
         """float32 (len(ids), K): selected rows only (an embedding lookup), via their tiles."""
@@ -169,7 +198,7 @@ class QuantizedTensor:
             band = kernels.dequantize_tiles(self, int(tile), 1)
             mine = where == i
             out[mine] = band[ids[mine] % kernels.TILE_ROWS, :k]
-        return out
+        return self._unrotated(out)
 
     def matmul(self, x: np.ndarray) -> np.ndarray:
         return matmul(x, self)
@@ -183,6 +212,13 @@ def _check_shape(shape) -> tuple[int, int]:
     if n <= 0 or k <= 0:
         raise ValueError(f"shape must be positive, got {(n, k)}")
     return n, k
+
+
+def _check_rotation(rotation, k: int, group_size: int) -> None:
+    check_rotation(rotation)
+    if rotation != "none" and not can_rotate(k, group_size):
+        raise ValueError(f"rotation {rotation!r} needs power-of-two group lengths; rows of {k} "
+                         f"weights in groups of {group_size} have others")
 
 
 def _expect(array, name, dtype, shape):
@@ -209,7 +245,7 @@ def _check_float32(array, name: str) -> None:
 
 
 def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_search: bool = False,
-             params=None, importance=None) -> QuantizedTensor:
+             params=None, importance=None, rotation: str = "none") -> QuantizedTensor:
     """Quantize a float32 (N, K) matrix row by row in groups of `group_size` (FORMAT.md §4, §6).
 
     clip_search: choose each group's parameters among shrunken ranges by least squared error
@@ -217,16 +253,21 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
     given; levels are then computed per §4 from them, clamped (for error feedback, q35f.quantization.gptq).
     importance: (K,) non-negative weights of each column's squared error in the clip search
     (e.g. E[x^2] of the layer's inputs on calibration text); default all 1.
+    rotation: "hadamard" quantizes W R instead (FORMAT.md §9); params and importance then
+    belong to the rotated columns.
     """
     get_format(bits)
     check_group_size(group_size)
     _check_float32(w, "w")
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D (out_features, in_features), got shape {w.shape}")
+    _check_rotation(rotation, w.shape[1], group_size)
     if w.size == 0:
         raise ValueError(f"w must not be empty, got shape {w.shape}")
     if not np.isfinite(w).all():
         raise ValueError("w contains NaN or Inf")
+    if rotation != "none":
+        w = kernels.rotate_rows(w, group_size)
     if np.abs(w).max() > FLOAT16_MAX:
         raise ValueError(f"w has |values| above {FLOAT16_MAX}, the float16 range of offsets")
     if params is not None:
@@ -254,7 +295,7 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
         raise ValueError("importance is used only by the clip search (clip_search=True)")
     else:
         tiles, scales, offsets = kernels.quantize_rows(w, group_size, bits)
-    return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits)
+    return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits, rotation)
 
 
 def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
@@ -271,6 +312,8 @@ def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:
         raise ValueError(f"x has {x2.shape[1]} features but the weight expects {k}")
     if x2.shape[0] == 0:
         raise ValueError("x must have at least one row")
+    if qt.rotated:  # W x = (W R)(R^T x): the stored matrix takes the rotated input
+        x2 = kernels.rotate_rows(x2, qt.group_size)
     if x2.shape[0] < GEMM_MIN_ROWS:
         y = kernels.gemv(x2, qt)
     else:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from q35f.format.spec import FORMAT_VERSION, FORMATS, check_group_size, n_groups, row_bytes
+from q35f.format.rotation import ROTATIONS, can_rotate, check_rotation
+from q35f.format.spec import FORMATS, check_group_size, n_groups, row_bytes
 from q35f.io import directory
 from q35f.io.checkpoint import open_checkpoint
 from q35f.io.llama import HEAD_NAMES, LINEAR
@@ -51,6 +52,7 @@ class _Planned:
     bits: str | None  # quantized with these bits, or None for float
     store: str = "F32"  # dtype of a float tensor
     entries: list = field(default_factory=list)  # (raw name, dtype, shape, nbytes)
+    rotation: str = "none"  # the input rotation of a quantized linear weight (FORMAT.md §9)
 
     @property
     def nbytes(self):
@@ -61,15 +63,18 @@ class _Planned:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
-def _plan_tensor(name, shape, bits, group_size, head_bits):
+def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none"):
     treatment = None
-    if len(shape) == 2 and LINEAR.fullmatch(name):
+    linear = len(shape) == 2 and LINEAR.fullmatch(name)
+    if linear:
         treatment = bits
     elif len(shape) == 2 and name in HEAD_NAMES:
         treatment = head_bits
     if treatment in FORMATS:
         entries = directory.quantized_entries(name, shape, treatment, group_size)
-        return _Planned(name, tuple(shape), treatment, "", entries)
+        # only the block linears are rotated, and only where every group is a power of two
+        rotated = rotation if linear and can_rotate(shape[1], group_size) else "none"
+        return _Planned(name, tuple(shape), treatment, "", entries=entries, rotation=rotated)
     store, dtype = _FLOAT_STORE[treatment] if treatment in _FLOAT_STORE else _FLOAT_STORE["fp32"]
     nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
     return _Planned(name, tuple(shape), None, store, [(name, store, tuple(shape), nbytes)])
@@ -105,6 +110,9 @@ def _write_tensor(src, p: _Planned, writer: SafetensorsWriter, group_size, bar, 
                       else quantizer(p.name, w, group_size, p.bits))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"{src.path}: tensor {p.name} (rows {start}:{stop}): {err}") from None
+            if qt.rotation != p.rotation:  # the metadata is written before the data
+                raise RuntimeError(f"tensor {p.name}: quantized with rotation {qt.rotation!r}, "
+                                   f"planned {p.rotation!r}")
             qweight, scales, offsets = (e[0] for e in p.entries)
             writer.write(qweight, qt.packed, start * row_bytes(k, p.bits))
             groups = n_groups(k, group_size)
@@ -120,7 +128,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         pairing="none", gptq=False, calibration=None,
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
-                        tune_steps=0, tune_target="float-block", tune_lr=None) -> dict:
+                        tune_steps=0, tune_target="float-block", tune_lr=None,
+                        rotation="none") -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -142,20 +151,22 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             raise ValueError(f"{out}: the output must not be the source checkpoint {ck.path}")
         if ck.quant_config is not None:
             raise ValueError(f"{ck.path}: already quantized by q35f; quantize the original")
+        check_rotation(rotation)
         planned = [
-            _plan_tensor(info.name, info.shape, bits, group_size, head_bits) for info in ck.infos()
+            _plan_tensor(info.name, info.shape, bits, group_size, head_bits, rotation)
+            for info in ck.infos()
         ]
         config = dict(ck.config)
         config["quantization_config"] = {
             "quant_method": directory.QUANT_METHOD,
-            "format_version": FORMAT_VERSION,
+            "format_version": directory.required_version(p.rotation for p in planned),
             "bits": bits,
             "group_size": group_size,
             "head_bits": head_bits,
         }
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
-                or calibration is not None or refit or tune_steps):
+                or calibration is not None or refit or tune_steps or rotation != "none"):
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -167,7 +178,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                                   else importance_prior),
                                 damping=damping, sequential=sequential,
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
-                                tune_target=tune_target, tune_lr=tune_lr)
+                                tune_target=tune_target, tune_lr=tune_lr,
+                                rotation=rotation, group_size=group_size)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -289,6 +301,11 @@ def register(subparsers):
                    "float-stream"],
                    help="what --tune-scales matches: the float block on the quantized inputs "
                    "(default) or the float model's own hidden states")
+    p.add_argument("--rotation", default=None, choices=list(ROTATIONS),
+                   help="hadamard: store each linear weight as W R, R a random-sign Hadamard "
+                   "rotation per group of input columns, and rotate the inputs at run time "
+                   "(O(K log K) per token): no group has outliers to stretch its range over "
+                   "(format version 2, docs/FORMAT.md §9)")
     p.add_argument("--calibration", default=None, metavar="FILE|CORPUS",
                    help="calibration text: a text file or a corpus name (generated, pydoc, "
                    "emma, ...; default generated: text the embedded model wrote itself)")
@@ -308,7 +325,7 @@ def recipe_options(args) -> dict:
     from q35f.quantization.recipe import RECIPES
 
     options = dict(RECIPES[args.recipe])
-    for key in ("clip_search", "pairing", "gptq", "importance"):
+    for key in ("clip_search", "pairing", "gptq", "importance", "rotation"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if not options["clip_search"] and args.importance is None:

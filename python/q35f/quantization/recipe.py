@@ -37,6 +37,19 @@ RECIPES = {
 DEFAULT_IMPORTANCE_PRIOR = 0.1
 
 
+def rotated_hessian(hessian, group_size: int):
+    """R^T H R (float64, symmetric) for the inputs R^T x of a rotated tensor (FORMAT.md §9),
+    rotated in float32 like the inputs themselves."""
+    import numpy as np
+
+    from q35f.kernels.fortran import rotate_rows
+
+    h = np.ascontiguousarray(hessian, dtype=np.float32)
+    hr = rotate_rows(np.ascontiguousarray(rotate_rows(h, group_size).T), group_size)
+    hr = hr.astype(np.float64)
+    return (hr + hr.T) / 2
+
+
 def mixed_importance(mean_square, prior: float = DEFAULT_IMPORTANCE_PRIOR):
     """(1 - prior) * mean_square / its mean + prior, float32 (a uniform prior mixed in)."""
     import numpy as np
@@ -53,8 +66,18 @@ class Improver:
                  sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
-                 tune_lr=None):
+                 tune_lr=None, rotation="none", group_size=128):
+        from q35f.format.rotation import check_rotation
         from q35f.quantization.gptq import DEFAULT_DAMPING
+
+        self.rotation = check_rotation(rotation)
+        self.group_size = int(group_size)
+        if self.rotation != "none" and (refit or tune_steps or symmetric):
+            raise ValueError("--rotation does not combine with --refit-scales, --tune-scales or "
+                             "symmetric grids (they fit parameters to unrotated weights)")
+        if self.rotation != "none" and importance != "none" and not gptq:
+            raise ValueError("--rotation with --importance activation needs --gptq: the "
+                             "importance of rotated inputs comes from their Hessian")
 
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {list(PAIRINGS)}, got {pairing!r}")
@@ -124,6 +147,8 @@ class Improver:
     def describe(self) -> dict:
         out = {"clip_search": self.clip_search, "pairing": self.pairing, "gptq": self.gptq,
                "importance": self.importance}
+        if self.rotation != "none":
+            out["rotation"] = self.rotation
         if self.importance != "none":
             out["importance_prior"] = self.importance_prior
         if self.symmetric:
@@ -148,7 +173,8 @@ class Improver:
         return out
 
     def _factor(self, name):
-        """Upper Cholesky factor of the inverse Hessian of weight `name`'s (permuted) input."""
+        """Upper Cholesky factor of the inverse Hessian of weight `name`'s (permuted, rotated)
+        input, and the diagonal of that Hessian."""
         from q35f.quantization.gptq import inverse_hessian_factor
 
         key = input_key(name)
@@ -158,34 +184,57 @@ class Improver:
             h = self.calib.hessian[key]
             if cols is not None:
                 h = h[cols][:, cols]
-            self._factors = {cache_key: inverse_hessian_factor(h, self.damping)}  # one input
+            if self.rotates(name, h.shape[0]):
+                h = rotated_hessian(h, self.group_size)
+            # one input at a time
+            self._factors = {cache_key: (inverse_hessian_factor(h, self.damping), h.diagonal())}
         return self._factors[cache_key]
+
+    def rotates(self, name, k) -> bool:
+        """Whether linear weight `name` with k inputs is stored rotated (FORMAT.md §9)."""
+        from q35f.format.rotation import can_rotate
+
+        return (self.rotation != "none" and input_key(name) is not None
+                and can_rotate(k, self.group_size))
 
     def _importance(self, name):
         """Per input column (permuted like the weight) weights of the clip search, or None."""
         if self.importance == "none":
             return None
+        if self.rotation != "none":  # only with GPTQ (__init__): the rotated Hessian's diagonal
+            return mixed_importance(self._factor(name)[1], self.importance_prior)
         imp = mixed_importance(self.calib.mean_square[input_key(name)], self.importance_prior)
         cols = self.perms.get(name, (None, None))[1]
         return imp if cols is None else imp[cols]
 
     def _sequential_rows(self, name, w, group_size, bits):
         """The next len(w) rows of `name` as quantized by the LayerStream."""
+        import numpy as np
+
         from q35f.quantization.calibrate import calibration_batches
         from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor
         from q35f.quantization.sequential import LayerStream
+        from q35f.kernels.fortran import rotate_rows
         from q35f.kernels.tensor import QuantizedTensor
 
         if self._stream is None:
             factor = [None, None]  # (hessian, its factor): q/k/v and gate/up share an input
 
             def quantize_full(tensor, weight, hessian, mean_square):
+                rotate = self.rotates(tensor, weight.shape[1])
                 if factor[0] is not hessian:
-                    factor[:] = hessian, inverse_hessian_factor(hessian, self.damping)
-                imp = (mixed_importance(mean_square, self.importance_prior)
+                    h = rotated_hessian(hessian, group_size) if rotate else hessian
+                    # the rotated inputs' mean squares: diag(R^T H R) / tokens
+                    ms = np.diag(h) * (mean_square.mean() / max(np.diag(hessian).mean(), 1e-300))
+                    factor[:] = hessian, (inverse_hessian_factor(h, self.damping), ms)
+                u, ms = factor[1]
+                imp = (mixed_importance(ms, self.importance_prior)
                        if self.importance != "none" else None)
-                return gptq_quantize(weight, factor[1], group_size, bits, self.clip_search,
-                                     importance=imp, symmetric=self.symmetric)
+                if rotate:
+                    weight = rotate_rows(weight, group_size)
+                qt = gptq_quantize(weight, u, group_size, bits, self.clip_search,
+                                   importance=imp, symmetric=self.symmetric)
+                return qt.as_rotated(self.rotation) if rotate else qt
 
             started = time.perf_counter()
             batches = calibration_batches(self.source, self.spec, self.calibration_tokens,
@@ -205,19 +254,27 @@ class Improver:
         self._rows_done[name] = stop
         return QuantizedTensor.from_packed(qt.packed[start:stop], qt.scale[start:stop],
                                            qt.offset[start:stop], (stop - start, qt.shape[1]),
-                                           qt.group_size, qt.bits)
+                                           qt.group_size, qt.bits, qt.rotation)
 
     def quantize(self, name, w, group_size, bits):
+        from q35f.kernels.fortran import rotate_rows
         from q35f.kernels.tensor import quantize
 
         if input_key(name) is None:  # embedding / head: plain round-to-nearest
             return quantize(w, group_size, bits)
+        if group_size != self.group_size:
+            raise ValueError(f"group size {group_size} differs from the Improver's "
+                             f"{self.group_size}")
         if self.sequential:
             return self._sequential_rows(name, w, group_size, bits)
-        if self.gptq:
-            from q35f.quantization.gptq import gptq_quantize
+        rotation = self.rotation if self.rotates(name, w.shape[1]) else "none"
+        if not self.gptq:
+            return quantize(w, group_size, bits, clip_search=self.clip_search,
+                            importance=self._importance(name), rotation=rotation)
+        from q35f.quantization.gptq import gptq_quantize
 
-            return gptq_quantize(w, self._factor(name), group_size, bits, self.clip_search,
-                                 importance=self._importance(name), symmetric=self.symmetric)
-        return quantize(w, group_size, bits, clip_search=self.clip_search,
-                        importance=self._importance(name))
+        if rotation != "none":
+            w = rotate_rows(w, group_size)
+        qt = gptq_quantize(w, self._factor(name)[0], group_size, bits, self.clip_search,
+                           importance=self._importance(name), symmetric=self.symmetric)
+        return qt.as_rotated(rotation) if rotation != "none" else qt

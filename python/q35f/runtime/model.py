@@ -161,6 +161,7 @@ def stack_rows(weights: list) -> object:
         (sum(w.shape[0] for w in weights), first.shape[1]),
         first.group_size,
         first.bits,
+        first.rotation,
     )
 
 
@@ -506,7 +507,9 @@ class Model:
                 return None
             if layer.gate_up.sizes[0] != layer.gate_up.sizes[1]:
                 return None
-            args.append(tuple(a for lin in linears for a in fortran.tile_args(lin.weight))
+            args.append(tuple(a for lin in linears
+                              for a in fortran.tile_args(lin.weight)
+                              + fortran.rotation_args(lin.weight))
                         + (layer.gate_up.sizes[0], layer.attn_norm, layer.mlp_norm))
         return args
 
