@@ -104,6 +104,50 @@ def test_output_is_hf_style_directory(tmp_path):
     assert meta["q35f_format_version"] == "1"
 
 
+def test_rotated_file_is_version_2_and_marks_each_rotated_tensor(tmp_path):
+    """FORMAT.md §9: rotated tensors say so in their metadata and the file is version 2; a
+    tensor whose last group is not a power of two (down_proj, K = 112 in groups of 64) is
+    stored plainly; every tensor equals q35f.quantize of the source with its rotation."""
+    from safetensors import safe_open
+
+    config = dict(ODD_CONFIG, intermediate_size=112)
+    src, weights = _source(tmp_path, config=config)
+    convert.quantize_checkpoint(src, tmp_path / "out", group_size=64, progress=False,
+                                rotation="hadamard")
+    out = tmp_path / "out"
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["format_version"] == 2 and qc["rotation"] == "hadamard"
+    with safe_open(str(out / "model.safetensors"), "numpy") as f:
+        meta = f.metadata()
+    assert meta["q35f_format_version"] == "2"
+    assert json.loads(meta["model.layers.0.self_attn.q_proj.weight"])["rotation"] == "hadamard"
+    assert "rotation" not in json.loads(meta["model.layers.0.mlp.down_proj.weight"])
+    assert "rotation" not in json.loads(meta["model.embed_tokens.weight"])
+    with open_checkpoint(out) as ck:
+        for name, w in weights.items():
+            if not name.endswith(LINEAR_SUFFIXES):
+                continue
+            got = ck.get(name)
+            rotation = "none" if "down_proj" in name else "hadamard"
+            want = q35f.quantize(_widened(w), 64, "q35", rotation=rotation)
+            assert got.rotation == rotation, name
+            np.testing.assert_array_equal(got.packed, want.packed)
+            np.testing.assert_array_equal(got.scale, want.scale)
+
+
+def test_bad_rotation_metadata_is_a_clear_error(tmp_path):
+    src, _ = _source(tmp_path)
+    out = tmp_path / "out"
+    convert.quantize_checkpoint(src, out, group_size=64, progress=False, rotation="hadamard")
+    f = out / "model.safetensors"
+    data = f.read_bytes()
+    bad = data.replace(b'\\"rotation\\":\\"hadamard\\"', b'\\"rotation\\":\\"hadamarx\\"', 1)
+    assert bad != data
+    f.write_bytes(bad)
+    with pytest.raises(ValueError, match=r"proj\.weight has no valid q35f metadata"):
+        open_checkpoint(out)
+
+
 def test_sharded_output_round_trips(tmp_path):
     src, weights = _source(tmp_path, shards=2)
     summary = convert.quantize_checkpoint(src, tmp_path / "out", group_size=32, progress=False,
@@ -181,10 +225,10 @@ def _quantized(tmp_path):
 def test_newer_format_version_is_a_clear_error(tmp_path):
     out = _quantized(tmp_path)
     config = json.loads((out / "config.json").read_text())
-    config["quantization_config"]["format_version"] = 2
+    config["quantization_config"]["format_version"] = 3
     (out / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"config\.json: written with q35f format_version 2.*"
-                                         r"reads up to format_version 1; upgrade q35f"):
+    with pytest.raises(ValueError, match=r"config\.json: written with q35f format_version 3.*"
+                                         r"reads up to format_version 2; upgrade q35f"):
         open_checkpoint(out)
 
 

@@ -100,6 +100,13 @@ def test_activation_pairing_needs_calibration():
      "importance_prior": 0.3, "damping": 0.05},
     {"pairing": "weight", "gptq": True, "clip_search": True, "importance": "activation",
      "sequential": False},
+    # the input rotation (format version 2), data-free and with every calibrated option
+    {"rotation": "hadamard"},
+    {"rotation": "hadamard", "clip_search": True, "pairing": "weight"},
+    {"rotation": "hadamard", "gptq": True, "clip_search": True, "importance": "activation",
+     "pairing": "activation"},
+    {"rotation": "hadamard", "gptq": True, "clip_search": True, "importance": "activation",
+     "sequential": False},
 ])
 def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, options):
     src = write_hf(tmp_path / "src", tiny_tensors(TINY_CONFIG, seed=3))
@@ -113,8 +120,10 @@ def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, op
     # function (q35 on random weights would blur that); the folding does not depend on bits
     quantize_checkpoint(src, out, bits="int8", group_size=32, progress=False, **options)
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc["format_version"] == 1  # the permutation is folded: nothing new to read
-    assert qc["pairing"] == options["pairing"]
+    # the permutation is folded: nothing new to read; a rotation is read by version 2 on
+    assert qc["format_version"] == (2 if "rotation" in options else 1)
+    assert qc.get("rotation", "none") == options.get("rotation", "none")
+    assert qc["pairing"] == options.get("pairing", "none")
     assert qc["gptq"] == bool(options.get("gptq"))
     assert qc["importance"] == options.get("importance", "none")
     if options.get("gptq"):
@@ -123,7 +132,9 @@ def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, op
     if "calibration" in options:
         assert qc["calibration"]["tokens"] == 512
     with open_checkpoint(out) as ck:
-        assert ck.get("model.layers.0.mlp.down_proj.weight").shape == (32, 64)
+        down = ck.get("model.layers.0.mlp.down_proj.weight")
+        assert down.shape == (32, 64)
+        assert down.rotation == options.get("rotation", "none")
     ids = np.arange(40) * 5 % 256
     model, ck = load_model(out, max_seq_len=64)
     ck.close()

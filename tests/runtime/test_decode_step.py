@@ -22,22 +22,25 @@ from q35f.runtime.model import LlamaConfig, Model, Weights
 LINEAR_NAMES = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 
 
-def quantized(weights: Weights, bits_of) -> Weights:
+def quantized(weights: Weights, bits_of, rotation="none") -> Weights:
     layers = [
         model_module.LayerWeights(
             attn_norm=lw.attn_norm, mlp_norm=lw.mlp_norm,
-            **{name: q35f.quantize(getattr(lw, name), 32, bits_of(name)) for name in LINEAR_NAMES})
+            **{name: q35f.quantize(getattr(lw, name), 32, bits_of(name), rotation=rotation)
+               for name in LINEAR_NAMES})
         for lw in weights.layers
     ]
     return Weights(embed=q35f.quantize(weights.embed, 32, "int8"), layers=layers,
                    norm=weights.norm, lm_head=weights.lm_head)
 
 
-def fused_and_numpy(config: dict, bits: str, seed: int = 0):
+def fused_and_numpy(config: dict, bits: str, seed: int = 0, rotation="none"):
     cfg = LlamaConfig.from_hf(config)
     # a Model takes over its weights (it fuses them): one set each, the same numbers
-    fused = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits), max_seq_len=64)
-    plain = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits), max_seq_len=64)
+    fused = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits, rotation),
+                  max_seq_len=64)
+    plain = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits, rotation),
+                  max_seq_len=64)
     plain.fused_decode = False
     return fused, plain
 
@@ -68,6 +71,21 @@ def test_fused_decode_equals_numpy_block(bits, n_kv, group, half_d, intermediate
     fused, plain = fused_and_numpy(config, bits, seed)
     ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=prompt)
     assert_same_decoding(fused, plain, ids, steps=4)
+
+
+@settings(max_examples=10, deadline=None)
+@given(bits=st.sampled_from(["q35", "int4", "int8", "int3"]), tail=st.sampled_from([0, 8, 16]),
+       prompt=st.integers(1, 5), seed=st.integers(0, 5))
+def test_fused_decode_rotates_inputs_like_numpy(bits, tail, prompt, seed):
+    """Rotated layers (FORMAT.md §9): decode_block rotates each of the four inputs as the numpy
+    path's matmul does; the MLP width may end in a shorter power-of-two group."""
+    config = tiny_config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64 + tail, head_dim=16)
+    fused, plain = fused_and_numpy(config, bits, seed, rotation="hadamard")
+    assert all(lin.weight.rotated for layer in fused.layers
+               for lin in (layer.qkv.linear, layer.wo, layer.gate_up.linear, layer.down))
+    ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=prompt)
+    assert_same_decoding(fused, plain, ids, steps=3)
 
 
 def test_decode_continues_across_kv_cache_growth(monkeypatch):
@@ -103,10 +121,10 @@ def test_fused_decode_with_two_threads():
         "import numpy as np\n"
         "from conftest import tiny_config\n"
         "from test_decode_step import fused_and_numpy, assert_same_decoding\n"
-        "for bits in ('q35', 'int8'):\n"
+        "for bits, rotation in (('q35', 'none'), ('int8', 'none'), ('q35', 'hadamard')):\n"
         "    config = tiny_config(hidden_size=96, num_attention_heads=6, num_key_value_heads=2,\n"
-        "                         intermediate_size=200)\n"
-        "    fused, plain = fused_and_numpy(config, bits)\n"
+        "                         intermediate_size=208)\n"
+        "    fused, plain = fused_and_numpy(config, bits, rotation=rotation)\n"
         "    for _ in range(20):  # a race shows in some runs only\n"
         "        assert_same_decoding(fused, plain, np.arange(1, 6), steps=6)\n"
         "print('ok')\n"
@@ -124,3 +142,6 @@ def test_fused_decode_copies_no_array(no_array_copies):
                                                num_key_value_heads=2, head_dim=10), "q35")
     fused.forward([1, 2], 0)
     fused.forward([3], 2)
+    rotated, _ = fused_and_numpy(tiny_config(), "q35", rotation="hadamard")
+    rotated.forward([1, 2], 0)
+    rotated.forward([3], 2)
