@@ -8,3 +8,4 @@ import Q35.Block
 import Q35.Grid
 import Q35.Fused
 import Q35.Accumulator
+import Q35.Rotation

@@ -560,3 +560,36 @@ def test_int32_accumulator_overflows_at_k_plus_one():
     assert exact == -1920 * (K_MAX + 1) < INT32_MIN
     assert not int32_prefix_sums_match(products)
     assert int32_prefix_sums_match(products[:K_MAX])
+
+
+# --- the input rotation (lean/Q35/Rotation.lean, FORMAT.md §9) -------------------------------
+
+
+@pytest.mark.lean("Q35.butterfly_twice")
+@pytest.mark.lean("Q35.butterflyPass_twice")
+@pytest.mark.parametrize("group", [1, 2, 4, 8, 16, 32, 64, 128, 256])
+def test_rotation_undone_by_its_inverse_for_every_group_size(group):
+    """log2(n) butterfly passes, each its own inverse up to 2: the Fortran transform followed by
+    its inverse returns the input (R R^T = I) for every group size, ragged tail included."""
+    from q35f.kernels.fortran import rotate_rows
+
+    k = {1: 5, 2: 6}.get(group, 3 * group + group // 2)  # a ragged tail from 4 on
+    x = np.random.default_rng(group).standard_normal((4, k)).astype(np.float32)
+    back = rotate_rows(rotate_rows(x, group), group, inverse=True)
+    np.testing.assert_allclose(back, x, atol=8 * EPS32 * np.log2(2 * group) * np.abs(x).max())
+    if group == 2:  # one pass: (a, b) -> (a + b, a - b) / sqrt(2) after the signs
+        from q35f.format.rotation import column_signs
+
+        d = x * column_signs(k)
+        y = rotate_rows(x, 2)
+        np.testing.assert_allclose(y[:, 0::2], (d[:, 0::2] + d[:, 1::2]) / np.sqrt(2), atol=1e-6)
+        np.testing.assert_allclose(y[:, 1::2], (d[:, 0::2] - d[:, 1::2]) / np.sqrt(2), atol=1e-6)
+
+
+@pytest.mark.lean("Q35.sign_mul_self")
+def test_column_signs_square_to_one():
+    from q35f.format.rotation import column_signs
+
+    s = column_signs(100_000)
+    assert set(np.unique(s)) == {-1.0, 1.0}
+    np.testing.assert_array_equal(s * s, 1.0)

@@ -306,3 +306,31 @@ def test_smt_accumulator_bound_tight():
     assert_proved(-1920 * k >= INT32_MIN, k >= 0, k <= K_MAX)
     assert_proved(-1920 * (K_MAX + 1) < INT32_MIN)
     assert_proved(z3.Not(-1920 * k >= INT32_MIN), k == K_MAX + 1)
+
+
+# --- the input rotation (Q35/Rotation.lean) ---------------------------------------------------
+
+
+def butterfly(a, b):  # Q35.butterfly
+    return a + b, a - b
+
+
+@pytest.mark.lean("Q35.butterfly_twice")
+def test_smt_butterfly_twice():
+    a, b = z3.Ints("a b")
+    u, v = butterfly(*butterfly(a, b))
+    assert_proved(z3.And(u == 2 * a, v == 2 * b))
+
+
+@pytest.mark.lean("Q35.butterflyPass_twice")
+def test_smt_butterfly_pass_twice_induction_step():
+    # nil: both sides are []; cons: the head is butterfly_twice, the tail the hypothesis
+    a, b, tail_lhs, tail_rhs = z3.Ints("a b tail_lhs tail_rhs")
+    u, v = butterfly(*butterfly(a, b))
+    assert_proved(z3.And(u == 2 * a, v == 2 * b, tail_lhs == tail_rhs), tail_lhs == tail_rhs)
+
+
+@pytest.mark.lean("Q35.sign_mul_self")
+def test_smt_sign_mul_self():
+    s = z3.Int("s")
+    assert_proved(s * s == 1, z3.Or(s == 1, s == -1))
