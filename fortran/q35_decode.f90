@@ -1,11 +1,13 @@
 ! One decoder block for one token in one call (the decode step): RMSNorm, the fused q/k/v GEMV,
 ! rotary embeddings, the KV cache write, grouped-query attention over the cache, the output
 ! projection, RMSNorm, the fused gate/up GEMV, SwiGLU and the down projection, residuals added
-! in place; a rotated layer's input is rotated first (q35_rotate, FORMAT.md sec. 9). Everything runs inside one OpenMP parallel region: the GEMVs share their tiles among
-! the threads (q35_matmul's gemv_tiles_shared), attention shares its heads, and the small vector
-! steps are done by one thread. Per token this replaces ~10 Python-level operations and four
-! parallel regions per block by one call; between the stages the threads wait at a barrier,
-! where they spin (microseconds) instead of being put to sleep and woken again.
+! in place; a rotated layer's input is rotated first (q35_rotate, FORMAT.md sec. 9). Everything
+! runs inside one OpenMP parallel region: the GEMVs share their tiles among the threads
+! (q35_matmul's gemv_tiles_shared), attention shares its heads, and the small vector steps
+! (the input rotations among them) are done by one thread. Per token this replaces ~10
+! Python-level operations and four parallel regions per block by one call; between the stages
+! the threads wait at a barrier, where they spin (microseconds) instead of being put to sleep
+! and woken again.
 ! The same arithmetic as q35f.runtime.model's numpy block, not the same order of float32
 ! operations: results agree to float32 rounding (tests/runtime/test_decode_step.py).
 ! Compiled with FMA contraction, like the GEMV.

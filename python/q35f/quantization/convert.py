@@ -290,11 +290,13 @@ def register(subparsers):
                    "(default 0.01)")
     p.add_argument("--refit-scales", action="store_true",
                    help="after GPTQ, refit each row's float16 scales/offsets to its final levels "
-                   "by least squares in the Hessian metric (kept only where better)")
+                   "by least squares in the Hessian metric (kept only where better; implies "
+                   "--rotation none)")
     p.add_argument("--tune-scales", action="store_true",
                    help="after GPTQ has fixed a block's levels, tune the block's float16 "
                    "scales/offsets by Adam to match the float block's output on the "
-                   "calibration text (needs torch; kept only where better)")
+                   "calibration text (needs torch; kept only where better; implies "
+                   "--rotation none)")
     p.add_argument("--tune-steps", type=int, default=None, metavar="N",
                    help="Adam steps per block of --tune-scales (default 100)")
     p.add_argument("--tune-target", default="float-block", choices=["float-block",
@@ -334,6 +336,8 @@ def recipe_options(args) -> dict:
                    importance_prior=args.importance_prior, damping=args.damping)
     if args.tune_steps is not None and not args.tune_scales:
         raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
+    if (args.refit_scales or args.tune_scales) and args.rotation is None:
+        options["rotation"] = "none"  # they fit parameters to unrotated weights (Improver)
     if args.refit_scales:
         options["refit"] = True
     if args.tune_scales:
