@@ -190,15 +190,19 @@ def cache_dir() -> Path:
 
 
 def corpus_text(name: str, q35f_python: Path | None) -> str:
-    """The corpus as q35f reads it: its cache file, filled by q35f.io.corpora when missing."""
+    """The corpus exactly as q35f reads it (q35f.io.corpora, through q35f's interpreter): a
+    downloaded corpus from its cache file, `pydoc` built from the standard library, never cached."""
     path = cache_dir() / "corpora" / f"{name}.txt"
-    if not path.exists():
-        if q35f_python is None:
-            raise FileNotFoundError(f"{path} is missing and no q35f interpreter to fetch it "
-                                    "(set --q35f-python)")
-        subprocess.run([str(q35f_python), "-c",
-                        f"from q35f.io import corpora; corpora.text({name!r})"], check=True)
-    return path.read_text(encoding="utf-8")
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    if q35f_python is None:
+        raise FileNotFoundError(f"{path} is missing and no q35f interpreter to read corpus "
+                                f"{name!r} (set --q35f-python)")
+    done = subprocess.run(
+        [str(q35f_python), "-c", "import sys; from q35f.io import corpora; "
+         f"sys.stdout.buffer.write(corpora.text({name!r}).encode('utf-8'))"],
+        check=True, capture_output=True)
+    return done.stdout.decode("utf-8")
 
 
 def q35f_ids(q35f_python: Path, model: Path, corpus: str) -> list[int] | None:

@@ -198,11 +198,13 @@ def test_export_hf_upgrades_a_directory_written_without_it(tiny, tmp_path, capsy
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
-    """The embedded model quantized with the defaults (q35 G=128, int8 tied embedding/head)."""
+    """The embedded model quantized with the defaults (q35 G=128, int8 tied embedding/head),
+    its linear layers rotated as the CLI's recipes do (FORMAT.md §9; round-to-nearest here, for
+    time): transformers runs the rotated layers through the same kernels."""
     from q35f.runtime.generate import load_generator
 
     out = tmp_path_factory.mktemp("smol") / "q35"
-    quantize_checkpoint(None, out, progress=False)
+    quantize_checkpoint(None, out, progress=False, rotation="hadamard")
     return (out, AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True),
             AutoTokenizer.from_pretrained(out), load_generator(out, max_seq_len=256))
 

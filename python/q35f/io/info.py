@@ -18,6 +18,8 @@ def model_info(path):
                 "shape": list(info.shape),
                 "dtype": info.dtype,
                 "group_size": info.group_size,
+                # the input rotation of a q35f tensor (FORMAT.md §9), else "none"
+                "rotation": info.meta[2] if len(info.meta) > 2 else "none",
                 "bits_per_weight": info.bits_per_weight,
                 "bytes": info.nbytes,
                 "params": info.n_params,
@@ -71,11 +73,12 @@ def _info_command(args) -> int:
         print(json.dumps({"rows": rows, "totals": totals}))
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{width}}  {'shape':>14}  {'type':>9}  {'bits/w':>7}  {'bytes':>12}")
+    print(f"{'name':<{width}}  {'shape':>14}  {'type':>13}  {'bits/w':>7}  {'bytes':>12}")
     for r in rows:
         shape = "x".join(str(v) for v in r["shape"])
-        kind = r["dtype"] + (f"/g{r['group_size']}" if r["group_size"] else "")
-        print(f"{r['name']:<{width}}  {shape:>14}  {kind:>9}  {r['bits_per_weight']:>7.3f}  "
+        kind = (r["dtype"] + (f"/g{r['group_size']}" if r["group_size"] else "")
+                + ("/rot" if r["rotation"] != "none" else ""))
+        print(f"{r['name']:<{width}}  {shape:>14}  {kind:>13}  {r['bits_per_weight']:>7.3f}  "
               f"{r['bytes']:>12,}")
     t = totals
     print(f"\n{t['kind']} checkpoint {t['path']}")
