@@ -39,19 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
+from q35f.kernels.reference import hadamard
+
 VARIANTS = ("default", "rot_q35", "rot_cb", "rot_cb_clip", "rot_d2", "rot_d2_clip", "d2_clip",
             "rot_d2mm_clip")
 GROUP = 128
-
-
-def hadamard(n: int) -> np.ndarray:
-    """Sylvester's n x n Hadamard matrix (n a power of two), float64."""
-    if n < 1 or n & (n - 1):
-        raise ValueError(f"block size {n} is not a power of two")
-    h = np.ones((1, 1))
-    while h.shape[0] < n:
-        h = np.block([[h, h], [h, -h]])
-    return h
 
 
 def rotation(k: int, name: str, group: int = GROUP) -> np.ndarray:

@@ -3,8 +3,6 @@ rotated tensor standing for W everywhere, and the files that carry it."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
