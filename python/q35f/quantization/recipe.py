@@ -228,9 +228,11 @@ class Improver:
             def quantize_full(tensor, weight, hessian, mean_square):
                 rotate = self.rotates(tensor, weight.shape[1])
                 if factor[0] is not hessian:
-                    h = rotated_hessian(hessian, group_size) if rotate else hessian
-                    # the rotated inputs' mean squares: diag(R^T H R) / tokens
-                    ms = np.diag(h) * (mean_square.mean() / max(np.diag(hessian).mean(), 1e-300))
+                    h, ms = hessian, mean_square
+                    if rotate:  # the rotated inputs' Hessian and mean squares diag(R^T H R) / T
+                        h = rotated_hessian(hessian, group_size)
+                        ms = np.diag(h) * (mean_square.mean() / max(np.diag(hessian).mean(),
+                                                                    1e-300))
                     factor[:] = hessian, (inverse_hessian_factor(h, self.damping), ms)
                 u, ms = factor[1]
                 imp = (mixed_importance(ms, self.importance_prior)
