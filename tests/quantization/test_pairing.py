@@ -127,7 +127,7 @@ def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, op
     assert qc["gptq"] == bool(options.get("gptq"))
     assert qc["importance"] == options.get("importance", "none")
     if options.get("gptq"):
-        assert qc["damping"] == options.get("damping", 0.01)
+        assert qc["damping"] == options.get("damping", 0.05)
         assert qc["sequential"] == options.get("sequential", True)
     if "calibration" in options:
         assert qc["calibration"]["tokens"] == 512

@@ -263,12 +263,14 @@ def register(subparsers):
     recipe = p.add_mutually_exclusive_group()
     recipe.add_argument("--no-calibration", dest="recipe", action="store_const",
                         const="data-free", default="calibrated",
-                        help="data-free: clip search and weight-norm pairing only, no calibration "
-                        "text (default: GPTQ error feedback + importance-weighted clip search + "
-                        "activation pairing, calibrated on the built-in generated text)")
+                        help="data-free: clip search, weight-norm pairing and the input rotation, "
+                        "no calibration text (default: GPTQ error feedback + importance-weighted "
+                        "clip search + the input rotation, calibrated on 16384 tokens of the "
+                        "built-in generated text)")
     recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
                         const="round-to-nearest",
-                        help="plain per-group min/max rounding, nothing searched or calibrated")
+                        help="plain per-group min/max rounding, nothing searched, calibrated or "
+                        "rotated")
     p.add_argument("--clip-search", action=argparse.BooleanOptionalAction, default=None,
                    help="per group, float16 offset/scale of the shrunken range with the least "
                    "(importance-weighted) squared error instead of raw min/max")
@@ -287,7 +289,7 @@ def register(subparsers):
                    "(default 0.1; 1 = unweighted)")
     p.add_argument("--damping", type=float, default=None, metavar="D",
                    help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
-                   "(default 0.01)")
+                   "(default 0.05)")
     p.add_argument("--refit-scales", action="store_true",
                    help="after GPTQ, refit each row's float16 scales/offsets to its final levels "
                    "by least squares in the Hessian metric (kept only where better; implies "
@@ -312,7 +314,7 @@ def register(subparsers):
                    help="calibration text: a text file or a corpus name (generated, pydoc, "
                    "emma, ...; default generated: text the embedded model wrote itself)")
     p.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
-                   help="calibration tokens, in sequences of 128 (default 8192)")
+                   help="calibration tokens, in sequences of 128 (default 16384)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--max-shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 1024**3,
                    help="largest safetensors file before sharding (default 2)")

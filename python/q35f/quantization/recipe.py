@@ -23,7 +23,7 @@ from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH, calibrate_check
 from q35f.quantization.pairing import PAIRINGS, PermutedCheckpoint, build_permutations
 
 DEFAULT_CALIBRATION = "generated"  # the model's own text (q35f.quantization.generated_corpus), no author
-DEFAULT_CALIBRATION_TOKENS = 8192
+DEFAULT_CALIBRATION_TOKENS = 16384  # 8192 until session 9 (docs/RESULTS.md "Session 9")
 PAIRING_TOKENS = 1024  # float-model tokens for the pairing's mean squares (sequential GPTQ)
 IMPORTANCES = ("none", "activation")
 # What `q35f quantize` does without options, and with --no-calibration / --round-to-nearest.
