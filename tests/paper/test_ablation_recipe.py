@@ -24,7 +24,7 @@ def test_recipe_variants_cover_the_issue_factors():
 def test_recipe_command_names_every_changed_option():
     static, symmetric = data.recipe_variants(quick=False)[1:3]
     assert data.recipe_command(static, None) == (
-        "q35f quantize -o OUT --group-size 1536 --calibration-tokens 8192")
+        "q35f quantize -o OUT --group-size 1536 --calibration-tokens 16384")
     assert "symmetric=True" in data.recipe_command(symmetric, "big.txt.gz")
     assert "--calibration big.txt.gz" in data.recipe_command(symmetric, "big.txt.gz")
 

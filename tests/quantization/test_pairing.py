@@ -107,6 +107,7 @@ def test_activation_pairing_needs_calibration():
      "pairing": "activation"},
     {"rotation": "hadamard", "gptq": True, "clip_search": True, "importance": "activation",
      "sequential": False},
+    {"rotation": "hadamard", "gptq": True, "symmetric": True},
 ])
 def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, options):
     src = write_hf(tmp_path / "src", tiny_tensors(TINY_CONFIG, seed=3))

@@ -77,9 +77,9 @@ class Improver:
 
         self.rotation = check_rotation(rotation)
         self.group_size = int(group_size)
-        if self.rotation != "none" and (refit or tune_steps or symmetric):
-            raise ValueError("--rotation does not combine with --refit-scales, --tune-scales or "
-                             "symmetric grids (they fit parameters to unrotated weights)")
+        if self.rotation != "none" and (refit or tune_steps):
+            raise ValueError("--rotation does not combine with --refit-scales or --tune-scales "
+                             "(they fit parameters to unrotated weights)")
         if self.rotation != "none" and importance != "none" and not gptq:
             raise ValueError("--rotation with --importance activation needs --gptq: the "
                              "importance of rotated inputs comes from their Hessian")
