@@ -123,7 +123,10 @@ def test_compare_measures_every_variant_on_the_same_tokens(tiny_hf_dir, tmp_path
     table = format_table(rows)
     assert "ΔPPL %" in table and len(table.splitlines()) == 6
     assert to_csv(rows).splitlines()[0].startswith("variant,")
-    # the quantized variants are cached: a second run reuses the directories
+    # the quantized variants are cached: a second run reuses the directories (not remade)
+    (q35_dir,) = tmp_path.glob("*-q35-*")
+    made = (q35_dir / "model.safetensors").stat().st_mtime_ns
     again = compare(tiny_hf_dir, bits=["q35"], corpus="pydoc", ctx=64, max_tokens=192,
                     out_dir=tmp_path, speed=False, progress=False)
     assert again[0]["ppl"] == by["q35"]["ppl"]
+    assert (q35_dir / "model.safetensors").stat().st_mtime_ns == made

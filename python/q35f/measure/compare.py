@@ -47,7 +47,8 @@ def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=Non
     from q35f.io.checkpoint import open_checkpoint
     from q35f.quantization.convert import quantize_checkpoint
     from q35f.io.corpora import cache_dir
-    from q35f.quantization.recipe import RECIPES
+    from q35f.quantization.gptq import DEFAULT_DAMPING
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS, RECIPES
 
     recipe = recipe or default_recipe(bits)
     options = RECIPES[recipe]
@@ -59,8 +60,12 @@ def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=Non
         try:
             with open_checkpoint(out) as ck:
                 qc = ck.quant_config or {}
-            absent = {"clip_search": False, "pairing": "none", "gptq": False, "importance": "none"}
+            absent = {"clip_search": False, "pairing": "none", "gptq": False, "importance": "none",
+                      "rotation": "none"}
             same = all(qc.get(key, absent[key]) == value for key, value in options.items())
+            if options.get("gptq"):  # a file made by an older default is made again
+                same = same and qc.get("damping") == DEFAULT_DAMPING and qc.get(
+                    "calibration", {}).get("tokens") == DEFAULT_CALIBRATION_TOKENS
             if (qc.get("bits"), qc.get("group_size"), qc.get("head_bits")) == (
                     bits, group_size, head_bits) and same:
                 return out
