@@ -63,6 +63,14 @@ class _Planned:
         return int(np.prod(self.shape, dtype=np.int64))
 
 
+def planned_rotation(name: str, k: int, rotation: str, group_size: int) -> str:
+    """The rotation tensor `name` with k inputs is stored with: only the block linears are
+    rotated, and only where every group is a power of two (FORMAT.md §9). The plan and the
+    quantizer (q35f.quantization.recipe.Improver) both ask here."""
+    linear = LINEAR.fullmatch(name) is not None
+    return rotation if linear and can_rotate(k, group_size) else "none"
+
+
 def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none"):
     treatment = None
     linear = len(shape) == 2 and LINEAR.fullmatch(name)
@@ -72,9 +80,8 @@ def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none"):
         treatment = head_bits
     if treatment in FORMATS:
         entries = directory.quantized_entries(name, shape, treatment, group_size)
-        # only the block linears are rotated, and only where every group is a power of two
-        rotated = rotation if linear and can_rotate(shape[1], group_size) else "none"
-        return _Planned(name, tuple(shape), treatment, "", entries=entries, rotation=rotated)
+        return _Planned(name, tuple(shape), treatment, "", entries=entries,
+                        rotation=planned_rotation(name, shape[1], rotation, group_size))
     store, dtype = _FLOAT_STORE[treatment] if treatment in _FLOAT_STORE else _FLOAT_STORE["fp32"]
     nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
     return _Planned(name, tuple(shape), None, store, [(name, store, tuple(shape), nbytes)])
@@ -129,7 +136,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
                         tune_steps=0, tune_target="float-block", tune_lr=None,
-                        rotation="none") -> dict:
+                        rotation="none", propagation=0.0, sequence_length=None) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -166,7 +173,9 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         }
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
-                or calibration is not None or refit or tune_steps or rotation != "none"):
+                or calibration is not None or refit or tune_steps or rotation != "none"
+                or propagation):
+            from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -179,7 +188,9 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 damping=damping, sequential=sequential,
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
                                 tune_target=tune_target, tune_lr=tune_lr,
-                                rotation=rotation, group_size=group_size)
+                                rotation=rotation, group_size=group_size,
+                                propagation=propagation,
+                                sequence_length=sequence_length or DEFAULT_SEQUENCE_LENGTH)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -290,6 +301,10 @@ def register(subparsers):
     p.add_argument("--damping", type=float, default=None, metavar="D",
                    help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
                    "(default 0.05)")
+    p.add_argument("--propagation", type=float, default=None, metavar="A",
+                   help="with GPTQ, quantize W + A W (X_float - X)^T X (X^T X)^-1 instead of W: "
+                   "the weight that undoes the error of the layers before (QEP); 0 = off, "
+                   "1 = the full least-squares correction")
     p.add_argument("--refit-scales", action="store_true",
                    help="after GPTQ, refit each row's float16 scales/offsets to its final levels "
                    "by least squares in the Hessian metric (kept only where better; implies "
@@ -314,7 +329,9 @@ def register(subparsers):
                    help="calibration text: a text file or a corpus name (generated, pydoc, "
                    "emma, ...; default generated: text the embedded model wrote itself)")
     p.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
-                   help="calibration tokens, in sequences of 128 (default 16384)")
+                   help="calibration tokens (default 16384)")
+    p.add_argument("--calibration-length", type=int, default=None, metavar="T",
+                   help="tokens per calibration sequence (default 128)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--max-shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 1024**3,
                    help="largest safetensors file before sharding (default 2)")
@@ -335,7 +352,10 @@ def recipe_options(args) -> dict:
     if not options["clip_search"] and args.importance is None:
         options["importance"] = "none"  # --no-clip-search: nothing left to weigh
     options.update(calibration=args.calibration, calibration_tokens=args.calibration_tokens,
+                   sequence_length=args.calibration_length,
                    importance_prior=args.importance_prior, damping=args.damping)
+    if args.propagation is not None:
+        options["propagation"] = args.propagation
     if args.tune_steps is not None and not args.tune_scales:
         raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
     if (args.refit_scales or args.tune_scales) and args.rotation is None:

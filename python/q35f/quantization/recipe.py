@@ -71,7 +71,7 @@ class Improver:
                  sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
-                 tune_lr=None, rotation="none", group_size=128):
+                 tune_lr=None, rotation="none", group_size=128, propagation=0.0):
         from q35f.format.rotation import check_rotation
         from q35f.quantization.gptq import DEFAULT_DAMPING
 
@@ -104,6 +104,11 @@ class Improver:
 
             if importlib.util.find_spec("torch") is None:  # autograd of the block tuning
                 raise ValueError("--tune-scales needs torch (pip install torch)")
+        if not 0 <= float(propagation) <= 1:
+            raise ValueError(f"propagation must lie in [0, 1], got {propagation}")
+        if propagation and not (gptq and sequential):
+            raise ValueError("--propagation corrects sequential GPTQ's targets: it needs --gptq")
+        self.propagation = float(propagation)
         self.refit = bool(refit)
         self.tune_steps = int(tune_steps)
         self.tune_target = tune_target
@@ -161,6 +166,8 @@ class Improver:
         if self.gptq:
             out["damping"] = self.damping
             out["sequential"] = self.sequential
+        if self.propagation:
+            out["propagation"] = self.propagation
         if self.refit:
             out["refit"] = "hessian"
         if self.tune_steps:
@@ -196,11 +203,10 @@ class Improver:
         return self._factors[cache_key]
 
     def rotates(self, name, k) -> bool:
-        """Whether linear weight `name` with k inputs is stored rotated (FORMAT.md §9)."""
-        from q35f.format.rotation import can_rotate
+        """Whether linear weight `name` with k inputs is stored rotated (the plan's rule)."""
+        from q35f.quantization.convert import planned_rotation
 
-        return (self.rotation != "none" and input_key(name) is not None
-                and can_rotate(k, self.group_size))
+        return planned_rotation(name, k, self.rotation, self.group_size) != "none"
 
     def _importance(self, name):
         """Per input column (permuted like the weight) weights of the clip search, or None."""
@@ -250,7 +256,7 @@ class Improver:
                 self.source, self.source.config, batches, quantize_full, refit=self.refit,
                 tune_steps=self.tune_steps, target=self.tune_target,
                 tune_options={} if self.tune_lr is None else {"lr": self.tune_lr},
-                progress=self.progress)
+                progress=self.progress, propagation=self.propagation, damping=self.damping)
             self.seconds["sequential_setup"] = round(time.perf_counter() - started, 3)
         if name not in self._block:
             self._block = self._stream.block(input_key(name)[0])

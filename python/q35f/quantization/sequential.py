@@ -13,6 +13,14 @@ sequential" order). Memory holds the hidden states (tokens x hidden float32), on
 weights and its four Hessians (hidden^2 and intermediate^2 float64), never the whole model's:
 for a 7B Llama (hidden 4096, intermediate 11008) about 0.13 + 0.8 + 1.4 GB.
 
+With `propagation` a > 0 the float model's own hidden states are carried too, and each linear
+quantizes W* = W + a W D^T X (X^T X + damping)^-1 instead of W, D = X_float - X the difference
+of its float and quantized inputs (QEP, Arai & Ichikawa 2025; GPTAQ): with a = 1, W* is the
+least-squares weight for which the quantized input reproduces the float model's output,
+min ||X W*^T - X_float W^T||, so GPTQ's ||X (W* - Q)^T|| also works off the errors of the
+blocks before; a < 1 shrinks that correction (it is fitted to the calibration text). Memory: one
+more copy of the hidden states, the float inputs of one block and one more K^2 matrix.
+
 Optionally (q35f.quantization.tune) each linear's float16 parameters are refitted to its final
 levels right after GPTQ (`refit`), and once all seven linears of a block are quantized their
 parameters are tuned together against a float target (`tune_steps`); the stream then carries
@@ -58,6 +66,18 @@ class _Stats:
         return np.diag(self.hessian) / max(self.tokens, 1)
 
 
+def propagation_correction(x, x_float, hessian, damping) -> np.ndarray:
+    """C (K, K) float64 with W* = W + W C the least-squares weight of min ||X W*^T - X_float
+    W^T||: C = (X_float - X)^T X (X^T X + damping * mean(diag) I)^-1 (X (T, K) the quantized
+    stream's input, X_float the float model's; hessian = X^T X)."""
+    x = x.reshape(-1, x.shape[-1])
+    cross = ((x_float.reshape(x.shape) - x).T @ x).astype(np.float64)
+    h = np.array(hessian, dtype=np.float64, copy=True)
+    h[np.diag_indices_from(h)] += damping * max(float(np.diag(h).mean()), 1e-30)
+    # C = M H^-1 with H symmetric: C^T = H^-1 M^T
+    return np.linalg.solve(h, cross.T).T
+
+
 class LayerStream:
     """Quantizes the blocks of `source` in order over calibration `batches` (n, length).
 
@@ -68,11 +88,18 @@ class LayerStream:
     """
 
     def __init__(self, source, config: dict, batches: np.ndarray, quantize, refit=False,
-                 tune_steps=0, target="float-block", tune_options=None, progress=False):
+                 tune_steps=0, target="float-block", tune_options=None, progress=False,
+                 propagation=0.0, damping=None):
         from q35f.runtime.model import LlamaConfig, rope_tables
 
         if target not in TARGETS:
             raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
+        if not 0 <= float(propagation) <= 1:
+            raise ValueError(f"propagation must lie in [0, 1], got {propagation}")
+        self.propagation = float(propagation)
+        if damping is None:
+            from q35f.quantization.gptq import DEFAULT_DAMPING as damping
+        self.damping = float(damping)
         self.refit = bool(refit)
         self.tune_steps = int(tune_steps)
         self.target = target
@@ -87,8 +114,9 @@ class LayerStream:
         embed = source.get("model.embed_tokens.weight")
         self.x = np.ascontiguousarray(embed[np.asarray(batches)], dtype=np.float32)  # (n, T, h)
         del embed
-        # the float model's hidden states, carried only when they are the tuning's target
-        self.x_float = self.x.copy() if self.tune_steps and target == "float-stream" else None
+        # the float model's hidden states, carried for the propagation or the tuning's target
+        carry = self.propagation > 0 or (self.tune_steps and target == "float-stream")
+        self.x_float = self.x.copy() if carry else None
         self.cos, self.sin = rope_tables(self.config, batches.shape[1])
         self.done = 0  # blocks already quantized and applied to self.x
         self.waiting = {}  # quantized blocks not asked for yet (a file listing 0, 1, 10, ..., 2)
@@ -110,13 +138,26 @@ class LayerStream:
 
         norms = self.norms(layer)
         quantized = {}
+        float_inputs = {}  # projs -> the float model's input to them (for the propagation)
+        x_in = self.x if self.tune_steps else None
+        if self.x_float is not None:  # the float model's own stream, first: its inputs are needed
+            def keep(projs, x):
+                if self.propagation:
+                    float_inputs[projs] = x
+            self.x_float = self.forward(self.x_float, norms, self.float_linear(layer), keep)
 
         def quantize_all(projs, x):
             stats = _Stats()
             stats.add(x)
+            correction = None
+            if self.propagation:
+                correction = propagation_correction(x, float_inputs.pop(projs), stats.hessian,
+                                                    self.damping)
             for proj in projs:
                 name = weight_name(layer, proj)
                 w = self._weights(layer, proj)
+                if correction is not None:  # the weight that undoes the upstream error
+                    w = (w + self.propagation * (w @ correction)).astype(np.float32)
                 qt = self.quantize(name, w, stats.hessian, stats.mean_square)
                 if self.refit:  # levels fixed: the best float16 parameters for them
                     from q35f.quantization.tune import refit_rows
@@ -130,10 +171,7 @@ class LayerStream:
             return matmul(np.ascontiguousarray(x.reshape(-1, x.shape[-1])),
                           quantized[weight_name(layer, proj)]).reshape(*x.shape[:-1], -1)
 
-        x_in = self.x if self.tune_steps or self.x_float is not None else None
         self.x = self.forward(self.x, norms, linear, quantize_all)
-        if self.x_float is not None:  # the float model's own stream, for the tuning's target
-            self.x_float = self.forward(self.x_float, norms, self.float_linear(layer))
         if self.tune_steps:
             from q35f.quantization.tune import tune_block
 
