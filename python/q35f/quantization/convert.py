@@ -136,7 +136,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
                         tune_steps=0, tune_target="float-block", tune_lr=None,
-                        rotation="none", propagation=0.0, sequence_length=None) -> dict:
+                        rotation="none", propagation=0.0) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -175,7 +175,6 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps or rotation != "none"
                 or propagation):
-            from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -189,8 +188,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
                                 tune_target=tune_target, tune_lr=tune_lr,
                                 rotation=rotation, group_size=group_size,
-                                propagation=propagation,
-                                sequence_length=sequence_length or DEFAULT_SEQUENCE_LENGTH)
+                                propagation=propagation)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -329,9 +327,7 @@ def register(subparsers):
                    help="calibration text: a text file or a corpus name (generated, pydoc, "
                    "emma, ...; default generated: text the embedded model wrote itself)")
     p.add_argument("--calibration-tokens", type=int, default=None, metavar="N",
-                   help="calibration tokens (default 16384)")
-    p.add_argument("--calibration-length", type=int, default=None, metavar="T",
-                   help="tokens per calibration sequence (default 128)")
+                   help="calibration tokens, in sequences of 128 (default 16384)")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     p.add_argument("--max-shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 1024**3,
                    help="largest safetensors file before sharding (default 2)")
@@ -352,7 +348,6 @@ def recipe_options(args) -> dict:
     if not options["clip_search"] and args.importance is None:
         options["importance"] = "none"  # --no-clip-search: nothing left to weigh
     options.update(calibration=args.calibration, calibration_tokens=args.calibration_tokens,
-                   sequence_length=args.calibration_length,
                    importance_prior=args.importance_prior, damping=args.damping)
     if args.propagation is not None:
         options["propagation"] = args.propagation
