@@ -90,7 +90,7 @@ class LayerStream:
     def __init__(self, source, config: dict, batches: np.ndarray, quantize, refit=False,
                  tune_steps=0, target="float-block", tune_options=None, progress=False,
                  propagation=0.0, damping=None):
-        from q35f.runtime.model import LlamaConfig, rope_tables
+        from q35f.runtime.model import LlamaConfig, keep_freed_memory, rope_tables
 
         if target not in TARGETS:
             raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
@@ -108,6 +108,7 @@ class LayerStream:
         self.seconds = {"refit": 0.0, "tune": 0.0}
         self.progress = progress
 
+        keep_freed_memory()  # block after block frees and reallocates arrays of the same sizes
         self.source = source
         self.config = LlamaConfig.from_hf(config)
         self.quantize = quantize
@@ -210,12 +211,11 @@ class LayerStream:
     def forward(self, x, norms, linear, before=None) -> np.ndarray:
         """Block output (n, T, hidden) of x with linear(proj, input); before(projs, input) is
         called before the projections reading `input` are first used (to quantize them)."""
-        from q35f.runtime.model import apply_rope, rms_norm
+        from q35f.runtime.model import apply_rope, attention, rms_norm, swiglu, visible_mask
 
         c = self.config
         eps = c.rms_norm_eps
         n_heads, n_kv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        group = n_heads // n_kv
         attn_norm, mlp_norm = norms
         before = before or (lambda projs, inputs: None)
         n, t, _ = x.shape
@@ -228,18 +228,10 @@ class LayerStream:
         del h
         apply_rope(q, self.cos, self.sin)  # (n, T, heads, d): rotated along T
         apply_rope(k, self.cos, self.sin)
-        mask = np.triu(np.ones((t, t), dtype=bool), 1)
-        attn = np.empty((n, t, n_heads * d), dtype=np.float32)
+        mask = visible_mask(np.tril(np.ones((t, t), dtype=bool)))
         scale = np.float32(1 / np.sqrt(d))
-        for s in range(n):  # one sequence at a time: scores stay (heads, T, T)
-            qg = q[s].reshape(t, n_kv, group, d).transpose(1, 2, 0, 3)  # (kv, g, T, d)
-            scores = (qg * scale) @ k[s].transpose(1, 2, 0)[:, None]  # (kv, g, T, T)
-            scores[..., mask] = -np.inf
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            o = scores @ v[s].transpose(1, 0, 2)[:, None]  # (kv, g, T, d)
-            attn[s] = o.transpose(2, 0, 1, 3).reshape(t, n_heads * d)
+        attn = np.stack([attention(q[s], k[s].transpose(1, 0, 2), v[s].transpose(1, 0, 2),
+                                   mask, scale) for s in range(n)])  # (n, T, heads * d)
         del q, k, v
         before(("o_proj",), attn)
         x = x + linear("o_proj", attn)
@@ -247,11 +239,7 @@ class LayerStream:
         # feed-forward
         h = rms_norm(x, mlp_norm, eps)
         before(("gate_proj", "up_proj"), h)
-        gate = linear("gate_proj", h)
-        with np.errstate(over="ignore"):
-            hidden = gate / (1 + np.exp(-gate))  # silu
-        del gate
-        hidden *= linear("up_proj", h)
+        hidden = swiglu(linear("gate_proj", h), linear("up_proj", h))
         del h
         before(("down_proj",), hidden)
         return x + linear("down_proj", hidden)

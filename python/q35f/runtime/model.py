@@ -351,6 +351,25 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     return x * (weight / np.sqrt(mean_square + np.float32(eps)))
 
 
+def keep_freed_memory() -> None:
+    """Make glibc reuse freed memory in-process instead of handing it back (no mmap, no trim).
+
+    On VMs that report free pages to the host (virtio-balloon), memory unmapped for a second or
+    more comes back cold: faulting a fresh 100 MB array in again took 0.16-0.25 s here against
+    0.015 s warm, and the calibrated quantizer frees and reallocates arrays that size all the
+    time (4 blocks of the embedded model: 27.8 -> 22.3 s). RSS then stays at its peak, which is
+    what a quantizer reports anyway; release_free_memory still trims. A no-op without glibc."""
+    import ctypes
+
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 2**31 - 1)
+    except (OSError, AttributeError):
+        pass
+
+
 def release_free_memory() -> None:
     """Give freed heap memory back to the OS (glibc's malloc_trim), so RSS counts live data only.
 
@@ -417,11 +436,19 @@ def feed_forward(layer, x: np.ndarray, eps) -> np.ndarray:
     h = rms_norm(x, layer.mlp_norm, eps)
     gate_up = layer.gate_up(h)
     f = gate_up.shape[1] // 2
-    gate, up = gate_up[:, :f], gate_up[:, f:]
-    with np.errstate(over="ignore"):
-        hidden = gate / (1 + np.exp(-gate))  # silu; exp overflow gives -0, as it should
-    hidden *= up
-    return x + layer.down(hidden)
+    return x + layer.down(swiglu(gate_up[:, :f], gate_up[:, f:]))
+
+
+def swiglu(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """silu(gate) * up, written over gate. In place because every temporary of gate's size
+    costs fresh pages: 16384 x 1536 float32 in 0.05 s where gate / (1 + exp(-gate)) took 0.33."""
+    denominator = np.negative(gate)
+    with np.errstate(over="ignore"):  # exp overflow gives silu -0, as it should
+        np.exp(denominator, out=denominator)
+    denominator += 1
+    np.divide(gate, denominator, out=gate)
+    gate *= up
+    return gate
 
 
 def positions_in_segments(segments: np.ndarray) -> np.ndarray:
