@@ -142,8 +142,12 @@ def test_the_cli_recipes_and_their_overrides():
     default = options()
     assert {k: default[k] for k in RECIPES["calibrated"]} == RECIPES["calibrated"]
     assert default["gptq"] and default["importance"] == "activation"
+    assert default["propagation"] == 0.5
+    assert options("--propagation", "0")["propagation"] == 0
+    assert "propagation" not in options("--no-gptq")  # nothing to correct without GPTQ
     free = options("--no-calibration")
     assert {k: free[k] for k in RECIPES["data-free"]} == RECIPES["data-free"]
+    assert "propagation" not in free
     rtn = options("--round-to-nearest")
     assert not rtn["clip_search"] and rtn["pairing"] == "none" and not rtn["gptq"]
     assert options("--no-gptq", "--damping", "0.1")["gptq"] is False

@@ -130,3 +130,11 @@ def test_compare_measures_every_variant_on_the_same_tokens(tiny_hf_dir, tmp_path
                     out_dir=tmp_path, speed=False, progress=False)
     assert again[0]["ppl"] == by["q35"]["ppl"]
     assert (q35_dir / "model.safetensors").stat().st_mtime_ns == made
+    # a file made by an older default (before error propagation) is made again
+    config_path = q35_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    assert config["quantization_config"].pop("propagation") == 0.5
+    config_path.write_text(json.dumps(config))
+    compare(tiny_hf_dir, bits=["q35"], corpus="pydoc", ctx=64, max_tokens=192,
+            out_dir=tmp_path, speed=False, progress=False)
+    assert json.loads(config_path.read_text())["quantization_config"]["propagation"] == 0.5

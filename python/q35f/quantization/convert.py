@@ -274,8 +274,8 @@ def register(subparsers):
                         const="data-free", default="calibrated",
                         help="data-free: clip search, weight-norm pairing and the input rotation, "
                         "no calibration text (default: GPTQ error feedback + importance-weighted "
-                        "clip search + the input rotation, calibrated on 16384 tokens of the "
-                        "built-in generated text)")
+                        "clip search + the input rotation + error propagation 0.5, calibrated on "
+                        "16384 tokens of the built-in generated text)")
     recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
                         const="round-to-nearest",
                         help="plain per-group min/max rounding, nothing searched, calibrated or "
@@ -302,7 +302,7 @@ def register(subparsers):
     p.add_argument("--propagation", type=float, default=None, metavar="A",
                    help="with GPTQ, quantize W + A W (X_float - X)^T X (X^T X)^-1 instead of W: "
                    "the weight that undoes the error of the layers before (QEP); 0 = off, "
-                   "1 = the full least-squares correction")
+                   "1 = the full least-squares correction (default 0.5 with GPTQ)")
     p.add_argument("--refit-scales", action="store_true",
                    help="after GPTQ, refit each row's float16 scales/offsets to its final levels "
                    "by least squares in the Hessian metric (kept only where better; implies "
@@ -351,6 +351,8 @@ def recipe_options(args) -> dict:
                    importance_prior=args.importance_prior, damping=args.damping)
     if args.propagation is not None:
         options["propagation"] = args.propagation
+    elif not options["gptq"]:
+        options.pop("propagation", None)  # --no-gptq: no GPTQ targets to correct
     if args.tune_steps is not None and not args.tune_scales:
         raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
     if (args.refit_scales or args.tune_scales) and args.rotation is None:
