@@ -154,11 +154,12 @@ class LayerStream:
             if self.propagation:
                 correction = propagation_correction(x, float_inputs.pop(projs), stats.hessian,
                                                     self.damping)
+                correction = (self.propagation * correction).astype(np.float32)  # float32 GEMMs
             for proj in projs:
                 name = weight_name(layer, proj)
                 w = self._weights(layer, proj)
                 if correction is not None:  # the weight that undoes the upstream error
-                    w = (w + self.propagation * (w @ correction)).astype(np.float32)
+                    w = (w + w @ correction).astype(np.float32, copy=False)
                 qt = self.quantize(name, w, stats.hessian, stats.mean_square)
                 if self.refit:  # levels fixed: the best float16 parameters for them
                     from q35f.quantization.tune import refit_rows
