@@ -9,8 +9,7 @@ from hypothesis import strategies as st
 
 import q35f
 from q35f.quantization.calibrate import Calibration, sequences
-from q35f.quantization.gptq import (gptq_quantize, inverse_hessian_factor, output_error,
-                                   refine_levels)
+from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor, output_error
 
 
 def _layer(seed, n=48, k=256, tokens=1024):
@@ -110,52 +109,3 @@ def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
     assert_stream_is_the_quantized_model(stream, blocks, weights, batches)
     with pytest.raises(ValueError, match="already handed out"):
         stream.block(0)
-
-
-def _damped(h, damping=0.05):
-    return h + damping * np.diag(h).mean() * np.eye(h.shape[0])
-
-
-@given(n=st.integers(1, 12), k=st.integers(1, 150), group_size=st.sampled_from([16, 32, 64]),
-       bits=st.sampled_from(["q35", "int4", "int3"]), sweeps=st.integers(1, 3),
-       block=st.sampled_from([16, 48, 128]), seed=st.integers(0, 2**32 - 1))
-def test_refined_levels_never_raise_gptqs_objective_and_keep_the_parameters(
-        n, k, group_size, bits, sweeps, block, seed):
-    rng = np.random.default_rng(seed)
-    w = (rng.standard_normal((n, k)) * rng.uniform(0.01, 10)).astype(np.float32)
-    x = rng.standard_normal((2 * k + 8, k)) @ (np.eye(k) + 0.5 * rng.standard_normal((k, k)) / np.sqrt(k))
-    x[:, rng.integers(0, k)] *= 6  # a loud channel
-    h = x.T @ x
-    qt = gptq_quantize(w, inverse_hessian_factor(h), group_size, bits, clip_search=True)
-    refined = refine_levels(w, qt, h, 0.05, sweeps, block=block)
-    np.testing.assert_array_equal(refined.scale, qt.scale)
-    np.testing.assert_array_equal(refined.offset, qt.offset)
-    hd = _damped(h)
-    before = np.einsum("ij,jk,ik->i", w - qt.dequantize(), hd, w - qt.dequantize())
-    after = np.einsum("ij,jk,ik->i", w - refined.dequantize(), hd, w - refined.dequantize())
-    assert np.all(after <= before * (1 + 1e-12))
-
-
-def test_refinement_lowers_gptqs_objective_on_correlated_inputs():
-    w, h = _layer(5, n=64, k=256)
-    qt = gptq_quantize(w, inverse_hessian_factor(h), 128, "q35", clip_search=True)
-    refined = refine_levels(w, qt, h, 0.05, sweeps=2)
-    assert output_error(w, refined.dequantize(), _damped(h)) < \
-        0.99 * output_error(w, qt.dequantize(), _damped(h))
-
-
-def test_refinement_of_a_single_coordinate_picks_the_best_level():
-    # One column, diagonal H: the best level is round-to-nearest of w on the group's grid.
-    rng = np.random.default_rng(2)
-    w = rng.standard_normal((20, 16)).astype(np.float32)
-    h = np.diag(rng.random(16) + 0.5)
-    plain = q35f.quantize(w, 16, "q35")
-    # start from the worst levels: all zero
-    from q35f.kernels import reference
-    from q35f.kernels.tensor import QuantizedTensor
-
-    zero = QuantizedTensor.from_packed(reference.pack_levels(np.zeros((20, 16), np.int64), 16,
-                                                             "q35"),
-                                       plain.scale, plain.offset, (20, 16), 16, "q35")
-    refined = refine_levels(w, zero, h, 0.05, sweeps=1)
-    np.testing.assert_array_equal(refined.packed, plain.packed)

@@ -78,7 +78,7 @@ def _parse_config(spec: str):
             kwargs.update(RECIPES[value])
         elif key in ("clip_search", "gptq", "sequential", "refit", "symmetric"):
             kwargs[key] = value not in ("0", "false", "")
-        elif key in ("group_size", "calibration_tokens", "tune_steps", "refine_sweeps"):
+        elif key in ("group_size", "calibration_tokens", "tune_steps"):
             kwargs[key] = int(value)
         elif key in ("importance_prior", "damping", "tune_lr", "propagation"):
             kwargs[key] = float(value)

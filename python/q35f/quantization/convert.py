@@ -136,7 +136,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
                         tune_steps=0, tune_target="float-block", tune_lr=None,
-                        rotation="none", propagation=0.0, refine_sweeps=0) -> dict:
+                        rotation="none", propagation=0.0) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -174,7 +174,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps or rotation != "none"
-                or propagation or refine_sweeps):
+                or propagation):
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -188,7 +188,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
                                 tune_target=tune_target, tune_lr=tune_lr,
                                 rotation=rotation, group_size=group_size,
-                                propagation=propagation, refine_sweeps=refine_sweeps)
+                                propagation=propagation)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -303,9 +303,6 @@ def register(subparsers):
                    help="with GPTQ, quantize W + A W (X_float - X)^T X (X^T X)^-1 instead of W: "
                    "the weight that undoes the error of the layers before (QEP); 0 = off, "
                    "1 = the full least-squares correction (default 0.5 with GPTQ)")
-    p.add_argument("--refine-sweeps", type=int, default=None, metavar="N",
-                   help="after GPTQ, N sweeps of coordinate descent re-choosing each level "
-                   "with all the others known, on GPTQ's own objective (0 = off)")
     p.add_argument("--refit-scales", action="store_true",
                    help="after GPTQ, refit each row's float16 scales/offsets to its final levels "
                    "by least squares in the Hessian metric (kept only where better; implies "
@@ -356,10 +353,6 @@ def recipe_options(args) -> dict:
         options["propagation"] = args.propagation
     elif not options["gptq"]:
         options.pop("propagation", None)  # --no-gptq: no GPTQ targets to correct
-    if args.refine_sweeps is not None:
-        options["refine_sweeps"] = args.refine_sweeps
-    elif not options["gptq"]:
-        options.pop("refine_sweeps", None)
     if args.tune_steps is not None and not args.tune_scales:
         raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
     if (args.refit_scales or args.tune_scales) and args.rotation is None:

@@ -74,8 +74,7 @@ class Improver:
                  sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
-                 tune_lr=None, rotation="none", group_size=128, propagation=0.0,
-                 refine_sweeps=0):
+                 tune_lr=None, rotation="none", group_size=128, propagation=0.0):
         from q35f.format.rotation import check_rotation
         from q35f.quantization.gptq import DEFAULT_DAMPING
 
@@ -113,11 +112,6 @@ class Improver:
         if propagation and not (gptq and sequential):
             raise ValueError("--propagation corrects sequential GPTQ's targets: it needs --gptq")
         self.propagation = float(propagation)
-        if int(refine_sweeps) < 0:
-            raise ValueError(f"refine_sweeps must be >= 0, got {refine_sweeps}")
-        if refine_sweeps and not gptq:
-            raise ValueError("--refine-sweeps refines GPTQ's levels: it needs --gptq")
-        self.refine_sweeps = int(refine_sweeps)
         self.refit = bool(refit)
         self.tune_steps = int(tune_steps)
         self.tune_target = tune_target
@@ -177,8 +171,6 @@ class Improver:
             out["sequential"] = self.sequential
         if self.propagation:
             out["propagation"] = self.propagation
-        if self.refine_sweeps:
-            out["refine_sweeps"] = self.refine_sweeps
         if self.refit:
             out["refit"] = "hessian"
         if self.tune_steps:
@@ -197,7 +189,7 @@ class Improver:
 
     def _factor(self, name):
         """Upper Cholesky factor of the inverse Hessian of weight `name`'s (permuted, rotated)
-        input, the diagonal of that Hessian and the Hessian."""
+        input, and the diagonal of that Hessian."""
         from q35f.quantization.gptq import inverse_hessian_factor
 
         key = input_key(name)
@@ -210,7 +202,7 @@ class Improver:
             if self.rotates(name, h.shape[0]):
                 h = rotated_hessian(h, self.group_size)
             # one input at a time
-            self._factors = {cache_key: (inverse_hessian_factor(h, self.damping), h.diagonal(), h)}
+            self._factors = {cache_key: (inverse_hessian_factor(h, self.damping), h.diagonal())}
         return self._factors[cache_key]
 
     def rotates(self, name, k) -> bool:
@@ -234,7 +226,7 @@ class Improver:
         import numpy as np
 
         from q35f.quantization.calibrate import calibration_batches
-        from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor, refine_levels
+        from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor
         from q35f.quantization.sequential import LayerStream
         from q35f.kernels.fortran import rotate_rows
         from q35f.kernels.tensor import QuantizedTensor
@@ -250,16 +242,14 @@ class Improver:
                         h = rotated_hessian(hessian, group_size)
                         ms = np.diag(h) * (mean_square.mean() / max(np.diag(hessian).mean(),
                                                                     1e-300))
-                    factor[:] = hessian, (inverse_hessian_factor(h, self.damping), ms, h)
-                u, ms, h = factor[1]
+                    factor[:] = hessian, (inverse_hessian_factor(h, self.damping), ms)
+                u, ms = factor[1]
                 imp = (mixed_importance(ms, self.importance_prior)
                        if self.importance != "none" else None)
                 if rotate:
                     weight = rotate_rows(weight, group_size)
                 qt = gptq_quantize(weight, u, group_size, bits, self.clip_search,
                                    importance=imp, symmetric=self.symmetric)
-                if self.refine_sweeps:
-                    qt = refine_levels(weight, qt, h, self.damping, self.refine_sweeps)
                 return qt.as_rotated(self.rotation) if rotate else qt
 
             started = time.perf_counter()
@@ -303,8 +293,4 @@ class Improver:
             w = rotate_rows(w, group_size)
         qt = gptq_quantize(w, self._factor(name)[0], group_size, bits, self.clip_search,
                            importance=self._importance(name), symmetric=self.symmetric)
-        if self.refine_sweeps:
-            from q35f.quantization.gptq import refine_levels
-
-            qt = refine_levels(w, qt, self._factor(name)[2], self.damping, self.refine_sweeps)
         return qt.as_rotated(rotation) if rotation != "none" else qt
