@@ -225,10 +225,10 @@ def _quantized(tmp_path):
 def test_newer_format_version_is_a_clear_error(tmp_path):
     out = _quantized(tmp_path)
     config = json.loads((out / "config.json").read_text())
-    config["quantization_config"]["format_version"] = 3
+    config["quantization_config"]["format_version"] = 4
     (out / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"config\.json: written with q35f format_version 3.*"
-                                         r"reads up to format_version 2; upgrade q35f"):
+    with pytest.raises(ValueError, match=r"config\.json: written with q35f format_version 4.*"
+                                         r"reads up to format_version 3; upgrade q35f"):
         open_checkpoint(out)
 
 
@@ -355,3 +355,65 @@ def test_killed_run_leaves_only_a_hidden_partial_directory(tmp_path):
             proc.kill()
     assert not out.exists()
     assert all(p.name.startswith(".out.partial-") for p in tmp_path.iterdir())
+
+
+def test_compact_group_parameters_file_is_version_3_and_reads_back_what_was_quantized(tmp_path):
+    """FORMAT.md §10: with group_params "e4m4" the block linears store one-byte scale and
+    offset codes plus a row exponent, the embedding keeps float16 parameters, the file is
+    version 3, and what loads is bit for bit the tensor GPTQ made (decoded codes)."""
+    from safetensors import safe_open
+
+    from q35f.format.spec import bits_per_weight
+
+    src, _ = _source(tmp_path, config=TINY_CONFIG)
+    text = tmp_path / "calibration.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man in possession "
+                    "of a good fortune, must be in want of a wife. " * 40)
+    made = {}
+    from q35f.quantization import recipe
+
+    real = recipe.Improver.quantize
+
+    def keep(self, name, w, group_size, bits):  # what the writer is handed
+        made[name] = qt = real(self, name, w, group_size, bits)
+        return qt
+
+    recipe.Improver.quantize = keep
+    try:
+        summary = convert.quantize_checkpoint(
+            src, tmp_path / "out", group_size=32, progress=False, gptq=True, clip_search=True,
+            importance="activation", rotation="hadamard", calibration=str(text),
+            calibration_tokens=256, group_params="e4m4")
+    finally:
+        recipe.Improver.quantize = real
+    out = tmp_path / "out"
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["format_version"] == 3 and qc["group_params"] == "e4m4"
+    name = "model.layers.0.self_attn.q_proj"
+    with safe_open(str(out / "model.safetensors"), "numpy") as f:
+        meta = f.metadata()
+        assert f.get_tensor(name + ".scales").dtype == np.uint8
+        assert f.get_tensor(name + ".offsets").dtype == np.int8
+        assert f.get_tensor(name + ".scale_exponents").shape == (TINY_CONFIG["hidden_size"],)
+        assert f.get_tensor("model.embed_tokens.scales").dtype == np.float16
+    assert meta["q35f_format_version"] == "3"
+    assert json.loads(meta[name + ".weight"])["group_params"] == "e4m4"
+    assert "group_params" not in json.loads(meta["model.embed_tokens.weight"])
+    k = TINY_CONFIG["hidden_size"]
+    assert summary["linear_bits_per_weight"] < bits_per_weight(k, 32, "q35")
+    with open_checkpoint(out) as ck:
+        for tensor, want in made.items():
+            if want.group_params != "e4m4":
+                continue
+            got = ck.get(tensor)
+            assert got.group_params == "e4m4" and got.rotation == want.rotation
+            np.testing.assert_array_equal(got.packed, want.packed)
+            np.testing.assert_array_equal(got.scale.view(np.uint16), want.scale.view(np.uint16))
+            np.testing.assert_array_equal(got.offset.view(np.uint16), want.offset.view(np.uint16))
+        assert any(t.group_params == "e4m4" for t in made.values())
+
+
+def test_compact_group_parameters_need_gptq(tmp_path):
+    src, _ = _source(tmp_path)
+    with pytest.raises(ValueError, match="need --gptq"):
+        convert.quantize_checkpoint(src, tmp_path / "out", progress=False, group_params="e4m4")

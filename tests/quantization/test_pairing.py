@@ -111,6 +111,9 @@ def test_activation_pairing_needs_calibration():
     # error propagation (QEP) on top of the default recipe
     {"rotation": "hadamard", "gptq": True, "clip_search": True, "importance": "activation",
      "propagation": 0.5},
+    # the default recipe: compact group parameters too (format version 3)
+    {"rotation": "hadamard", "gptq": True, "clip_search": True, "importance": "activation",
+     "propagation": 0.5, "group_params": "e4m4"},
 ])
 def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, options):
     src = write_hf(tmp_path / "src", tiny_tensors(TINY_CONFIG, seed=3))
@@ -125,7 +128,8 @@ def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, op
     quantize_checkpoint(src, out, bits="int8", group_size=32, progress=False, **options)
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     # the permutation is folded: nothing new to read; a rotation is read by version 2 on
-    assert qc["format_version"] == (2 if "rotation" in options else 1)
+    assert qc["format_version"] == (3 if "group_params" in options else
+                                    2 if "rotation" in options else 1)
     assert qc.get("rotation", "none") == options.get("rotation", "none")
     assert qc["pairing"] == options.get("pairing", "none")
     assert qc["gptq"] == bool(options.get("gptq"))

@@ -141,8 +141,10 @@ def test_a_file_quantized_with_tuning_loads_generates_and_keeps_its_size(tmp_pat
                     "of a good fortune, must be in want of a wife. " * 40)
     common = [str(src), "--calibration", str(text), "--calibration-tokens", "512",
               "--group-size", "16", "--json", "--no-progress"]
-    # tuning implies no rotation: compare with the default recipe without one
-    assert main(["quantize", *common, "-o", str(tmp_path / "plain"), "--rotation", "none"]) == 0
+    # tuning implies no rotation and float16 group parameters: compare with the default recipe
+    # without either
+    assert main(["quantize", *common, "-o", str(tmp_path / "plain"), "--rotation", "none",
+                 "--group-params", "float16"]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert main(["quantize", *common, "-o", str(tmp_path / "tuned"), "--refit-scales",
                  "--tune-scales", "--tune-steps", "5"]) == 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FORMAT_VERSION = 2  # the newest version this q35f reads and writes
+FORMAT_VERSION = 3  # the newest version this q35f reads and writes
 ROTATION_VERSION = 2  # the first version with input rotations (FORMAT.md §9)
+COMPACT_VERSION = 3  # the first version with one-byte group parameters (FORMAT.md §10)
 BLOCK_WEIGHTS = 16  # every format packs weights in blocks of 16 (FORMAT.md §3, §6)
 FLOAT16_MAX = 65504.0
 MAX_GROUP_SIZE = 1 << 30  # the kernels take int32 arguments
@@ -70,10 +71,14 @@ def row_bytes(k: int, bits: str = "q35") -> int:
     return get_format(bits).block_bytes * n_blocks(k)
 
 
-def bits_per_weight(k: int, group_size: int = 128, bits: str = "q35") -> float:
-    """Exact storage cost of one row of k weights, payload plus float16 scale and offset (§5)."""
+def bits_per_weight(k: int, group_size: int = 128, bits: str = "q35",
+                    group_params: str = "float16") -> float:
+    """Exact storage cost of one row of k weights in a file, payload plus the scale and offset
+    of every group: two float16, or two bytes and one exponent byte per row ("e4m4", §10)."""
     _check_k(k)
     check_group_size(group_size)
+    if group_params == "e4m4":
+        return (8 * row_bytes(k, bits) + 16 * n_groups(k, group_size) + 8) / k
     return (8 * row_bytes(k, bits) + 32 * n_groups(k, group_size)) / k
 
 

@@ -18,7 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from q35f.format.rotation import can_rotate
-from q35f.format.spec import FORMAT_VERSION, ROTATION_VERSION, n_groups, row_bytes
+from q35f.format.group_params import COMPACT, FLOAT16
+from q35f.format.group_params import decode as decode_group_params
+from q35f.format.spec import (COMPACT_VERSION, FORMAT_VERSION, ROTATION_VERSION, get_format,
+                              n_groups, row_bytes)
 from q35f.io.checkpoint import Checkpoint, StoredInfo
 from q35f.kernels.tensor import QuantConfig
 from q35f.io.llama import check_config, check_shapes, normalize_config
@@ -28,6 +31,7 @@ from q35f.io.safetensors import FLOAT_DTYPES, ITEMSIZE, SafetensorsFile
 QUANT_METHOD = "q35f"
 # A quantized weight NAME.weight is stored as three safetensors entries (FORMAT.md §8).
 QWEIGHT, SCALES, OFFSETS = ".qweight", ".scales", ".offsets"
+EXPONENTS = ".scale_exponents"  # e4m4 group parameters only (FORMAT.md §10)
 # safetensors file metadata key holding the format version of the file's layout
 FILE_VERSION_KEY = "q35f_format_version"
 
@@ -148,7 +152,8 @@ class SafetensorsCheckpoint(Checkpoint):
                 base = raw[: -len(QWEIGHT)]
                 name = base + ".weight"
                 infos[name] = self._describe_quantized(name, base, stored, file, file_meta[file])
-            elif raw.endswith((SCALES, OFFSETS)) and raw.rsplit(".", 1)[0] + QWEIGHT in stored:
+            elif (raw.endswith((SCALES, OFFSETS, EXPONENTS))
+                  and raw.rsplit(".", 1)[0] + QWEIGHT in stored):
                 continue  # part of a quantized weight
             else:
                 if dtype not in FLOAT_DTYPES:
@@ -176,21 +181,19 @@ class SafetensorsCheckpoint(Checkpoint):
             entry = json.loads(meta[name])
             shape = tuple(int(v) for v in entry["shape"])
             config = QuantConfig(entry["bits"], entry["group_size"],
-                                 entry.get("rotation", "none"))
+                                 entry.get("rotation", "none"),
+                                 entry.get("group_params", FLOAT16))
         except (KeyError, TypeError, ValueError, OverflowError, json.JSONDecodeError):
             raise ValueError(
                 f"{file}: tensor {name} has no valid q35f metadata (shape, bits, group_size, "
-                "rotation)"
+                "rotation, group_params)"
             ) from None
         bits, group_size = config.bits, config.group_size
         if len(shape) != 2 or min(shape) <= 0:
             raise ValueError(f"{file}: tensor {name} has invalid q35f metadata {entry}")
-        n, k = shape
-        expect = {
-            base + QWEIGHT: ("U8", (n, row_bytes(k, bits))),
-            base + SCALES: ("F16", (n, n_groups(k, group_size))),
-            base + OFFSETS: ("F16", (n, n_groups(k, group_size))),
-        }
+        k = shape[1]
+        expect = {raw: (dtype, part_shape) for raw, dtype, part_shape, _ in
+                  quantized_entries(name, shape, bits, group_size, config.group_params)}
         nbytes = 0
         for part, (dtype, part_shape) in expect.items():
             if part not in stored:
@@ -207,7 +210,7 @@ class SafetensorsCheckpoint(Checkpoint):
             raise ValueError(f"{file}: tensor {name} is marked rotation {config.rotation!r}, "
                              f"but rows of {k} weights in groups of {group_size} cannot be")
         return StoredInfo(name, shape, bits, nbytes, group_size, str(file),
-                          (bits, group_size, config.rotation))
+                          (bits, group_size, config.rotation, config.group_params))
 
     # tensors
 
@@ -221,11 +224,16 @@ class SafetensorsCheckpoint(Checkpoint):
         from q35f.kernels.tensor import QuantizedTensor
 
         base = name[: -len(".weight")]
+        bits, group_size, rotation, group_params = info.meta
         parts = [self._read(base + s, info.source, as_float32=False)
                  for s in (QWEIGHT, SCALES, OFFSETS)]
-        bits, group_size, rotation = info.meta
+        if group_params == COMPACT:  # codes -> the float16 pairs they stand for
+            exponents = self._read(base + EXPONENTS, info.source, as_float32=False)
+            parts[2], parts[1] = decode_group_params(exponents, parts[1], parts[2],
+                                                     get_format(bits).even_levels - 1)
         try:
-            return QuantizedTensor.from_packed(*parts, info.shape, group_size, bits, rotation)
+            return QuantizedTensor.from_packed(*parts, info.shape, group_size, bits, rotation,
+                                               group_params)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{info.source}: tensor {name}: {err}") from None
 
@@ -274,34 +282,44 @@ def _read_chat_template(path: Path):
 # writing a q35f directory
 
 
-def quantized_entries(name: str, shape, bits: str, group_size: int) -> list:
+def quantized_entries(name: str, shape, bits: str, group_size: int,
+                      group_params: str = FLOAT16) -> list:
     """The safetensors entries (raw name, dtype, shape, nbytes) of quantized weight `name`."""
     n, k = shape
     base = name[: -len(".weight")]
     groups = n_groups(k, group_size)
-    return [
-        (base + QWEIGHT, "U8", (n, row_bytes(k, bits)), n * row_bytes(k, bits)),
-        (base + SCALES, "F16", (n, groups), 2 * n * groups),
-        (base + OFFSETS, "F16", (n, groups), 2 * n * groups),
-    ]
+    entries = [(base + QWEIGHT, "U8", (n, row_bytes(k, bits)), n * row_bytes(k, bits))]
+    if group_params == COMPACT:
+        return entries + [(base + SCALES, "U8", (n, groups), n * groups),
+                          (base + OFFSETS, "I8", (n, groups), n * groups),
+                          (base + EXPONENTS, "I8", (n,), n)]
+    return entries + [(base + SCALES, "F16", (n, groups), 2 * n * groups),
+                      (base + OFFSETS, "F16", (n, groups), 2 * n * groups)]
 
 
-def required_version(rotations) -> int:
-    """The oldest format version that describes tensors of these rotations: files without a
-    rotation stay version 1, so older q35f releases keep reading them (FORMAT.md §9)."""
+def required_version(rotations, group_params=()) -> int:
+    """The oldest format version that describes tensors of these rotations and group
+    parameters: files without either stay version 1, so older q35f releases keep reading
+    them (FORMAT.md §9, §10)."""
+    if any(g == COMPACT for g in group_params):
+        return COMPACT_VERSION
     return ROTATION_VERSION if any(r != "none" for r in rotations) else 1
 
 
 def tensor_metadata(planned, group_size):
     """safetensors metadata of one file: its format version and each quantized tensor's
-    shape, bits, group size and (only when it has one) rotation."""
+    shape, bits, group size and (only when they have one) rotation and compact group
+    parameters."""
     quantized = [p for p in planned if p.bits is not None]
-    version = required_version(p.rotation for p in quantized)
+    version = required_version([p.rotation for p in quantized],
+                               [p.group_params for p in quantized])
     meta = {"format": "pt", FILE_VERSION_KEY: str(version)}
     for p in quantized:
-        config = asdict(QuantConfig(p.bits, group_size, p.rotation))
+        config = asdict(QuantConfig(p.bits, group_size, p.rotation, p.group_params))
         if config["rotation"] == "none":
             del config["rotation"]  # exactly a version-1 entry
+        if config["group_params"] == FLOAT16:
+            del config["group_params"]  # exactly a version-1 or 2 entry
         meta[p.name] = json.dumps({"shape": list(p.shape), **config}, separators=(",", ":"))
     return meta
 

@@ -20,6 +20,8 @@ def model_info(path):
                 "group_size": info.group_size,
                 # the input rotation of a q35f tensor (FORMAT.md §9), else "none"
                 "rotation": info.meta[2] if len(info.meta) > 2 else "none",
+                # how the file stores its group scales/offsets (FORMAT.md §10)
+                "group_params": info.meta[3] if len(info.meta) > 3 else None,
                 "bits_per_weight": info.bits_per_weight,
                 "bytes": info.nbytes,
                 "params": info.n_params,

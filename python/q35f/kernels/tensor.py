@@ -13,6 +13,8 @@ import numpy as np
 
 from q35f.kernels import fortran as kernels
 from q35f.kernels import torch_matmul
+from q35f.format.group_params import COMPACT, check_group_params
+from q35f.format.group_params import encode as encode_group_params
 from q35f.format.rotation import can_rotate, check_rotation
 from q35f.format.spec import (
     FLOAT16_MAX,
@@ -50,11 +52,13 @@ class QuantConfig:
     bits: str = "q35"
     group_size: int = 128
     rotation: str = "none"  # the input rotation (FORMAT.md §9)
+    group_params: str = "float16"  # how the file stores scales/offsets (FORMAT.md §10)
 
     def __post_init__(self):
         get_format(self.bits)
         check_group_size(self.group_size)
         check_rotation(self.rotation)
+        check_group_params(self.group_params)
 
 
 class QuantizedTensor:
@@ -64,7 +68,7 @@ class QuantizedTensor:
     dequantize / take_rows return W's rows, so the tensor still stands for W."""
 
     def __init__(self, tiles, scale_tiles, offset_tiles, shape, group_size, bits,
-                 rotation="none"):
+                 rotation="none", group_params="float16"):
         """From the kernels' tiled arrays (see tile_arrays); each is checked against shape,
         group_size and bits, since the kernels read exactly what these imply."""
         get_format(bits)
@@ -88,12 +92,15 @@ class QuantizedTensor:
         self.group_size = group_size
         self.bits = bits
         self.rotation = rotation
+        # "e4m4": every scale/offset pair has one-byte codes (FORMAT.md §10), so a file can
+        # store it so; in memory the kernels read float16 either way.
+        self.group_params = check_group_params(group_params)
 
     # construction
 
     @classmethod
     def from_packed(cls, packed, scale, offset, shape, group_size=128, bits="q35",
-                    rotation="none"):
+                    rotation="none", group_params="float16"):
         """Wrap the canonical file layout (e.g. read from safetensors); checks every shape."""
         fmt = get_format(bits)
         check_group_size(group_size)
@@ -117,13 +124,23 @@ class QuantizedTensor:
             group_size,
             bits,
             rotation,
+            group_params,
         )
 
     def as_rotated(self, rotation: str = "hadamard") -> "QuantizedTensor":
         """The same packed arrays (no copy) declared as W' = W R of that rotation: for a
         quantizer that rotated W itself (q35f.quantization.recipe)."""
         return QuantizedTensor(self._tiles, self._scale_tiles, self._offset_tiles, self.shape,
-                               self.group_size, self.bits, rotation)
+                               self.group_size, self.bits, rotation, self.group_params)
+
+    def with_group_params(self, group_params: str) -> "QuantizedTensor":
+        """The same arrays (no copy) declared storable with those group parameters; "e4m4"
+        is checked: every pair must have its codes (FORMAT.md §10)."""
+        if check_group_params(group_params) == COMPACT:
+            # raises where a pair has no codes
+            encode_group_params(self.offset, self.scale, get_format(self.bits).even_levels - 1)
+        return QuantizedTensor(self._tiles, self._scale_tiles, self._offset_tiles, self.shape,
+                               self.group_size, self.bits, self.rotation, group_params)
 
     @property
     def rotated(self) -> bool:
@@ -151,15 +168,17 @@ class QuantizedTensor:
 
     @property
     def config(self) -> QuantConfig:
-        return QuantConfig(self.bits, self.group_size, self.rotation)
+        return QuantConfig(self.bits, self.group_size, self.rotation, self.group_params)
 
     @property
     def bits_per_weight(self) -> float:
-        return bits_per_weight(self.shape[1], self.group_size, self.bits)
+        """Bits per weight as a file stores it (with its group parameters)."""
+        return bits_per_weight(self.shape[1], self.group_size, self.bits, self.group_params)
 
     @property
     def nbytes(self) -> int:
-        """Bytes of the format: packed stream plus float16 scales and offsets."""
+        """Bytes in memory: packed stream plus float16 scales and offsets (compact group
+        parameters are decoded at load)."""
         return tensor_nbytes(*self.shape, self.group_size, self.bits)
 
     def __repr__(self):

@@ -61,7 +61,7 @@ def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=Non
             with open_checkpoint(out) as ck:
                 qc = ck.quant_config or {}
             absent = {"clip_search": False, "pairing": "none", "gptq": False, "importance": "none",
-                      "rotation": "none", "propagation": 0}
+                      "rotation": "none", "propagation": 0, "group_params": "float16"}
             same = all(qc.get(key, absent[key]) == value for key, value in options.items())
             if options.get("gptq"):  # a file made by an older default is made again
                 same = same and qc.get("damping") == DEFAULT_DAMPING and qc.get(
@@ -77,13 +77,16 @@ def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=Non
     return out
 
 
-def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None = None,
+def compare(model=None, bits=VARIANTS, group_size: int | None = None, corpus: str | None = None,
             text_file=None, ctx: int = 512, max_tokens: int | None = DEFAULT_MAX_TOKENS,
             runs: int = 3, prompt_tokens: int = 512, decode_tokens: int = 128,
             head_bits: str = "int8", out_dir=None, force: bool = False, speed: bool = True,
             progress: bool = True, recipe: str | None = None,
             threads: int | None = None) -> list[dict]:
-    """One dict per variant with sizes, PPL, ΔPPL vs the first fp32 row, speed and memory."""
+    """One dict per variant with sizes, PPL, ΔPPL vs the first fp32 row, speed and memory;
+    group_size None: each variant's recipe's own (q35f.quantization.recipe.RECIPE_GROUP_SIZE)."""
+    from q35f.quantization.recipe import RECIPE_GROUP_SIZE
+
     from q35f.measure.benchmark import bench_model
     from q35f.io.checkpoint import default_model_path, open_checkpoint
     from q35f.runtime.model import load_model
@@ -108,7 +111,9 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
         began = time.perf_counter()
         if progress:
             print(f"[{b}]", file=sys.stderr)
-        path = source if b == "fp32" else variant_path(source, b, group_size, head_bits, out_dir,
+        g = (RECIPE_GROUP_SIZE[recipe or default_recipe(b)] if group_size is None
+             else group_size)
+        path = source if b == "fp32" else variant_path(source, b, g, head_bits, out_dir,
                                                          force, progress, recipe)
         model_, ckpt = load_model(path, max_seq_len=ctx)
         stats = model_.stats()
@@ -118,7 +123,7 @@ def compare(model=None, bits=VARIANTS, group_size: int = 128, corpus: str | None
         del model_, ckpt
         row = {
             "variant": b,
-            "group_size": None if b == "fp32" else group_size,
+            "group_size": None if b == "fp32" else g,
             "head_bits": None if b == "fp32" else head_bits,
             "recipe": None if b == "fp32" else (recipe or default_recipe(b)),
             "path": str(path),
@@ -187,7 +192,9 @@ def register(subparsers):
                    help="GGUF file or HF directory (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--bits", default=",".join(VARIANTS),
                    help=f"comma-separated variants (default {','.join(VARIANTS)})")
-    p.add_argument("--group-size", type=int, default=128, help="group size G (default 128)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="group size G (default: each recipe's, 64 for the calibrated q35, 128 "
+                   "for the round-to-nearest formats)")
     p.add_argument("--head-bits", default="int8",
                    help="format of the embedding/output head in quantized variants (default int8)")
     source = p.add_mutually_exclusive_group()
@@ -243,7 +250,7 @@ def _command(args) -> int:
         r0 = rows[0]
         print(f"{Path(r0['path']).name if r0['variant'] == 'fp32' else r0['path']}: "
               f"PPL on {r0['text']} ({r0['tokens']} tokens scored, ctx {r0['ctx']}); "
-              f"group size {args.group_size}, embedding/head {args.head_bits}"
+              f"group size {args.group_size or 'of each recipe'}, embedding/head {args.head_bits}"
               f", recipe {args.recipe or 'calibrated for q35, round-to-nearest otherwise'}")
         print(format_table(rows))
     return 0

@@ -73,9 +73,9 @@ def _parse_config(spec: str):
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
         if key == "recipe":  # q35f.improve.RECIPES: what the CLI's recipe flags select
-            from q35f.quantization.recipe import RECIPES
+            from q35f.quantization.recipe import RECIPE_GROUP_SIZE, RECIPES
 
-            kwargs.update(RECIPES[value])
+            kwargs.update(RECIPES[value], group_size=RECIPE_GROUP_SIZE[value])
         elif key in ("clip_search", "gptq", "sequential", "refit", "symmetric"):
             kwargs[key] = value not in ("0", "false", "")
         elif key in ("group_size", "calibration_tokens", "tune_steps"):

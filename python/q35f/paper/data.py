@@ -380,22 +380,23 @@ def recipe_variants(quick: bool) -> list[dict]:
     """The ablation's factors applied to the default recipe (RECIPES["calibrated"]): each with
     the quantize_checkpoint options it changes and its calibration sequences of 128 tokens."""
     from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
-    from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS
+    from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS, RECIPE_GROUP_SIZE
 
     default = DEFAULT_CALIBRATION_TOKENS // DEFAULT_SEQUENCE_LENGTH
+    g = RECIPE_GROUP_SIZE["calibrated"]
     if quick:  # CI-sized: one row, a few sequences
         return [dict(factor="baseline", variant="default recipe, 8 calibration sequences",
-                     group_size=128, sequences=8, options={})]
+                     group_size=g, sequences=8, options={})]
     v = [
         dict(factor="baseline", variant=f"default recipe ({default} calibration sequences)",
-             group_size=128, sequences=default, options={}),
+             group_size=g, sequences=default, options={}),
         # 1536 = the largest K of the embedded model: one group per row of every block linear
         dict(factor="scaling", variant="static per-output-channel (one group per row, G = K)",
              group_size=1536, sequences=default, options={}),
         dict(factor="grid", variant="symmetric per-group (offset = float16(-7.5 scale))",
-             group_size=128, sequences=default, options={"symmetric": True}),
+             group_size=g, sequences=default, options={"symmetric": True}),
     ]
-    v += [dict(factor="calibration", variant=f"{n} calibration sequences", group_size=128,
+    v += [dict(factor="calibration", variant=f"{n} calibration sequences", group_size=g,
                sequences=n, options={}) for n in CALIBRATION_SEQUENCES]
     return v
 
@@ -405,8 +406,10 @@ def recipe_command(variant: dict, calibration: str | None) -> str:
     """The `q35f quantize` command that makes a recipe variant's file (symmetric has no flag)."""
     from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH
 
+    from q35f.quantization.recipe import RECIPE_GROUP_SIZE
+
     cmd = "q35f quantize -o OUT"
-    if variant["group_size"] != 128:
+    if variant["group_size"] != RECIPE_GROUP_SIZE["calibrated"]:
         cmd += f" --group-size {variant['group_size']}"
     if calibration is not None:
         cmd += f" --calibration {calibration}"

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from q35f.format.group_params import COMPACT, FLOAT16, GROUP_PARAMS, check_group_params
+from q35f.format.group_params import encode as encode_group_params
 from q35f.format.rotation import ROTATIONS, can_rotate, check_rotation
 from q35f.format.spec import FORMATS, check_group_size, n_groups, row_bytes
 from q35f.io import directory
@@ -53,6 +55,7 @@ class _Planned:
     store: str = "F32"  # dtype of a float tensor
     entries: list = field(default_factory=list)  # (raw name, dtype, shape, nbytes)
     rotation: str = "none"  # the input rotation of a quantized linear weight (FORMAT.md §9)
+    group_params: str = FLOAT16  # how its scales/offsets are stored (FORMAT.md §10)
 
     @property
     def nbytes(self):
@@ -71,7 +74,10 @@ def planned_rotation(name: str, k: int, rotation: str, group_size: int) -> str:
     return rotation if linear and can_rotate(k, group_size) else "none"
 
 
-def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none"):
+def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none",
+                 group_params=FLOAT16):
+    """Only the block linears get `group_params`: the embedding/head keep float16 ones (as
+    llama.cpp's Q8_0 does)."""
     treatment = None
     linear = len(shape) == 2 and LINEAR.fullmatch(name)
     if linear:
@@ -79,9 +85,11 @@ def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none"):
     elif len(shape) == 2 and name in HEAD_NAMES:
         treatment = head_bits
     if treatment in FORMATS:
-        entries = directory.quantized_entries(name, shape, treatment, group_size)
+        params = group_params if linear else FLOAT16
+        entries = directory.quantized_entries(name, shape, treatment, group_size, params)
         return _Planned(name, tuple(shape), treatment, "", entries=entries,
-                        rotation=planned_rotation(name, shape[1], rotation, group_size))
+                        rotation=planned_rotation(name, shape[1], rotation, group_size),
+                        group_params=params)
     store, dtype = _FLOAT_STORE[treatment] if treatment in _FLOAT_STORE else _FLOAT_STORE["fp32"]
     nbytes = np.dtype(dtype).itemsize * int(np.prod(shape, dtype=np.int64))
     return _Planned(name, tuple(shape), None, store, [(name, store, tuple(shape), nbytes)])
@@ -120,11 +128,21 @@ def _write_tensor(src, p: _Planned, writer: SafetensorsWriter, group_size, bar, 
             if qt.rotation != p.rotation:  # the metadata is written before the data
                 raise RuntimeError(f"tensor {p.name}: quantized with rotation {qt.rotation!r}, "
                                    f"planned {p.rotation!r}")
-            qweight, scales, offsets = (e[0] for e in p.entries)
-            writer.write(qweight, qt.packed, start * row_bytes(k, p.bits))
+            if qt.group_params != p.group_params:
+                raise RuntimeError(f"tensor {p.name}: quantized with {qt.group_params} group "
+                                   f"parameters, planned {p.group_params}")
+            names = [e[0] for e in p.entries]
+            writer.write(names[0], qt.packed, start * row_bytes(k, p.bits))
             groups = n_groups(k, group_size)
-            writer.write(scales, qt.scale, start * groups * 2)
-            writer.write(offsets, qt.offset, start * groups * 2)
+            if p.group_params == COMPACT:
+                exponents, scale_codes, offset_codes = encode_group_params(
+                    qt.offset, qt.scale, FORMATS[p.bits].even_levels - 1)
+                writer.write(names[1], scale_codes, start * groups)
+                writer.write(names[2], offset_codes, start * groups)
+                writer.write(names[3], exponents, start)
+            else:
+                writer.write(names[1], qt.scale, start * groups * 2)
+                writer.write(names[2], qt.offset, start * groups * 2)
             del qt
         del w
         bar.update((stop - start) * k)
@@ -136,7 +154,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
                         tune_steps=0, tune_target="float-block", tune_lr=None,
-                        rotation="none", propagation=0.0) -> dict:
+                        rotation="none", propagation=0.0, group_params=FLOAT16) -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -159,18 +177,26 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         if ck.quant_config is not None:
             raise ValueError(f"{ck.path}: already quantized by q35f; quantize the original")
         check_rotation(rotation)
+        check_group_params(group_params)
+        if group_params != FLOAT16 and not gptq:
+            raise ValueError(f"{group_params} group parameters are chosen inside GPTQ: they "
+                             "need --gptq (the default recipe)")
         planned = [
-            _plan_tensor(info.name, info.shape, bits, group_size, head_bits, rotation)
+            _plan_tensor(info.name, info.shape, bits, group_size, head_bits, rotation,
+                         group_params)
             for info in ck.infos()
         ]
         config = dict(ck.config)
         config["quantization_config"] = {
             "quant_method": directory.QUANT_METHOD,
-            "format_version": directory.required_version(p.rotation for p in planned),
+            "format_version": directory.required_version([p.rotation for p in planned],
+                                                         [p.group_params for p in planned]),
             "bits": bits,
             "group_size": group_size,
             "head_bits": head_bits,
         }
+        if group_params != FLOAT16:
+            config["quantization_config"]["group_params"] = group_params
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps or rotation != "none"
@@ -188,7 +214,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
                                 tune_target=tune_target, tune_lr=tune_lr,
                                 rotation=rotation, group_size=group_size,
-                                propagation=propagation)
+                                propagation=propagation, group_params=group_params)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -218,6 +244,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
     directory.replace_directory(tmp, out)
     summary = _summary(planned, out, names)
     summary.update(source=source, bits=bits, group_size=group_size, head_bits=head_bits,
+                   group_params=group_params,
                    seconds=round(time.perf_counter() - started, 3))
     return summary
 
@@ -264,8 +291,13 @@ def register(subparsers):
     p.add_argument("-o", "--output", required=True, help="output directory")
     p.add_argument("--bits", default="q35", choices=list(FORMATS),
                    help="format of the transformer blocks' linear layers (default q35)")
-    p.add_argument("--group-size", type=int, default=128,
-                   help="weights per scale/offset group, a multiple of 16 (default 128)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="weights per scale/offset group, a multiple of 16 (default 64 for the "
+                   "calibrated default, 128 with --no-calibration or --round-to-nearest)")
+    p.add_argument("--group-params", default=None, choices=list(GROUP_PARAMS),
+                   help="how the file stores each group's scale and offset: e4m4 = one byte "
+                   "each (format version 3, docs/FORMAT.md §10; needs --gptq, the default), "
+                   "float16 = two bytes each (default e4m4 with GPTQ, else float16)")
     p.add_argument("--head-bits", default="int8", choices=list(HEAD_CHOICES),
                    help="format of the token embedding and output head (default int8; fp16/fp32 "
                    "keep them float)")
@@ -306,7 +338,7 @@ def register(subparsers):
     p.add_argument("--refit-scales", action="store_true",
                    help="after GPTQ, refit each row's float16 scales/offsets to its final levels "
                    "by least squares in the Hessian metric (kept only where better; implies "
-                   "--rotation none)")
+                   "--rotation none --group-params float16)")
     p.add_argument("--tune-scales", action="store_true",
                    help="after GPTQ has fixed a block's levels, tune the block's float16 "
                    "scales/offsets by Adam to match the float block's output on the "
@@ -349,6 +381,10 @@ def recipe_options(args) -> dict:
         options["importance"] = "none"  # --no-clip-search: nothing left to weigh
     options.update(calibration=args.calibration, calibration_tokens=args.calibration_tokens,
                    importance_prior=args.importance_prior, damping=args.damping)
+    if args.group_params is not None:
+        options["group_params"] = args.group_params
+    elif not options["gptq"]:
+        options.pop("group_params", None)  # --no-gptq: compact parameters are chosen in GPTQ
     if args.propagation is not None:
         options["propagation"] = args.propagation
     elif not options["gptq"]:
@@ -357,6 +393,8 @@ def recipe_options(args) -> dict:
         raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
     if (args.refit_scales or args.tune_scales) and args.rotation is None:
         options["rotation"] = "none"  # they fit parameters to unrotated weights (Improver)
+    if (args.refit_scales or args.tune_scales) and args.group_params is None:
+        options.pop("group_params", None)  # they write float16 parameters
     if args.refit_scales:
         options["refit"] = True
     if args.tune_scales:
@@ -368,8 +406,11 @@ def recipe_options(args) -> dict:
 
 
 def _quantize_command(args) -> int:
+    from q35f.quantization.recipe import RECIPE_GROUP_SIZE
+
+    group_size = RECIPE_GROUP_SIZE[args.recipe] if args.group_size is None else args.group_size
     summary = quantize_checkpoint(
-        args.src, args.output, bits=args.bits, group_size=args.group_size,
+        args.src, args.output, bits=args.bits, group_size=group_size,
         head_bits=args.head_bits, force=args.force, progress=not args.no_progress,
         max_shard_bytes=int(args.max_shard_gb * 1024**3), **recipe_options(args),
     )
@@ -380,7 +421,8 @@ def _quantize_command(args) -> int:
     print(f"wrote {s['output']}: {s['tensors']} tensors, {s['params']:,} weights, "
           f"{format_bytes(s['file_bytes'])} in {s['seconds']:.1f} s")
     if s["linear_params"]:
-        print(f"  linear layers ({s['bits']}, G={s['group_size']}): "
+        params = "" if s.get("group_params", FLOAT16) == FLOAT16 else f", {s['group_params']}"
+        print(f"  linear layers ({s['bits']}, G={s['group_size']}{params}): "
               f"{s['linear_bits_per_weight']:.4f} bits/weight, {s['linear_params']:,} weights")
     print(f"  embedding/head: {s['head_bits']}; norms: fp32")
     print(f"  whole file: {s['bits_per_weight']:.4f} bits/weight "

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from q35f.kernels import reference
+from q35f.format.group_params import COMPACT, FLOAT16, check_group_params, row_exponents, snap
 from q35f.format.spec import get_format, n_groups
+from q35f.kernels import reference
 
 DEFAULT_DAMPING = 0.05  # 0.01 until session 9; 0.05 measured better with and without the rotation
 
@@ -54,10 +55,13 @@ def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search
 
 
 def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits: str = "q35",
-                  clip_search: bool = False, importance=None, symmetric: bool = False):
+                  clip_search: bool = False, importance=None, symmetric: bool = False,
+                  group_params: str = FLOAT16):
     """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H);
     importance (K,): the clip search's column weights (see q35f.quantize); symmetric: group
-    ranges centred on zero (q35f.quantization.symmetric, the ablation's symmetric grid)."""
+    ranges centred on zero (q35f.quantization.symmetric, the ablation's symmetric grid);
+    group_params "e4m4": each group's parameters snapped to one-byte codes (FORMAT.md §10)
+    before its columns are rounded, so the error feedback also absorbs the snapping."""
     from q35f.kernels.tensor import quantize
 
     fmt = get_format(bits)
@@ -69,6 +73,8 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
     work = w.copy()  # weights as updated by the errors of the columns before them
     rounded_input = np.empty_like(work)  # each column as it was when quantized
     groups = n_groups(k, group_size)
+    check_group_params(group_params)
+    exponents = row_exponents(w, fmt.even_levels - 1) if group_params == COMPACT else None
     offsets = np.empty((n, groups), dtype=np.float16)
     scales = np.empty((n, groups), dtype=np.float16)
     for g in range(groups):
@@ -77,6 +83,10 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
         off16, scale16 = _group_parameters(
             block, group_size, bits, clip_search,
             None if importance is None else importance[first:last], symmetric)
+        if exponents is not None:
+            off16, scale16 = snap(off16[:, None], scale16[:, None], exponents,
+                                  fmt.even_levels - 1)
+            off16, scale16 = off16[:, 0], scale16[:, 0]
         offsets[:, g], scales[:, g] = off16, scale16
         offset = off16.astype(np.float32)
         scale = scale16.astype(np.float32)
@@ -92,7 +102,8 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
             block[:, i + 1:] -= np.outer(err, u[first + i, first + i + 1:last])
         if last < k:  # the whole group's errors reach the later columns at once
             work[:, last:] -= errors @ u[first:last, last:]
-    return quantize(rounded_input, group_size, bits, params=(offsets, scales))
+    qt = quantize(rounded_input, group_size, bits, params=(offsets, scales))
+    return qt if group_params == FLOAT16 else qt.with_group_params(group_params)
 
 
 def output_error(w: np.ndarray, q: np.ndarray, hessian: np.ndarray) -> float:

@@ -34,14 +34,19 @@ IMPORTANCES = ("none", "activation")
 # Error propagation a = 0.5 (session 10, 64 windows, P&P / pydoc delta PPL): +22.34 / +23.66 %
 # -> +21.83 / +20.99 %, KL 0.224 / 0.211 -> 0.208 / 0.193; a = 1 overfits the calibration text
 # (16 windows: +25.2 / +26.4 % against +20.3 / +23.2 % without).
+# Groups of 64 with one-byte parameters (FORMAT.md §10, session 11): the same 3.76 bits per
+# weight as float16 parameters per 128, KL divergence -15 % (docs/RESULTS.md "Session 11").
 RECIPES = {
     "calibrated": {"clip_search": True, "pairing": "none", "gptq": True,
-                   "importance": "activation", "rotation": "hadamard", "propagation": 0.5},
+                   "importance": "activation", "rotation": "hadamard", "propagation": 0.5,
+                   "group_params": "e4m4"},
     "data-free": {"clip_search": True, "pairing": "weight", "gptq": False, "importance": "none",
                   "rotation": "hadamard"},
     "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
                          "importance": "none", "rotation": "none"},
 }
+# Each recipe's group size when none is asked for: compact parameters pay for groups of 64.
+RECIPE_GROUP_SIZE = {"calibrated": 64, "data-free": 128, "round-to-nearest": 128}
 DEFAULT_IMPORTANCE_PRIOR = 0.1
 
 
@@ -74,7 +79,8 @@ class Improver:
                  sequence_length=DEFAULT_SEQUENCE_LENGTH, progress=True, importance="none",
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
-                 tune_lr=None, rotation="none", group_size=128, propagation=0.0):
+                 tune_lr=None, rotation="none", group_size=128, propagation=0.0,
+                 group_params="float16"):
         from q35f.format.rotation import check_rotation
         from q35f.quantization.gptq import DEFAULT_DAMPING
 
@@ -112,6 +118,12 @@ class Improver:
         if propagation and not (gptq and sequential):
             raise ValueError("--propagation corrects sequential GPTQ's targets: it needs --gptq")
         self.propagation = float(propagation)
+        from q35f.format.group_params import FLOAT16, check_group_params
+
+        if check_group_params(group_params) != FLOAT16 and (refit or tune_steps):
+            raise ValueError("--refit-scales and --tune-scales write float16 group parameters: "
+                             "they do not combine with compact ones")
+        self.group_params = group_params
         self.refit = bool(refit)
         self.tune_steps = int(tune_steps)
         self.tune_target = tune_target
@@ -249,7 +261,8 @@ class Improver:
                 if rotate:
                     weight = rotate_rows(weight, group_size)
                 qt = gptq_quantize(weight, u, group_size, bits, self.clip_search,
-                                   importance=imp, symmetric=self.symmetric)
+                                   importance=imp, symmetric=self.symmetric,
+                                   group_params=self.group_params)
                 return qt.as_rotated(self.rotation) if rotate else qt
 
             started = time.perf_counter()
@@ -270,7 +283,8 @@ class Improver:
         self._rows_done[name] = stop
         return QuantizedTensor.from_packed(qt.packed[start:stop], qt.scale[start:stop],
                                            qt.offset[start:stop], (stop - start, qt.shape[1]),
-                                           qt.group_size, qt.bits, qt.rotation)
+                                           qt.group_size, qt.bits, qt.rotation,
+                                           qt.group_params)
 
     def quantize(self, name, w, group_size, bits):
         from q35f.kernels.fortran import rotate_rows
@@ -292,5 +306,6 @@ class Improver:
         if rotation != "none":
             w = rotate_rows(w, group_size)
         qt = gptq_quantize(w, self._factor(name)[0], group_size, bits, self.clip_search,
-                           importance=self._importance(name), symmetric=self.symmetric)
+                           importance=self._importance(name), symmetric=self.symmetric,
+                           group_params=self.group_params)
         return qt.as_rotated(rotation) if rotation != "none" else qt

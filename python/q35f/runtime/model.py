@@ -162,6 +162,7 @@ def stack_rows(weights: list) -> object:
         first.group_size,
         first.bits,
         first.rotation,
+        first.group_params,
     )
 
 
