@@ -133,6 +133,14 @@ class Linear:
     def nbytes(self) -> int:
         return int(self.weight.nbytes)
 
+    @property
+    def stored_bits(self) -> float:
+        """Bits of the weight as its format stores it (compact group parameters count as the
+        file has them, not as the float16 they are decoded to in memory)."""
+        if self.quantized:
+            return self.weight.bits_per_weight * self.n_params
+        return 8.0 * self.nbytes
+
 
 def stack_rows(weights: list) -> object:
     """One weight whose rows are those of `weights` in order (fuses q/k/v and gate/up matmuls).
@@ -553,10 +561,12 @@ class Model:
         return out
 
     def stats(self) -> dict:
-        """Parameter counts and the bits per weight of what is held in memory."""
+        """Parameter counts, the block linears' bits per weight as their format stores them,
+        and the bytes (and bits per weight) of what is held in memory."""
         block = self.linears()
         block_params = sum(lin.n_params for lin in block)
         block_bytes = sum(lin.nbytes for lin in block)
+        block_bits = sum(lin.stored_bits for lin in block)
         tensors = [self.weights.embed, self.weights.norm]
         tensors += [t for lw in self.weights.layers for t in (lw.attn_norm, lw.mlp_norm)]
         if self.weights.lm_head is not None:
@@ -567,7 +577,7 @@ class Model:
         return {
             "params": total_params,
             "block_params": block_params,
-            "block_bits_per_weight": 8 * block_bytes / block_params,
+            "block_bits_per_weight": block_bits / block_params,
             "bits_per_weight": 8 * (block_bytes + other_bytes) / total_params,
             "weight_bytes": block_bytes + other_bytes,
         }
