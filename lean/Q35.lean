@@ -9,3 +9,4 @@ import Q35.Grid
 import Q35.Fused
 import Q35.Accumulator
 import Q35.Rotation
+import Q35.GroupParams

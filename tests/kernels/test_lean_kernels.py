@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import q35f
+from q35f.format import group_params as gp
 
 EPS32 = float(np.finfo(np.float32).eps)  # 2^-23
 UNIT32 = EPS32 / 2  # unit roundoff of float32
@@ -593,3 +594,39 @@ def test_column_signs_square_to_one():
     s = column_signs(100_000)
     assert set(np.unique(s)) == {-1.0, 1.0}
     np.testing.assert_array_equal(s * s, 1.0)
+
+
+# --- compact group parameters (Q35/GroupParams.lean, FORMAT.md §10) ------------------------------
+
+
+@pytest.mark.lean("Q35.scale_mantissa_bits")
+def test_every_code_decodes_to_an_exact_float16_scale():
+    codes = np.arange(256, dtype=np.uint8)[None, :].repeat(gp.EXPONENT_MAX - gp.EXPONENT_MIN + 1, 0)
+    exponents = np.arange(gp.EXPONENT_MIN, gp.EXPONENT_MAX + 1, dtype=np.int8)
+    got = gp.decode_scales(exponents, codes).astype(np.float64)
+    c = np.arange(256)
+    want = (16 + (c & 15)) * 2.0 ** ((c >> 4)[None, :] + exponents[:, None].astype(int) - 19)
+    want[:, 0] = 0
+    np.testing.assert_array_equal(got, want)  # no rounding anywhere: exact
+    assert np.all(np.diff(got[:, 1:], axis=1) > 0)  # codes are ordered: one code per scale
+
+
+@pytest.mark.lean("Q35.offset_product_exact")
+@pytest.mark.lean("Q35.offset_code_zero_centres")
+@pytest.mark.parametrize("top", [7, 15, 255])
+def test_every_offset_code_is_one_rounding_of_its_exact_value(top):
+    # all 256 offset codes against every scale code at the extreme exponents
+    scales = gp.decode_scales(np.array([gp.EXPONENT_MIN, gp.EXPONENT_MAX], np.int8),
+                              np.arange(256, dtype=np.uint8)[None, :].repeat(2, 0))
+    codes = np.arange(-128, 128, dtype=np.int8)
+    s = np.repeat(scales, 256, axis=1)
+    o = np.tile(codes, 256)[None, :].repeat(2, 0)
+    exact = -(o.astype(np.float64) + 64) * top * s.astype(np.float64) / 128
+    product = -(o.astype(np.int64) + 64) * top * (s.astype(np.float64) / 2.0 ** np.floor(
+        np.log2(np.where(s > 0, s.astype(np.float64), 1))) * 16)
+    assert np.all(np.abs(product) < 2**24)  # the theorem's bound: float32 holds it exactly
+    got = gp.decode_offsets(s, o, top)
+    np.testing.assert_array_equal(got, exact.astype(np.float16))  # one rounding, to nearest
+    centre = gp.decode_offsets(scales[:, 1:], np.zeros_like(scales[:, 1:], np.int8), top)
+    np.testing.assert_array_equal(centre, (-top * scales[:, 1:].astype(np.float64) / 2).astype(
+        np.float16))
