@@ -109,28 +109,3 @@ def test_the_layer_stream_feeds_each_block_the_quantized_model_s_own_states():
     assert_stream_is_the_quantized_model(stream, blocks, weights, batches)
     with pytest.raises(ValueError, match="already handed out"):
         stream.block(0)
-
-
-@given(n=st.integers(1, 12), size=st.floats(-4, 2), shift=st.sampled_from([0.0, 0.3, -2.0]),
-       bits=st.sampled_from(["q35", "int4", "int3", "int8"]), reach=st.integers(0, 2),
-       seed=st.integers(0, 2**32 - 1))
-def test_the_code_search_never_does_worse_than_snapping(n, size, shift, bits, reach, seed):
-    """FORMAT.md §10: of the snapped pair and its neighbours the search keeps the one of least
-    importance-weighted error, representable, and never worse than the snapped pair."""
-    from q35f.format import group_params as gp
-    from q35f.kernels import reference
-    from q35f.quantization.gptq import snapped_parameters
-
-    rng = np.random.default_rng(seed)
-    block = ((rng.standard_normal((n, 64)) + shift) * 10.0**size).astype(np.float32)
-    imp = rng.random(64).astype(np.float32) + 0.1
-    qt = q35f.quantize(block, 64, bits, clip_search=True, importance=imp)
-    top = 255 if bits == "int8" else 7 if bits == "int3" else 15
-    exponents = gp.row_exponents(block, top)
-    off, scale = snapped_parameters(block, qt.offset[:, 0], qt.scale[:, 0], exponents, bits,
-                                    imp, reach)
-    gp.encode(off[:, None], scale[:, None], top)  # representable
-    o0, s0 = gp.snap(qt.offset, qt.scale, exponents, top)
-    searched = reference.group_error(block, off, scale, bits, imp)
-    snapped = reference.group_error(block, o0[:, 0], s0[:, 0], bits, imp)
-    assert np.all(searched <= snapped)

@@ -119,29 +119,6 @@ def snap(offset16, scale16, exponents, top_level: int):
     return decode_offsets(scales, o, top_level), scales
 
 
-def neighbours(offset16, scale16, exponents, top_level: int, reach: int = 1):
-    """Representable (offset, scale) float16 pairs around snapped ones: the scale codes within
-    `reach` of each group's, each with the offset codes within `reach` of its nearest one, the
-    snapped pair itself first. For a search that picks, per group, the pair of least error."""
-    exponents = np.asarray(exponents)
-    scale = np.asarray(scale16, dtype=np.float64)
-    zero = scale == 0
-    code = np.where(zero, 0, _scale_code(np.where(zero, 1.0, scale), exponents))
-    off = np.asarray(offset16, dtype=np.float64)
-    out = [(np.asarray(offset16, np.float16), np.asarray(scale16, np.float16))]
-    for dc in range(-reach, reach + 1):
-        c = np.where(zero, 0, np.clip(code + dc, 1, 255))
-        s16 = decode_scales(exponents, c)
-        s = np.where(zero, 1.0, s16.astype(np.float64))
-        for do in range(-reach, reach + 1):
-            if dc == 0 and do == 0:
-                continue
-            o = np.clip(_offset_code(off, s, top_level) + do, OFFSET_MIN, OFFSET_MAX)
-            o = np.where(zero, -OFFSET_CENTRE, o).astype(np.int8)
-            out.append((decode_offsets(s16, o, top_level), s16))
-    return out
-
-
 def encode(offset16, scale16, top_level: int):
     """(exponents int8 (N,), scale codes uint8 (N, G), offset codes int8 (N, G)) that decode to
     exactly these float16 parameters; ValueError where no codes do (parameters not made by
