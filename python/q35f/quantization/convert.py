@@ -306,8 +306,9 @@ def register(subparsers):
                         const="data-free", default="calibrated",
                         help="data-free: clip search, weight-norm pairing and the input rotation, "
                         "no calibration text (default: GPTQ error feedback + importance-weighted "
-                        "clip search + the input rotation + error propagation 0.5, calibrated on "
-                        "16384 tokens of the built-in generated text)")
+                        "clip search + the input rotation + error propagation 0.5 in groups of 64 "
+                        "with one-byte parameters, calibrated on 16384 tokens of the built-in "
+                        "generated text; --no-calibration keeps float16 groups of 128)")
     recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
                         const="round-to-nearest",
                         help="plain per-group min/max rounding, nothing searched, calibrated or "

@@ -8,8 +8,9 @@ one for odd k (FORMAT.md §2, §4). A group's float16 parameters are chosen when
 reached, from its current (already updated) weights: by min/max (§4) or by the clip search.
 
 The result is an ordinary QuantizedTensor: the levels are those of §4 computed from the stored
-parameters on the updated weights (`q35f.quantize(..., params=...)`), so the file format does
-not change. Rows are independent, so a layer can be processed a band of rows at a time; memory
+parameters on the updated weights (`q35f.quantize(..., params=...)`). With compact group
+parameters (§10) each group's parameters are snapped to their one-byte codes before its columns
+are rounded. Rows are independent, so a layer can be processed a band of rows at a time; memory
 is O(N K + K^2).
 """
 

@@ -1,7 +1,8 @@
 """Beyond round-to-nearest, behind `q35f quantize` options: clip search, importance-aware
-pairing, error feedback (GPTQ), importance-weighted searches, calibration data. The file format
-does not change: pairing is folded into the model (q35f.quantization.pairing) and the others only choose
-parameters and levels.
+pairing, error feedback (GPTQ), importance-weighted searches, calibration data, and the two
+additions to the file format: the input rotation (FORMAT.md §9) and compact group parameters
+(§10, chosen inside GPTQ). Pairing is folded into the model (q35f.quantization.pairing); the
+others choose parameters and levels.
 
 Importance ("activation", with calibration): each input column's E[x_c^2] over the calibration
 tokens, normalised to mean 1 and mixed with a uniform prior, imp = (1 - p) E[x^2]/mean + p,
