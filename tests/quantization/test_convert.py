@@ -417,3 +417,28 @@ def test_compact_group_parameters_need_gptq(tmp_path):
     src, _ = _source(tmp_path)
     with pytest.raises(ValueError, match="need --gptq"):
         convert.quantize_checkpoint(src, tmp_path / "out", progress=False, group_params="e4m4")
+
+
+def test_a_corrupt_row_exponent_is_a_clear_error(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    src, _ = _source(tmp_path, config=TINY_CONFIG)
+    text = tmp_path / "calibration.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man. " * 40)
+    out = tmp_path / "out"
+    convert.quantize_checkpoint(src, out, group_size=32, progress=False, gptq=True,
+                                calibration=str(text), calibration_tokens=256,
+                                group_params="e4m4")
+    path = out / "model.safetensors"
+    with safe_open(str(path), "numpy") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    name = "model.layers.1.mlp.up_proj"
+    tensors[name + ".scale_exponents"][3] = 40  # beyond float16: every scale of row 3 Inf
+    save_file(tensors, str(path), metadata=meta)
+    with open_checkpoint(out) as ck:
+        ck.get("model.layers.0.mlp.up_proj.weight")  # the others still load
+        with pytest.raises(ValueError, match=r"model\.safetensors: tensor model\.layers\.1\.mlp"
+                                             r"\.up_proj\.weight: row 3 has scale exponent 40"):
+            ck.get(name + ".weight")

@@ -72,7 +72,15 @@ def _offset_code(offset, scale, top_level):
 
 
 def decode(exponents, scale_codes, offset_codes, top_level: int):
-    """(offset, scale) float16 (N, G) of a tensor's stored codes; top_level: its grid's."""
+    """(offset, scale) float16 (N, G) of a tensor's stored codes; top_level: its grid's.
+    ValueError for a row exponent outside -5..15 (a corrupt file: its scales would not be
+    exact float16 numbers, or not finite)."""
+    exponents = np.asarray(exponents)
+    bad = (exponents < EXPONENT_MIN) | (exponents > EXPONENT_MAX)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"row {row} has scale exponent {int(exponents[row])}, outside "
+                         f"{EXPONENT_MIN}..{EXPONENT_MAX} (FORMAT.md §10)")
     scales = decode_scales(exponents, scale_codes)
     return decode_offsets(scales, offset_codes, top_level), scales
 

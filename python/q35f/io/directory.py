@@ -227,11 +227,11 @@ class SafetensorsCheckpoint(Checkpoint):
         bits, group_size, rotation, group_params = info.meta
         parts = [self._read(base + s, info.source, as_float32=False)
                  for s in (QWEIGHT, SCALES, OFFSETS)]
-        if group_params == COMPACT:  # codes -> the float16 pairs they stand for
-            exponents = self._read(base + EXPONENTS, info.source, as_float32=False)
-            parts[2], parts[1] = decode_group_params(exponents, parts[1], parts[2],
-                                                     get_format(bits).even_levels - 1)
         try:
+            if group_params == COMPACT:  # codes -> the float16 pairs they stand for
+                exponents = self._read(base + EXPONENTS, info.source, as_float32=False)
+                parts[2], parts[1] = decode_group_params(exponents, parts[1], parts[2],
+                                                         get_format(bits).even_levels - 1)
             return QuantizedTensor.from_packed(*parts, info.shape, group_size, bits, rotation,
                                                group_params)
         except (TypeError, ValueError) as err:
