@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import q35f
+from q35f.quantization.gptq import DEFAULT_DAMPING
 from q35f.quantization.calibrate import Calibration
 from q35f.io.checkpoint import open_checkpoint
 from q35f.quantization.convert import quantize_checkpoint
@@ -135,7 +136,7 @@ def test_files_made_with_the_options_are_plain_loadable_q35f_models(tmp_path, op
     assert qc["gptq"] == bool(options.get("gptq"))
     assert qc["importance"] == options.get("importance", "none")
     if options.get("gptq"):
-        assert qc["damping"] == options.get("damping", 0.05)
+        assert qc["damping"] == options.get("damping", DEFAULT_DAMPING)
         assert qc["sequential"] == options.get("sequential", True)
     assert qc.get("propagation", 0) == options.get("propagation", 0)
     if "calibration" in options:

@@ -331,7 +331,7 @@ def register(subparsers):
                    "(default 0.1; 1 = unweighted)")
     p.add_argument("--damping", type=float, default=None, metavar="D",
                    help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
-                   "(default 0.05)")
+                   "(default 0.1)")
     p.add_argument("--propagation", type=float, default=None, metavar="A",
                    help="with GPTQ, quantize W + A W (X_float - X)^T X (X^T X)^-1 instead of W: "
                    "the weight that undoes the error of the layers before (QEP); 0 = off, "
