@@ -85,13 +85,12 @@ def decode(exponents, scale_codes, offset_codes, top_level: int):
     return decode_offsets(scales, offset_codes, top_level), scales
 
 
-def _scale_code(scale, exponents, round_up=False):
-    """The code (int64) of the representable scale nearest `scale` (float64 (N, G) > 0), or the
-    smallest one >= it; clamped to the row's codes 1..255."""
+def _scale_code(scale, exponents):
+    """The code (int64) of the representable scale nearest `scale` (float64 (N, G) > 0),
+    clamped to the row's codes 1..255."""
     e = np.asarray(exponents, dtype=np.int64)[:, None]
     x = np.floor(np.log2(scale))  # scale = (1 + f) * 2^x, f in [0, 1)
-    frac = (scale / np.exp2(x) - 1) * 16
-    mant = np.ceil(frac - 1e-9) if round_up else np.floor(frac + 0.5)
+    mant = np.floor((scale / np.exp2(x) - 1) * 16 + 0.5)
     carry = mant >= 16
     x, mant = np.where(carry, x + 1, x), np.where(carry, 0, mant)
     code = (x - e + 15) * 16 + mant

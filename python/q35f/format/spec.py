@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from q35f.format.group_params import COMPACT, FLOAT16
+
 FORMAT_VERSION = 3  # the newest version this q35f reads and writes
 ROTATION_VERSION = 2  # the first version with input rotations (FORMAT.md §9)
 COMPACT_VERSION = 3  # the first version with one-byte group parameters (FORMAT.md §10)
@@ -72,12 +74,12 @@ def row_bytes(k: int, bits: str = "q35") -> int:
 
 
 def bits_per_weight(k: int, group_size: int = 128, bits: str = "q35",
-                    group_params: str = "float16") -> float:
+                    group_params: str = FLOAT16) -> float:
     """Exact storage cost of one row of k weights in a file, payload plus the scale and offset
     of every group: two float16, or two bytes and one exponent byte per row ("e4m4", §10)."""
     _check_k(k)
     check_group_size(group_size)
-    if group_params == "e4m4":
+    if group_params == COMPACT:
         return (8 * row_bytes(k, bits) + 16 * n_groups(k, group_size) + 8) / k
     return (8 * row_bytes(k, bits) + 32 * n_groups(k, group_size)) / k
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from q35f.kernels import fortran as kernels
 from q35f.kernels import torch_matmul
-from q35f.format.group_params import COMPACT, check_group_params
+from q35f.format.group_params import COMPACT, FLOAT16, check_group_params
 from q35f.format.group_params import encode as encode_group_params
 from q35f.format.rotation import can_rotate, check_rotation
 from q35f.format.spec import (
@@ -52,7 +52,7 @@ class QuantConfig:
     bits: str = "q35"
     group_size: int = 128
     rotation: str = "none"  # the input rotation (FORMAT.md §9)
-    group_params: str = "float16"  # how the file stores scales/offsets (FORMAT.md §10)
+    group_params: str = FLOAT16  # how the file stores scales/offsets (FORMAT.md §10)
 
     def __post_init__(self):
         get_format(self.bits)
@@ -68,7 +68,7 @@ class QuantizedTensor:
     dequantize / take_rows return W's rows, so the tensor still stands for W."""
 
     def __init__(self, tiles, scale_tiles, offset_tiles, shape, group_size, bits,
-                 rotation="none", group_params="float16"):
+                 rotation="none", group_params=FLOAT16):
         """From the kernels' tiled arrays (see tile_arrays); each is checked against shape,
         group_size and bits, since the kernels read exactly what these imply."""
         get_format(bits)
@@ -100,7 +100,7 @@ class QuantizedTensor:
 
     @classmethod
     def from_packed(cls, packed, scale, offset, shape, group_size=128, bits="q35",
-                    rotation="none", group_params="float16"):
+                    rotation="none", group_params=FLOAT16):
         """Wrap the canonical file layout (e.g. read from safetensors); checks every shape."""
         fmt = get_format(bits)
         check_group_size(group_size)
