@@ -442,3 +442,25 @@ def test_a_corrupt_row_exponent_is_a_clear_error(tmp_path):
         with pytest.raises(ValueError, match=r"model\.safetensors: tensor model\.layers\.1\.mlp"
                                              r"\.up_proj\.weight: row 3 has scale exponent 40"):
             ck.get(name + ".weight")
+
+
+@pytest.mark.parametrize("flags, group_size, group_params", [
+    ([], 64, "e4m4"),  # the default recipe: compact parameters, groups of 64
+    (["--group-params", "float16"], 128, None),  # session 10's layout
+    (["--group-size", "32"], 32, "e4m4"),
+    (["--no-calibration"], 128, None),
+    (["--refit-scales"], 128, None),  # writes float16 parameters: their group size too
+])
+def test_the_cli_group_size_follows_the_group_parameters(tmp_path, capsys, flags, group_size,
+                                                         group_params):
+    src, _ = _source(tmp_path, config=TINY_CONFIG)
+    text = tmp_path / "calibration.txt"
+    text.write_text("It is a truth universally acknowledged, that a single man. " * 40)
+    calibration = [] if "--no-calibration" in flags else ["--calibration", str(text),
+                                                          "--calibration-tokens", "256"]
+    out = tmp_path / "out"
+    assert cli_main(["quantize", str(src), "-o", str(out), "--no-progress", "--json",
+                     *calibration, *flags]) == 0
+    capsys.readouterr()
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["group_size"] == group_size and qc.get("group_params") == group_params

@@ -292,8 +292,8 @@ def register(subparsers):
     p.add_argument("--bits", default="q35", choices=list(FORMATS),
                    help="format of the transformer blocks' linear layers (default q35)")
     p.add_argument("--group-size", type=int, default=None,
-                   help="weights per scale/offset group, a multiple of 16 (default 64 for the "
-                   "calibrated default, 128 with --no-calibration or --round-to-nearest)")
+                   help="weights per scale/offset group, a multiple of 16 (default 64 with e4m4 "
+                   "group parameters, as in the calibrated default, else 128)")
     p.add_argument("--group-params", default=None, choices=list(GROUP_PARAMS),
                    help="how the file stores each group's scale and offset: e4m4 = one byte "
                    "each (format version 3, docs/FORMAT.md §10; needs --gptq, the default), "
@@ -407,13 +407,15 @@ def recipe_options(args) -> dict:
 
 
 def _quantize_command(args) -> int:
-    from q35f.quantization.recipe import RECIPE_GROUP_SIZE
+    from q35f.quantization.recipe import default_group_size
 
-    group_size = RECIPE_GROUP_SIZE[args.recipe] if args.group_size is None else args.group_size
+    options = recipe_options(args)
+    group_size = (default_group_size(options.get("group_params", FLOAT16))
+                  if args.group_size is None else args.group_size)
     summary = quantize_checkpoint(
         args.src, args.output, bits=args.bits, group_size=group_size,
         head_bits=args.head_bits, force=args.force, progress=not args.no_progress,
-        max_shard_bytes=int(args.max_shard_gb * 1024**3), **recipe_options(args),
+        max_shard_bytes=int(args.max_shard_gb * 1024**3), **options,
     )
     if args.json:
         print(json.dumps(summary))

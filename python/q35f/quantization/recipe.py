@@ -46,8 +46,16 @@ RECIPES = {
     "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
                          "importance": "none", "rotation": "none"},
 }
-# Each recipe's group size when none is asked for: compact parameters pay for groups of 64.
-RECIPE_GROUP_SIZE = {"calibrated": 64, "data-free": 128, "round-to-nearest": 128}
+
+
+def default_group_size(group_params: str = "float16") -> int:
+    """The group size when none is asked for: compact parameters (FORMAT.md §10) pay for
+    groups of 64 at the cost of float16 ones per 128."""
+    return 64 if group_params == "e4m4" else 128
+
+
+RECIPE_GROUP_SIZE = {name: default_group_size(r.get("group_params", "float16"))
+                     for name, r in RECIPES.items()}
 DEFAULT_IMPORTANCE_PRIOR = 0.1
 
 
