@@ -75,12 +75,13 @@ def _info_command(args) -> int:
         print(json.dumps({"rows": rows, "totals": totals}))
         return 0
     width = max(len(r["name"]) for r in rows)
-    print(f"{'name':<{width}}  {'shape':>14}  {'type':>13}  {'bits/w':>7}  {'bytes':>12}")
+    print(f"{'name':<{width}}  {'shape':>14}  {'type':>18}  {'bits/w':>7}  {'bytes':>12}")
     for r in rows:
         shape = "x".join(str(v) for v in r["shape"])
         kind = (r["dtype"] + (f"/g{r['group_size']}" if r["group_size"] else "")
-                + ("/rot" if r["rotation"] != "none" else ""))
-        print(f"{r['name']:<{width}}  {shape:>14}  {kind:>13}  {r['bits_per_weight']:>7.3f}  "
+                + ("/rot" if r["rotation"] != "none" else "")
+                + ("/e4m4" if r["group_params"] == "e4m4" else ""))
+        print(f"{r['name']:<{width}}  {shape:>14}  {kind:>18}  {r['bits_per_weight']:>7.3f}  "
               f"{r['bytes']:>12,}")
     t = totals
     print(f"\n{t['kind']} checkpoint {t['path']}")
