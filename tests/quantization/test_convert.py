@@ -413,10 +413,27 @@ def test_compact_group_parameters_file_is_version_3_and_reads_back_what_was_quan
         assert any(t.group_params == "e4m4" for t in made.values())
 
 
-def test_compact_group_parameters_need_gptq(tmp_path):
-    src, _ = _source(tmp_path)
-    with pytest.raises(ValueError, match="need --gptq"):
-        convert.quantize_checkpoint(src, tmp_path / "out", progress=False, group_params="e4m4")
+def test_compact_group_parameters_without_gptq_are_the_snapped_searched_ones(tmp_path):
+    """Without calibration the clip search's parameters are snapped to their codes and the
+    levels computed again from them (FORMAT.md §10)."""
+    from q35f.format import group_params as gp
+    from q35f.kernels.fortran import rotate_rows
+
+    src, weights = _source(tmp_path, config=TINY_CONFIG)
+    out = tmp_path / "out"
+    convert.quantize_checkpoint(src, out, group_size=32, progress=False, clip_search=True,
+                                rotation="hadamard", group_params="e4m4")
+    name = "model.layers.0.mlp.gate_proj.weight"
+    w = _widened(weights[name])
+    searched = q35f.quantize(w, 32, "q35", clip_search=True, rotation="hadamard")
+    params = gp.snap(searched.offset, searched.scale, gp.row_exponents(rotate_rows(w, 32)), 15)
+    want = q35f.quantize(w, 32, "q35", params=params, rotation="hadamard")
+    with open_checkpoint(out) as ck:
+        got = ck.get(name)
+    assert got.group_params == "e4m4"
+    np.testing.assert_array_equal(got.packed, want.packed)
+    np.testing.assert_array_equal(got.scale, want.scale)
+    np.testing.assert_array_equal(got.offset, want.offset)
 
 
 def test_a_corrupt_row_exponent_is_a_clear_error(tmp_path):

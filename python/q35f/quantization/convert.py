@@ -178,9 +178,6 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             raise ValueError(f"{ck.path}: already quantized by q35f; quantize the original")
         check_rotation(rotation)
         check_group_params(group_params)
-        if group_params != FLOAT16 and not gptq:
-            raise ValueError(f"{group_params} group parameters are chosen inside GPTQ: they "
-                             "need --gptq (the default recipe)")
         planned = [
             _plan_tensor(info.name, info.shape, bits, group_size, head_bits, rotation,
                          group_params)
@@ -200,7 +197,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps or rotation != "none"
-                or propagation):
+                or propagation or group_params != FLOAT16):
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -296,8 +293,8 @@ def register(subparsers):
                    "group parameters, as in the calibrated default, else 128)")
     p.add_argument("--group-params", default=None, choices=list(GROUP_PARAMS),
                    help="how the file stores each group's scale and offset: e4m4 = one byte "
-                   "each (format version 3, docs/FORMAT.md §10; needs --gptq, the default), "
-                   "float16 = two bytes each (default e4m4 with GPTQ, else float16)")
+                   "each (format version 3, docs/FORMAT.md §10), "
+                   "float16 = two bytes each (default: the recipe's, e4m4 for the calibrated default)")
     p.add_argument("--head-bits", default="int8", choices=list(HEAD_CHOICES),
                    help="format of the token embedding and output head (default int8; fp16/fp32 "
                    "keep them float)")
@@ -384,8 +381,6 @@ def recipe_options(args) -> dict:
                    importance_prior=args.importance_prior, damping=args.damping)
     if args.group_params is not None:
         options["group_params"] = args.group_params
-    elif not options["gptq"]:
-        options.pop("group_params", None)  # --no-gptq: compact parameters are chosen in GPTQ
     if args.propagation is not None:
         options["propagation"] = args.propagation
     elif not options["gptq"]:

@@ -308,8 +308,19 @@ class Improver:
             return self._sequential_rows(name, w, group_size, bits)
         rotation = self.rotation if self.rotates(name, w.shape[1]) else "none"
         if not self.gptq:
-            return quantize(w, group_size, bits, clip_search=self.clip_search,
-                            importance=self._importance(name), rotation=rotation)
+            qt = quantize(w, group_size, bits, clip_search=self.clip_search,
+                          importance=self._importance(name), rotation=rotation)
+            if self.group_params == "float16":
+                return qt
+            # the searched parameters snapped to their codes (FORMAT.md §10), levels again
+            from q35f.format.group_params import row_exponents, snap
+            from q35f.format.spec import get_format
+
+            top = get_format(bits).even_levels - 1
+            stored = rotate_rows(w, group_size) if rotation != "none" else w
+            params = snap(qt.offset, qt.scale, row_exponents(stored, top), top)
+            return quantize(w, group_size, bits, params=params,
+                            rotation=rotation).with_group_params(self.group_params)
         from q35f.quantization.gptq import gptq_quantize
 
         if rotation != "none":
