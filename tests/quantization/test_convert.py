@@ -465,7 +465,8 @@ def test_a_corrupt_row_exponent_is_a_clear_error(tmp_path):
     ([], 64, "e4m4"),  # the default recipe: compact parameters, groups of 64
     (["--group-params", "float16"], 128, None),  # session 10's layout
     (["--group-size", "32"], 32, "e4m4"),
-    (["--no-calibration"], 128, None),
+    (["--no-calibration"], 64, "e4m4"),
+    (["--round-to-nearest"], 128, None),
     (["--refit-scales"], 128, None),  # writes float16 parameters: their group size too
 ])
 def test_the_cli_group_size_follows_the_group_parameters(tmp_path, capsys, flags, group_size,
@@ -473,8 +474,8 @@ def test_the_cli_group_size_follows_the_group_parameters(tmp_path, capsys, flags
     src, _ = _source(tmp_path, config=TINY_CONFIG)
     text = tmp_path / "calibration.txt"
     text.write_text("It is a truth universally acknowledged, that a single man. " * 40)
-    calibration = [] if "--no-calibration" in flags else ["--calibration", str(text),
-                                                          "--calibration-tokens", "256"]
+    data_free = {"--no-calibration", "--round-to-nearest"} & set(flags)
+    calibration = [] if data_free else ["--calibration", str(text), "--calibration-tokens", "256"]
     out = tmp_path / "out"
     assert cli_main(["quantize", str(src), "-o", str(out), "--no-progress", "--json",
                      *calibration, *flags]) == 0

@@ -294,7 +294,7 @@ def register(subparsers):
     p.add_argument("--group-params", default=None, choices=list(GROUP_PARAMS),
                    help="how the file stores each group's scale and offset: e4m4 = one byte "
                    "each (format version 3, docs/FORMAT.md §10), "
-                   "float16 = two bytes each (default: the recipe's, e4m4 for the calibrated default)")
+                   "float16 = two bytes each (default e4m4; float16 with --round-to-nearest)")
     p.add_argument("--head-bits", default="int8", choices=list(HEAD_CHOICES),
                    help="format of the token embedding and output head (default int8; fp16/fp32 "
                    "keep them float)")
@@ -305,7 +305,7 @@ def register(subparsers):
                         "no calibration text (default: GPTQ error feedback + importance-weighted "
                         "clip search + the input rotation + error propagation 0.5 in groups of 64 "
                         "with one-byte parameters, calibrated on 16384 tokens of the built-in "
-                        "generated text; --no-calibration keeps float16 groups of 128)")
+                        "generated text)")
     recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
                         const="round-to-nearest",
                         help="plain per-group min/max rounding, nothing searched, calibrated or "

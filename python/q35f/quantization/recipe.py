@@ -36,13 +36,14 @@ IMPORTANCES = ("none", "activation")
 # -> +21.83 / +20.99 %, KL 0.224 / 0.211 -> 0.208 / 0.193; a = 1 overfits the calibration text
 # (16 windows: +25.2 / +26.4 % against +20.3 / +23.2 % without).
 # Groups of 64 with one-byte parameters (FORMAT.md §10, session 11): the same 3.76 bits per
-# weight as float16 parameters per 128, KL divergence -15 % (docs/RESULTS.md "Session 11").
+# weight as float16 parameters per 128, KL divergence -10 / -14 % calibrated, -5 / -15 %
+# data-free (64 windows, P&P / pydoc; docs/RESULTS.md "Session 11").
 RECIPES = {
     "calibrated": {"clip_search": True, "pairing": "none", "gptq": True,
                    "importance": "activation", "rotation": "hadamard", "propagation": 0.5,
                    "group_params": "e4m4"},
     "data-free": {"clip_search": True, "pairing": "weight", "gptq": False, "importance": "none",
-                  "rotation": "hadamard"},
+                  "rotation": "hadamard", "group_params": "e4m4"},
     "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
                          "importance": "none", "rotation": "none"},
 }
