@@ -26,15 +26,9 @@ LAYOUTS = {"v1 G=128 float16": (128, "float16"), "v3 G=64 e4m4": (64, "e4m4")}
 
 
 def _tensor(w, group_size, group_params):
-    import q35f
-    from q35f.format import group_params as gp
+    from q35f.kernels.tensor import quantize
 
-    qt = q35f.quantize(w, group_size, "q35")
-    if group_params == "float16":
-        return qt
-    offset, scale = gp.snap(qt.offset, qt.scale, gp.row_exponents(w), 15)
-    return q35f.quantize(w, group_size, "q35", params=(offset, scale)).with_group_params(
-        group_params)
+    return quantize(w, group_size, "q35", group_params=group_params)
 
 
 def main(argv=None) -> int:

@@ -13,8 +13,9 @@ import numpy as np
 
 from q35f.kernels import fortran as kernels
 from q35f.kernels import torch_matmul
-from q35f.format.group_params import COMPACT, FLOAT16, check_group_params
+from q35f.format.group_params import COMPACT, FLOAT16, check_group_params, row_exponents
 from q35f.format.group_params import encode as encode_group_params
+from q35f.format.group_params import snap as snap_group_params
 from q35f.format.rotation import can_rotate, check_rotation
 from q35f.format.spec import (
     FLOAT16_MAX,
@@ -264,7 +265,8 @@ def _check_float32(array, name: str) -> None:
 
 
 def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_search: bool = False,
-             params=None, importance=None, rotation: str = "none") -> QuantizedTensor:
+             params=None, importance=None, rotation: str = "none",
+             group_params: str = FLOAT16) -> QuantizedTensor:
     """Quantize a float32 (N, K) matrix row by row in groups of `group_size` (FORMAT.md §4, §6).
 
     clip_search: choose each group's parameters among shrunken ranges by least squared error
@@ -274,6 +276,8 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
     (e.g. E[x^2] of the layer's inputs on calibration text); default all 1.
     rotation: "hadamard" quantizes W R instead (FORMAT.md §9); params and importance then
     belong to the rotated columns.
+    group_params: "e4m4" (FORMAT.md §10) snaps the parameters chosen (or given) to one-byte
+    codes and computes the levels from the snapped ones.
     """
     get_format(bits)
     check_group_size(group_size)
@@ -314,7 +318,15 @@ def quantize(w: np.ndarray, group_size: int = 128, bits: str = "q35", clip_searc
         raise ValueError("importance is used only by the clip search (clip_search=True)")
     else:
         tiles, scales, offsets = kernels.quantize_rows(w, group_size, bits)
-    return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits, rotation)
+    qt = QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits, rotation)
+    if check_group_params(group_params) == FLOAT16:
+        return qt
+    top = get_format(bits).even_levels - 1
+    offset, scale = snap_group_params(qt.offset, qt.scale, row_exponents(w, top), top)
+    tiles, scales, offsets = kernels.quantize_rows_clip(w, group_size, bits, False, scale=scale,
+                                                        offset=offset)
+    return QuantizedTensor(tiles, scales, offsets, w.shape, group_size, bits, rotation,
+                           group_params)
 
 
 def matmul(x: np.ndarray, qt: QuantizedTensor) -> np.ndarray:

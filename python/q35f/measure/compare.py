@@ -47,6 +47,7 @@ def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=Non
     from q35f.io.checkpoint import open_checkpoint
     from q35f.quantization.convert import quantize_checkpoint
     from q35f.io.corpora import cache_dir
+    from q35f.format.group_params import FLOAT16
     from q35f.quantization.gptq import DEFAULT_DAMPING
     from q35f.quantization.recipe import DEFAULT_CALIBRATION_TOKENS, RECIPES
 
@@ -61,7 +62,7 @@ def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=Non
             with open_checkpoint(out) as ck:
                 qc = ck.quant_config or {}
             absent = {"clip_search": False, "pairing": "none", "gptq": False, "importance": "none",
-                      "rotation": "none", "propagation": 0, "group_params": "float16"}
+                      "rotation": "none", "propagation": 0, "group_params": FLOAT16}
             same = all(qc.get(key, absent[key]) == value for key, value in options.items())
             if options.get("gptq"):  # a file made by an older default is made again
                 same = same and qc.get("damping") == DEFAULT_DAMPING and qc.get(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 import time
 
+from q35f.format.group_params import COMPACT, FLOAT16, check_group_params
 from q35f.quantization.calibrate import DEFAULT_SEQUENCE_LENGTH, calibrate_checkpoint, input_key
 from q35f.quantization.pairing import PAIRINGS, PermutedCheckpoint, build_permutations
 
@@ -41,21 +42,21 @@ IMPORTANCES = ("none", "activation")
 RECIPES = {
     "calibrated": {"clip_search": True, "pairing": "none", "gptq": True,
                    "importance": "activation", "rotation": "hadamard", "propagation": 0.5,
-                   "group_params": "e4m4"},
+                   "group_params": COMPACT},
     "data-free": {"clip_search": True, "pairing": "weight", "gptq": False, "importance": "none",
-                  "rotation": "hadamard", "group_params": "e4m4"},
+                  "rotation": "hadamard", "group_params": COMPACT},
     "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
                          "importance": "none", "rotation": "none"},
 }
 
 
-def default_group_size(group_params: str = "float16") -> int:
+def default_group_size(group_params: str = FLOAT16) -> int:
     """The group size when none is asked for: compact parameters (FORMAT.md §10) pay for
     groups of 64 at the cost of float16 ones per 128."""
-    return 64 if group_params == "e4m4" else 128
+    return 64 if group_params == COMPACT else 128
 
 
-RECIPE_GROUP_SIZE = {name: default_group_size(r.get("group_params", "float16"))
+RECIPE_GROUP_SIZE = {name: default_group_size(r.get("group_params", FLOAT16))
                      for name, r in RECIPES.items()}
 DEFAULT_IMPORTANCE_PRIOR = 0.1
 
@@ -90,7 +91,7 @@ class Improver:
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
                  tune_lr=None, rotation="none", group_size=128, propagation=0.0,
-                 group_params="float16"):
+                 group_params=FLOAT16):
         from q35f.format.rotation import check_rotation
         from q35f.quantization.gptq import DEFAULT_DAMPING
 
@@ -128,8 +129,6 @@ class Improver:
         if propagation and not (gptq and sequential):
             raise ValueError("--propagation corrects sequential GPTQ's targets: it needs --gptq")
         self.propagation = float(propagation)
-        from q35f.format.group_params import FLOAT16, check_group_params
-
         if check_group_params(group_params) != FLOAT16 and (refit or tune_steps):
             raise ValueError("--refit-scales and --tune-scales write float16 group parameters: "
                              "they do not combine with compact ones")
@@ -309,19 +308,9 @@ class Improver:
             return self._sequential_rows(name, w, group_size, bits)
         rotation = self.rotation if self.rotates(name, w.shape[1]) else "none"
         if not self.gptq:
-            qt = quantize(w, group_size, bits, clip_search=self.clip_search,
-                          importance=self._importance(name), rotation=rotation)
-            if self.group_params == "float16":
-                return qt
-            # the searched parameters snapped to their codes (FORMAT.md §10), levels again
-            from q35f.format.group_params import row_exponents, snap
-            from q35f.format.spec import get_format
-
-            top = get_format(bits).even_levels - 1
-            stored = rotate_rows(w, group_size) if rotation != "none" else w
-            params = snap(qt.offset, qt.scale, row_exponents(stored, top), top)
-            return quantize(w, group_size, bits, params=params,
-                            rotation=rotation).with_group_params(self.group_params)
+            return quantize(w, group_size, bits, clip_search=self.clip_search,
+                            importance=self._importance(name), rotation=rotation,
+                            group_params=self.group_params)
         from q35f.quantization.gptq import gptq_quantize
 
         if rotation != "none":
