@@ -145,6 +145,9 @@ def test_the_cli_recipes_and_their_overrides():
     assert default["propagation"] == 0.5
     assert options("--propagation", "0")["propagation"] == 0
     assert "propagation" not in options("--no-gptq")  # nothing to correct without GPTQ
+    assert default["gptq_order"] == "coarse-first"
+    assert options("--gptq-order", "natural")["gptq_order"] == "natural"
+    assert "gptq_order" not in options("--no-gptq")  # no columns to order without GPTQ
     free = options("--no-calibration")
     assert {k: free[k] for k in RECIPES["data-free"]} == RECIPES["data-free"]
     assert "propagation" not in free

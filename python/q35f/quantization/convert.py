@@ -154,7 +154,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         calibration_tokens=None, importance="none", importance_prior=None,
                         damping=None, sequential=True, symmetric=False, refit=False,
                         tune_steps=0, tune_target="float-block", tune_lr=None,
-                        rotation="none", propagation=0.0, group_params=FLOAT16) -> dict:
+                        rotation="none", propagation=0.0, group_params=FLOAT16,
+                        gptq_order="natural") -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -197,7 +198,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps or rotation != "none"
-                or propagation or group_params != FLOAT16):
+                or propagation or group_params != FLOAT16 or gptq_order != "natural"):
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -211,7 +212,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 symmetric=symmetric, refit=refit, tune_steps=tune_steps,
                                 tune_target=tune_target, tune_lr=tune_lr,
                                 rotation=rotation, group_size=group_size,
-                                propagation=propagation, group_params=group_params)
+                                propagation=propagation, group_params=group_params,
+                                gptq_order=gptq_order)
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -329,6 +331,10 @@ def register(subparsers):
     p.add_argument("--damping", type=float, default=None, metavar="D",
                    help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
                    "(default 0.1)")
+    p.add_argument("--gptq-order", default=None, choices=["natural", "coarse-first"],
+                   help="the order GPTQ rounds the columns in: coarse-first = every 3-bit "
+                   "(odd) column of q35 before every 4-bit one, so the finer grid absorbs the "
+                   "coarser one's errors (default with GPTQ); natural = left to right")
     p.add_argument("--propagation", type=float, default=None, metavar="A",
                    help="with GPTQ, quantize W + A W (X_float - X)^T X (X^T X)^-1 instead of W: "
                    "the weight that undoes the error of the layers before (QEP); 0 = off, "
@@ -372,7 +378,7 @@ def recipe_options(args) -> dict:
     from q35f.quantization.recipe import RECIPES
 
     options = dict(RECIPES[args.recipe])
-    for key in ("clip_search", "pairing", "gptq", "importance", "rotation"):
+    for key in ("clip_search", "pairing", "gptq", "importance", "rotation", "gptq_order"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if not options["clip_search"] and args.importance is None:
@@ -385,6 +391,8 @@ def recipe_options(args) -> dict:
         options["propagation"] = args.propagation
     elif not options["gptq"]:
         options.pop("propagation", None)  # --no-gptq: no GPTQ targets to correct
+    if not options["gptq"] and args.gptq_order is None:
+        options.pop("gptq_order", None)  # --no-gptq: no columns to order
     if args.tune_steps is not None and not args.tune_scales:
         raise ValueError("--tune-steps is the step count of --tune-scales: pass both")
     if (args.refit_scales or args.tune_scales) and args.rotation is None:

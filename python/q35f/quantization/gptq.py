@@ -28,11 +28,33 @@ from q35f.kernels import reference
 DEFAULT_DAMPING = 0.1
 
 
-def inverse_hessian_factor(hessian: np.ndarray, damping: float = DEFAULT_DAMPING) -> np.ndarray:
-    """Upper Cholesky factor U (float64) of (H + damping * mean(diag H) * I)^-1, U^T U = H^-1.
+ORDERS = ("natural", "coarse-first")
+
+
+def column_order(k: int, bits: str, order: str = "natural"):
+    """The order GPTQ quantizes the K columns in, or None for 0..K-1.
+
+    "coarse-first" on q35: every odd (3-bit) column, then every even (4-bit) one, so the finer
+    grid's columns, quantized last, absorb the coarser grid's errors and not the other way
+    round (layer output error -14 % on the embedded model's layers, docs/RESULTS.md "Session
+    12"); the int formats have one grid, so their order stays natural."""
+    if order not in ORDERS:
+        raise ValueError(f"GPTQ order must be one of {list(ORDERS)}, got {order!r}")
+    if order == "natural" or get_format(bits).name != "q35":
+        return None
+    cols = np.arange(k)
+    return np.concatenate([cols[1::2], cols[0::2]])
+
+
+def inverse_hessian_factor(hessian: np.ndarray, damping: float = DEFAULT_DAMPING,
+                           order=None) -> np.ndarray:
+    """Upper Cholesky factor U (float64) of (H + damping * mean(diag H) * I)^-1, U^T U = H^-1,
+    with H's rows and columns taken in `order` (column_order) if given.
 
     Channels never active in calibration get a unit diagonal (their error costs nothing)."""
     h = np.array(hessian, dtype=np.float64, copy=True)
+    if order is not None:
+        h = h[np.ix_(order, order)]
     k = h.shape[0]
     dead = np.diag(h) <= 0
     h[dead, dead] = 1.0
@@ -60,12 +82,16 @@ def _group_parameters(block: np.ndarray, group_size: int, bits: str, clip_search
 
 def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits: str = "q35",
                   clip_search: bool = False, importance=None, symmetric: bool = False,
-                  group_params: str = FLOAT16):
-    """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H);
+                  group_params: str = FLOAT16, order=None):
+    """QuantizedTensor of w (N, K) float32 by error feedback with U = inverse_hessian_factor(H,
+    order=order), the columns taken in `order` (column_order; None = 0..K-1);
     importance (K,): the clip search's column weights (see q35f.quantize); symmetric: group
     ranges centred on zero (q35f.quantization.symmetric, the ablation's symmetric grid);
     group_params "e4m4": each group's parameters snapped to one-byte codes (FORMAT.md §10)
-    before its columns are rounded, so the error feedback also absorbs the snapping."""
+    before its columns are rounded, so the error feedback also absorbs the snapping.
+
+    A group's parameters are chosen when the first of its columns is reached, from all its
+    columns' current (already updated) weights; in the natural order that is the group's start."""
     from q35f.kernels.tensor import quantize
 
     fmt = get_format(bits)
@@ -73,40 +99,61 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
     n, k = w.shape
     if factor.shape != (k, k):
         raise ValueError(f"the Hessian factor must be ({k}, {k}), got {factor.shape}")
+    order = np.arange(k) if order is None else np.asarray(order)
+    if order.shape != (k,) or not np.array_equal(np.sort(order), np.arange(k)):
+        raise ValueError(f"order must be a permutation of the {k} columns")
+    position = np.empty(k, dtype=np.int64)
+    position[order] = np.arange(k)
     u = factor.astype(np.float32)
-    work = w.copy()  # weights as updated by the errors of the columns before them
+    work = w[:, order]  # in GPTQ's order, updated by the errors of the columns before them
     rounded_input = np.empty_like(work)  # each column as it was when quantized
     groups = n_groups(k, group_size)
     check_group_params(group_params)
     exponents = row_exponents(w, fmt.even_levels - 1) if group_params == COMPACT else None
     offsets = np.empty((n, groups), dtype=np.float16)
     scales = np.empty((n, groups), dtype=np.float16)
-    for g in range(groups):
+    chosen = np.zeros(groups, dtype=bool)
+    steps = np.empty((n, groups, 2), dtype=np.float32)  # per group: even, odd grid step
+
+    def choose(g):
         first, last = g * group_size, min((g + 1) * group_size, k)
-        block = work[:, first:last]  # a view: updated in place below
+        current = np.ascontiguousarray(work[:, position[first:last]])  # in column order
         off16, scale16 = _group_parameters(
-            block, group_size, bits, clip_search,
+            current, group_size, bits, clip_search,
             None if importance is None else importance[first:last], symmetric)
         if exponents is not None:
             off16, scale16 = snap(off16[:, None], scale16[:, None], exponents,
                                   fmt.even_levels - 1)
             off16, scale16 = off16[:, 0], scale16[:, 0]
         offsets[:, g], scales[:, g] = off16, scale16
-        offset = off16.astype(np.float32)
         scale = scale16.astype(np.float32)
-        odd_step = reference.step3(scale) if fmt.name == "q35" else scale
+        steps[:, g, 0] = scale
+        steps[:, g, 1] = reference.step3(scale) if fmt.name == "q35" else scale
+        chosen[g] = True
+
+    # The errors reach the columns of the same chunk one by one, later chunks at once (GEMM).
+    for first in range(0, k, group_size):
+        last = min(first + group_size, k)
+        block = work[:, first:last]  # a view: updated in place below
         errors = np.empty((n, last - first), dtype=np.float32)
         for i in range(last - first):
+            c = int(order[first + i])
+            g = c // group_size
+            if not chosen[g]:
+                choose(g)
+            odd = c % 2
+            step = steps[:, g, odd]
+            offset = offsets[:, g].astype(np.float32)
             col = block[:, i]
-            step, count = (odd_step, fmt.odd_levels) if i % 2 else (scale, fmt.even_levels)
+            count = fmt.odd_levels if odd else fmt.even_levels
             q = offset + step * reference.to_levels(col, offset, step, count).astype(np.float32)
             rounded_input[:, first + i] = col
             err = (col - q) / u[first + i, first + i]
             errors[:, i] = err
             block[:, i + 1:] -= np.outer(err, u[first + i, first + i + 1:last])
-        if last < k:  # the whole group's errors reach the later columns at once
+        if last < k:
             work[:, last:] -= errors @ u[first:last, last:]
-    qt = quantize(rounded_input, group_size, bits, params=(offsets, scales))
+    qt = quantize(rounded_input[:, position], group_size, bits, params=(offsets, scales))
     return qt if group_params == FLOAT16 else qt.with_group_params(group_params)
 
 

@@ -42,7 +42,7 @@ IMPORTANCES = ("none", "activation")
 RECIPES = {
     "calibrated": {"clip_search": True, "pairing": "none", "gptq": True,
                    "importance": "activation", "rotation": "hadamard", "propagation": 0.5,
-                   "group_params": COMPACT},
+                   "group_params": COMPACT, "gptq_order": "coarse-first"},
     "data-free": {"clip_search": True, "pairing": "weight", "gptq": False, "importance": "none",
                   "rotation": "hadamard", "group_params": COMPACT},
     "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
@@ -91,9 +91,9 @@ class Improver:
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
                  tune_lr=None, rotation="none", group_size=128, propagation=0.0,
-                 group_params=FLOAT16):
+                 group_params=FLOAT16, gptq_order="natural"):
         from q35f.format.rotation import check_rotation
-        from q35f.quantization.gptq import DEFAULT_DAMPING
+        from q35f.quantization.gptq import DEFAULT_DAMPING, ORDERS
 
         self.rotation = check_rotation(rotation)
         self.group_size = int(group_size)
@@ -129,6 +129,11 @@ class Improver:
         if propagation and not (gptq and sequential):
             raise ValueError("--propagation corrects sequential GPTQ's targets: it needs --gptq")
         self.propagation = float(propagation)
+        if gptq_order not in ORDERS:
+            raise ValueError(f"gptq_order must be one of {list(ORDERS)}, got {gptq_order!r}")
+        if gptq_order != "natural" and not gptq:
+            raise ValueError("--gptq-order is the column order of GPTQ: it needs --gptq")
+        self.gptq_order = gptq_order
         if check_group_params(group_params) != FLOAT16 and (refit or tune_steps):
             raise ValueError("--refit-scales and --tune-scales write float16 group parameters: "
                              "they do not combine with compact ones")
@@ -189,6 +194,7 @@ class Improver:
             out["grid"] = "symmetric"
         if self.gptq:
             out["damping"] = self.damping
+            out["gptq_order"] = self.gptq_order
             out["sequential"] = self.sequential
         if self.propagation:
             out["propagation"] = self.propagation
@@ -208,22 +214,24 @@ class Improver:
             out["calibration"] = self.calib.describe()
         return out
 
-    def _factor(self, name):
+    def _factor(self, name, bits):
         """Upper Cholesky factor of the inverse Hessian of weight `name`'s (permuted, rotated)
-        input, and the diagonal of that Hessian."""
-        from q35f.quantization.gptq import inverse_hessian_factor
+        input in GPTQ's column order for `bits`, that order, and the Hessian's diagonal."""
+        from q35f.quantization.gptq import column_order, inverse_hessian_factor
 
         key = input_key(name)
         cols = self.perms.get(name, (None, None))[1]
-        cache_key = (key, None if cols is None else cols.tobytes())
+        cache_key = (key, None if cols is None else cols.tobytes(), bits)
         if cache_key not in self._factors:
             h = self.calib.hessian[key]
             if cols is not None:
                 h = h[cols][:, cols]
             if self.rotates(name, h.shape[0]):
                 h = rotated_hessian(h, self.group_size)
+            order = column_order(h.shape[0], bits, self.gptq_order)
             # one input at a time
-            self._factors = {cache_key: (inverse_hessian_factor(h, self.damping), h.diagonal())}
+            self._factors = {cache_key: (inverse_hessian_factor(h, self.damping, order), order,
+                                         h.diagonal())}
         return self._factors[cache_key]
 
     def rotates(self, name, k) -> bool:
@@ -232,12 +240,12 @@ class Improver:
 
         return planned_rotation(name, k, self.rotation, self.group_size) != "none"
 
-    def _importance(self, name):
+    def _importance(self, name, bits):
         """Per input column (permuted like the weight) weights of the clip search, or None."""
         if self.importance == "none":
             return None
         if self.rotation != "none":  # only with GPTQ (__init__): the rotated Hessian's diagonal
-            return mixed_importance(self._factor(name)[1], self.importance_prior)
+            return mixed_importance(self._factor(name, bits)[2], self.importance_prior)
         imp = mixed_importance(self.calib.mean_square[input_key(name)], self.importance_prior)
         cols = self.perms.get(name, (None, None))[1]
         return imp if cols is None else imp[cols]
@@ -247,7 +255,7 @@ class Improver:
         import numpy as np
 
         from q35f.quantization.calibrate import calibration_batches
-        from q35f.quantization.gptq import gptq_quantize, inverse_hessian_factor
+        from q35f.quantization.gptq import column_order, gptq_quantize, inverse_hessian_factor
         from q35f.quantization.sequential import LayerStream
         from q35f.kernels.fortran import rotate_rows
         from q35f.kernels.tensor import QuantizedTensor
@@ -257,13 +265,14 @@ class Improver:
 
             def quantize_full(tensor, weight, hessian, mean_square):
                 rotate = self.rotates(tensor, weight.shape[1])
+                order = column_order(weight.shape[1], bits, self.gptq_order)
                 if factor[0] is not hessian:
                     h, ms = hessian, mean_square
                     if rotate:  # the rotated inputs' Hessian and mean squares diag(R^T H R) / T
                         h = rotated_hessian(hessian, group_size)
                         ms = np.diag(h) * (mean_square.mean() / max(np.diag(hessian).mean(),
                                                                     1e-300))
-                    factor[:] = hessian, (inverse_hessian_factor(h, self.damping), ms)
+                    factor[:] = hessian, (inverse_hessian_factor(h, self.damping, order), ms)
                 u, ms = factor[1]
                 imp = (mixed_importance(ms, self.importance_prior)
                        if self.importance != "none" else None)
@@ -271,7 +280,7 @@ class Improver:
                     weight = rotate_rows(weight, group_size)
                 qt = gptq_quantize(weight, u, group_size, bits, self.clip_search,
                                    importance=imp, symmetric=self.symmetric,
-                                   group_params=self.group_params)
+                                   group_params=self.group_params, order=order)
                 return qt.as_rotated(self.rotation) if rotate else qt
 
             started = time.perf_counter()
@@ -309,13 +318,14 @@ class Improver:
         rotation = self.rotation if self.rotates(name, w.shape[1]) else "none"
         if not self.gptq:
             return quantize(w, group_size, bits, clip_search=self.clip_search,
-                            importance=self._importance(name), rotation=rotation,
+                            importance=self._importance(name, bits), rotation=rotation,
                             group_params=self.group_params)
         from q35f.quantization.gptq import gptq_quantize
 
         if rotation != "none":
             w = rotate_rows(w, group_size)
-        qt = gptq_quantize(w, self._factor(name)[0], group_size, bits, self.clip_search,
-                           importance=self._importance(name), symmetric=self.symmetric,
-                           group_params=self.group_params)
+        factor, order, _ = self._factor(name, bits)
+        qt = gptq_quantize(w, factor, group_size, bits, self.clip_search,
+                           importance=self._importance(name, bits), symmetric=self.symmetric,
+                           group_params=self.group_params, order=order)
         return qt.as_rotated(rotation) if rotation != "none" else qt
