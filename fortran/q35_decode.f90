@@ -71,12 +71,15 @@ contains
 
     !> x (hidden) <- the block applied to the token at position pos (0-based); its key and value
     !> are written into the caches (head_dim, max positions, kv heads) at pos. `intermediate` is
-    !> the MLP width (gate rows, then up rows, in gate_up's output).
-    subroutine decode_block(x, attn_norm, mlp_norm, eps, qkv, wo, gate_up, down, n_heads, n_kv, &
-                            intermediate, pos, cos_pos, sin_pos, scale, k_cache, v_cache)
+    !> the MLP width (gate rows, then up rows, in gate_up's output). The q, k, v rows come from
+    !> `qkv` and then `kv` (no tiles when qkv holds them all; k and v stored in another format
+    !> than q, a mix): qkv's rows must fill whole tiles when kv has any, and both take the same
+    !> rotated input.
+    subroutine decode_block(x, attn_norm, mlp_norm, eps, qkv, kv, wo, gate_up, down, n_heads, &
+                            n_kv, intermediate, pos, cos_pos, sin_pos, scale, k_cache, v_cache)
         real(real32), intent(inout) :: x(:)
         real(real32), intent(in) :: attn_norm(:), mlp_norm(:), eps, scale
-        type(linear_tiles), intent(in) :: qkv, wo, gate_up, down
+        type(linear_tiles), intent(in) :: qkv, kv, wo, gate_up, down
         integer, intent(in) :: n_heads, n_kv, intermediate, pos
         real(real32), intent(in) :: cos_pos(:), sin_pos(:)  ! (head_dim / 2) at position pos
         real(real32), intent(inout) :: k_cache(:, :, :), v_cache(:, :, :)
@@ -86,18 +89,20 @@ contains
         real(real32), allocatable, target :: qkv_y(:), o_y(:), gu_y(:), dn_y(:)
         ! contiguous: a pointer without it is packed into a per-thread temporary at each call,
         ! and the temporaries copied back over each other (measured: lost rows with 2 threads)
-        real(real32), pointer, contiguous :: qkv_t(:, :, :), o_t(:, :, :)
+        real(real32), pointer, contiguous :: qkv_t(:, :, :), kv_t(:, :, :), o_t(:, :, :)
         real(real32), pointer, contiguous :: gu_t(:, :, :), dn_t(:, :, :)
-        integer :: hidden, d, n_pos, hq, hk, v0
+        integer :: hidden, d, n_pos, hq, hk, v0, first_kv
 
         hidden = size(x)
         d = size(k_cache, 1)
         n_pos = pos + 1
         allocate(h(padded_inputs(qkv), 1), attn(padded_inputs(wo), 1), source=0.0_real32)
         allocate(hm(padded_inputs(gate_up), 1), act(padded_inputs(down), 1), source=0.0_real32)
-        allocate(qkv_y(padded_outputs(qkv)), o_y(padded_outputs(wo)))
+        first_kv = padded_outputs(qkv)
+        allocate(qkv_y(first_kv + padded_outputs(kv)), o_y(padded_outputs(wo)))
         allocate(gu_y(padded_outputs(gate_up)), dn_y(padded_outputs(down)))
-        qkv_t(1:tile_rows, 1:size(qkv%tiles, 3), 1:1) => qkv_y
+        qkv_t(1:tile_rows, 1:size(qkv%tiles, 3), 1:1) => qkv_y(1:first_kv)
+        kv_t(1:tile_rows, 1:size(kv%tiles, 3), 1:1) => qkv_y(first_kv + 1:)
         o_t(1:tile_rows, 1:size(wo%tiles, 3), 1:1) => o_y
         gu_t(1:tile_rows, 1:size(gate_up%tiles, 3), 1:1) => gu_y
         dn_t(1:tile_rows, 1:size(down%tiles, 3), 1:1) => dn_y
@@ -110,6 +115,9 @@ contains
         !$omp end single
         call gemv_tiles_shared(qkv%fmt, qkv%group_size, qkv%tiles, qkv%scales, qkv%offsets, &
                                h, qkv_t)
+        if (size(kv%tiles, 3) > 0) &  ! the same branch in every thread: a shared value
+            call gemv_tiles_shared(kv%fmt, kv%group_size, kv%tiles, kv%scales, kv%offsets, &
+                                   h, kv_t)
         !$omp single
         call rotate(qkv_y(1:v0), d, cos_pos, sin_pos)  ! q and k heads
         do hk = 1, n_kv

@@ -185,11 +185,15 @@ end subroutine q35_rows_from_planar
 
 ! One decoder block for one token (q35_decode): x (hidden) updated in place, the token's key and
 ! value written into the caches at pos (0-based). Each linear layer comes as its tiled arrays;
-! q/k/v and gate/up are fused (stacked rows).
+! q/k/v and gate/up are fused (stacked rows); k/v come separately (kv_*, kv_rows > 0) when they
+! are stored in another format than q, else kv_rows is 0 and kv_* a dummy (f2py passes no
+! zero-size arrays).
 subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, pos, eps, scale, &
                         x, attn_norm, mlp_norm, cos_pos, sin_pos, k_cache, v_cache, &
                         qkv_fmt, qkv_group, qkv_bytes, qkv_groups, qkv_tiles, qkv_t, qkv_s, qkv_o, &
                         qkv_rot, qkv_k, qkv_signs, &
+                        kv_rows, kv_fmt, kv_group, kv_bytes, kv_groups, kv_tiles, kv_t, kv_s, kv_o, &
+                        kv_rot, kv_k, kv_signs, &
                         wo_fmt, wo_group, wo_bytes, wo_groups, wo_tiles, wo_t, wo_s, wo_o, &
                         wo_rot, wo_k, wo_signs, &
                         gu_fmt, gu_group, gu_bytes, gu_groups, gu_tiles, gu_t, gu_s, gu_o, &
@@ -210,6 +214,13 @@ subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, p
     integer(int16), intent(in), target :: qkv_o(16, qkv_groups, qkv_tiles)
     integer(int32), intent(in) :: qkv_rot, qkv_k  ! rotation block (0: none), inputs
     real(real32), intent(in), target :: qkv_signs(qkv_k)
+    integer(int32), intent(in) :: kv_rows, kv_fmt, kv_group, kv_bytes, kv_groups, kv_tiles
+    integer(int8), intent(in), target :: kv_t(16, kv_bytes, kv_tiles)
+    integer(int16), intent(in), target :: kv_s(16, kv_groups, kv_tiles)
+    integer(int16), intent(in), target :: kv_o(16, kv_groups, kv_tiles)
+    integer(int32), intent(in) :: kv_rot, kv_k  ! rotation block (0: none), inputs
+    real(real32), intent(in), target :: kv_signs(kv_k)
+    integer :: kv_used  ! kv's tiles in use: none when k/v are fused with q
     integer(int32), intent(in) :: wo_fmt, wo_group, wo_bytes, wo_groups, wo_tiles
     integer(int8), intent(in), target :: wo_t(16, wo_bytes, wo_tiles)
     integer(int16), intent(in), target :: wo_s(16, wo_groups, wo_tiles)
@@ -231,8 +242,15 @@ subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, p
     if (pos < 0 .or. pos >= max_pos) error stop "decode_block: position outside the KV cache"
     if (n_kv < 1 .or. mod(n_heads, n_kv) /= 0 .or. 2 * half /= d) &
         error stop "decode_block: inconsistent head counts or head size"
+    kv_used = merge(kv_tiles, 0, kv_rows > 0)
+    if (kv_rows > 0 .and. (kv_rot /= qkv_rot .or. qkv_tiles * 16 /= n_heads * d &
+                           .or. kv_rows /= 2 * n_kv * d .or. kv_rows > 16 * kv_tiles)) &
+        error stop "decode_block: separate k/v need q in whole tiles and the same rotation"
     call decode_block_tiles(x, attn_norm, mlp_norm, eps, &
                             tiled(qkv_fmt, qkv_group, qkv_t, qkv_s, qkv_o, qkv_rot, qkv_signs), &
+                            tiled(kv_fmt, kv_group, kv_t(:, :, 1:kv_used), &
+                                  kv_s(:, :, 1:kv_used), kv_o(:, :, 1:kv_used), kv_rot, &
+                                  kv_signs), &
                             tiled(wo_fmt, wo_group, wo_t, wo_s, wo_o, wo_rot, wo_signs), &
                             tiled(gu_fmt, gu_group, gu_t, gu_s, gu_o, gu_rot, gu_signs), &
                             tiled(dn_fmt, dn_group, dn_t, dn_s, dn_o, dn_rot, dn_signs), &

@@ -34,13 +34,12 @@ def quantized(weights: Weights, bits_of, rotation="none") -> Weights:
                    norm=weights.norm, lm_head=weights.lm_head)
 
 
-def fused_and_numpy(config: dict, bits: str, seed: int = 0, rotation="none"):
+def fused_and_numpy(config: dict, bits: str, seed: int = 0, rotation="none", bits_of=None):
     cfg = LlamaConfig.from_hf(config)
+    bits_of = bits_of or (lambda name: bits)
     # a Model takes over its weights (it fuses them): one set each, the same numbers
-    fused = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits, rotation),
-                  max_seq_len=64)
-    plain = Model(cfg, quantized(tiny_weights(config, seed), lambda name: bits, rotation),
-                  max_seq_len=64)
+    fused = Model(cfg, quantized(tiny_weights(config, seed), bits_of, rotation), max_seq_len=64)
+    plain = Model(cfg, quantized(tiny_weights(config, seed), bits_of, rotation), max_seq_len=64)
     plain.fused_decode = False
     return fused, plain
 
@@ -83,7 +82,7 @@ def test_fused_decode_rotates_inputs_like_numpy(bits, tail, prompt, seed):
                          intermediate_size=64 + tail, head_dim=16)
     fused, plain = fused_and_numpy(config, bits, seed, rotation="hadamard")
     assert all(lin.weight.rotated for layer in fused.layers
-               for lin in (layer.qkv.linear, layer.wo, layer.gate_up.linear, layer.down))
+               for lin in (*layer.qkv.parts, layer.wo, *layer.gate_up.parts, layer.down))
     ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=prompt)
     assert_same_decoding(fused, plain, ids, steps=3)
 
@@ -97,14 +96,33 @@ def test_decode_continues_across_kv_cache_growth(monkeypatch):
     assert fused.positions == 16
 
 
-def test_mixed_formats_in_a_block_decode_through_numpy():
-    """A block whose fused q/k/v cannot be one matrix (different formats) is left to numpy."""
+@settings(max_examples=10, deadline=None)
+@given(q_bits=st.sampled_from(["int3", "q35"]), kv_bits=st.sampled_from(["int4", "int8"]),
+       rotation=st.sampled_from(["none", "hadamard"]), n_kv=st.integers(1, 2),
+       prompt=st.integers(1, 5), seed=st.integers(0, 5))
+def test_fused_decode_takes_k_and_v_in_another_format_than_q(q_bits, kv_bits, rotation, n_kv,
+                                                              prompt, seed):
+    """A mix (q in one format, k and v in another, --mix): decode_block runs q's and k/v's
+    GEMVs one after the other into the same output, as numpy's two matmuls."""
+    config = tiny_config(hidden_size=64, num_attention_heads=4, num_key_value_heads=n_kv,
+                         intermediate_size=80, head_dim=16)
+    fused, plain = fused_and_numpy(
+        config, "q35", seed, rotation,
+        bits_of=lambda name: kv_bits if name in ("wk", "wv") else q_bits)
+    assert [len(layer.qkv.parts) for layer in fused.layers] == [2] * len(fused.layers)
+    ids = np.random.default_rng(seed).integers(0, config["vocab_size"], size=prompt)
+    assert_same_decoding(fused, plain, ids, steps=3)
+
+
+def test_mixed_formats_decode_block_cannot_take_go_through_numpy():
+    """q, k and v in three formats, or gate and up apart, are left to numpy."""
     config = tiny_config()
-    weights = quantized(tiny_weights(config), lambda name: "int4" if name == "wk" else "q35")
-    model = Model(LlamaConfig.from_hf(config), weights, max_seq_len=32)
-    assert model._decode is None
-    model.forward([1, 2, 3], 0)
-    assert np.isfinite(model.forward([4], 3)).all()
+    for odd in ({"wk": "int4"}, {"w_up": "int4"}):
+        weights = quantized(tiny_weights(config), lambda name: odd.get(name, "q35"))
+        model = Model(LlamaConfig.from_hf(config), weights, max_seq_len=32)
+        assert model._decode is None
+        model.forward([1, 2, 3], 0)
+        assert np.isfinite(model.forward([4], 3)).all()
 
 
 def test_float_model_decodes_through_numpy():
@@ -127,6 +145,10 @@ def test_fused_decode_with_two_threads():
         "    fused, plain = fused_and_numpy(config, bits, rotation=rotation)\n"
         "    for _ in range(20):  # a race shows in some runs only\n"
         "        assert_same_decoding(fused, plain, np.arange(1, 6), steps=6)\n"
+        "mix = lambda name: 'int4' if name in ('wk', 'wv') else 'int3'  # k/v apart from q\n"
+        "fused, plain = fused_and_numpy(config, 'q35', rotation='hadamard', bits_of=mix)\n"
+        "for _ in range(20):\n"
+        "    assert_same_decoding(fused, plain, np.arange(1, 6), steps=6)\n"
         "print('ok')\n"
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -106,9 +106,12 @@ def test_fusing_differently_quantized_layers_falls_back_to_separate_matmuls():
     w1 = rng.standard_normal((32, 64)).astype(np.float32)
     w2 = rng.standard_normal((16, 64)).astype(np.float32)
     q1, q2 = q35f.quantize(w1, 32, "q35"), q35f.quantize(w2, 32, "int4")
-    assert isinstance(stack_rows([q1, q2]), list)
-    fused_same = stack_rows([q1, q35f.quantize(w2, 32, "q35")])
+    assert [w.bits for w in stack_rows([q1, q2])] == ["q35", "int4"]
+    (fused_same,) = stack_rows([q1, q35f.quantize(w2, 32, "q35")])
     assert fused_same.shape == (48, 64) and fused_same.bits == "q35"
+    # runs of alike weights stack: q apart, k and v together (a mix)
+    q3 = q35f.quantize(w2, 32, "int4")
+    assert [w.shape[0] for w in stack_rows([q1, q2, q3])] == [32, 32]
     x = rng.standard_normal((3, 64)).astype(np.float32)
     expected = np.concatenate([x @ q1.dequantize().T, x @ q2.dequantize().T], axis=1)
     np.testing.assert_allclose(FusedLinear([q1, q2])(x), expected, rtol=1e-4, atol=1e-4)

@@ -227,6 +227,16 @@ def tile_args(qt):
 _NO_SIGNS = np.ones(1, dtype=np.float32)
 
 
+def kv_args(qt=None):
+    """decode_block's separate k/v layer: (rows,) + tile_args + rotation_args of qt, or a
+    dummy with 0 rows when k and v are stacked with q (f2py passes no zero-size arrays)."""
+    if qt is not None:
+        return (qt.shape[0],) + tile_args(qt) + rotation_args(qt)
+    return (0, 0, 16, np.zeros((TILE_ROWS, 1, 1), np.int8, order="F"),
+            np.zeros((TILE_ROWS, 1, 1), np.int16, order="F"),
+            np.zeros((TILE_ROWS, 1, 1), np.int16, order="F"), 0, _NO_SIGNS)
+
+
 def rotation_args(qt):
     """(rotation block, signs) of a QuantizedTensor for decode_block: (0, a dummy) without a
     rotation, else its group size and the signs of its inputs (FORMAT.md §9)."""
@@ -239,8 +249,9 @@ def decode_block(n_heads, intermediate, pos, eps, scale, x, attn_norm, mlp_norm,
                  sin_pos, k_cache, v_cache, weights):
     """One decoder block for one token, in place (fortran/q35_decode.f90): x (hidden,) float32
     becomes the block's output, the token's key and value go into k_cache and v_cache (kv heads,
-    positions, head_dim) at pos. weights: tile_args + rotation_args of the fused q/k/v, o, fused
-    gate/up and down layers, concatenated."""
+    positions, head_dim) at pos. weights: tile_args + rotation_args of the fused q/k/v (or q
+    alone), kv_args of the separate k/v, then of o, fused gate/up and down layers,
+    concatenated."""
     _kernels.decode_block(intermediate, n_heads, pos, eps, scale, x, attn_norm, mlp_norm,
                           cos_pos, sin_pos, k_cache.T, v_cache.T, *weights)
 

@@ -142,50 +142,56 @@ class Linear:
         return 8.0 * self.nbytes
 
 
-def stack_rows(weights: list) -> object:
-    """One weight whose rows are those of `weights` in order (fuses q/k/v and gate/up matmuls).
-
-    Float matrices are concatenated; quantized ones are concatenated in their packed form
-    (rows are quantized independently, so this is exact). Mixed or differently quantized
-    weights are returned as a list and multiplied one by one.
-    """
-    if all(isinstance(w, np.ndarray) for w in weights):
-        return np.concatenate(weights, axis=0)
+def _same_layout(a, b) -> bool:
+    """Whether two weights' rows can be stacked into one matrix."""
     from q35f.kernels.tensor import QuantizedTensor
 
-    first = weights[0]
-    same = all(
-        isinstance(w, QuantizedTensor)
-        and w.config == first.config
-        and w.shape[1] == first.shape[1]
-        for w in weights
-    )
-    if not same:
-        return list(weights)
-    return QuantizedTensor.from_packed(
-        np.concatenate([w.packed for w in weights]),
-        np.concatenate([w.scale for w in weights]),
-        np.concatenate([w.offset for w in weights]),
-        (sum(w.shape[0] for w in weights), first.shape[1]),
-        first.group_size,
-        first.bits,
-        first.rotation,
-        first.group_params,
-    )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+    return (isinstance(a, QuantizedTensor) and isinstance(b, QuantizedTensor)
+            and a.config == b.config and a.shape[1] == b.shape[1])
+
+
+def stack_rows(weights: list) -> list:
+    """The rows of `weights` in order as few matrices as possible (fuses q/k/v and gate/up
+    matmuls): each run of consecutive weights stored alike becomes one. Float matrices are
+    concatenated; quantized ones in their packed form (rows are quantized independently, so
+    this is exact). A mix (q in one format, k and v in another) gives one matrix per run."""
+    from q35f.kernels.tensor import QuantizedTensor
+
+    runs = [[weights[0]]]
+    for w in weights[1:]:
+        if _same_layout(runs[-1][-1], w):
+            runs[-1].append(w)
+        else:
+            runs.append([w])
+    out = []
+    for run in runs:
+        first = run[0]
+        if len(run) == 1:
+            out.append(first)
+        elif isinstance(first, np.ndarray):
+            out.append(np.concatenate(run, axis=0))
+        else:
+            out.append(QuantizedTensor.from_packed(
+                np.concatenate([w.packed for w in run]),
+                np.concatenate([w.scale for w in run]),
+                np.concatenate([w.offset for w in run]),
+                (sum(w.shape[0] for w in run), first.shape[1]),
+                first.group_size, first.bits, first.rotation, first.group_params))
+    return out
 
 
 class FusedLinear:
-    """Several linear layers on the same input, computed as one matmul where possible."""
+    """Several linear layers on the same input, computed as few matmuls as stack_rows allows."""
 
     def __init__(self, weights: list):
         self.sizes = [int(w.shape[0]) for w in weights]
-        stacked = stack_rows(weights)
-        self.parts = [Linear(w) for w in stacked] if isinstance(stacked, list) else None
-        self.linear = None if self.parts else Linear(stacked)
+        self.parts = [Linear(w) for w in stack_rows(weights)]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.linear is not None:
-            return self.linear(x)
+        if len(self.parts) == 1:
+            return self.parts[0](x)
         return np.concatenate([part(x) for part in self.parts], axis=-1)
 
 
@@ -533,20 +539,32 @@ class Model:
         self.k_cache, self.v_cache, self.positions = k_cache, v_cache, size
 
     def _decode_args(self) -> list[tuple] | None:
-        """decode_block's weight arguments per block, or None where a block has a float or a
-        separately multiplied (mixed-format) linear layer: those decode through numpy."""
+        """decode_block's weight arguments per block, or None where a block has a float linear
+        layer or one decode_block cannot take (gate and up apart, q/k/v in three formats, q's
+        rows not whole tiles beside a separate k/v): those decode through numpy."""
         from q35f.kernels import fortran
 
         args = []
         for layer in self.layers:
-            linears = (layer.qkv.linear, layer.wo, layer.gate_up.linear, layer.down)
-            if any(lin is None or not lin.quantized for lin in linears):
+            qkv = layer.qkv.parts
+            if len(qkv) == 1:
+                qkv = [qkv[0], None]  # k and v fused with q: no separate k/v tiles
+            elif len(qkv) != 2 or qkv[0].shape[0] != sum(layer.qkv.sizes[:1]) or (
+                    qkv[0].shape[0] % fortran.TILE_ROWS):
+                return None
+            linears = (*qkv, layer.wo, *layer.gate_up.parts, layer.down)
+            if len(layer.gate_up.parts) != 1 or any(
+                    lin is not None and not lin.quantized for lin in linears):
+                return None
+            if qkv[1] is not None and (fortran.rotation_args(qkv[0].weight)[0]
+                                       != fortran.rotation_args(qkv[1].weight)[0]):
                 return None
             if layer.gate_up.sizes[0] != layer.gate_up.sizes[1]:
                 return None
-            args.append(tuple(a for lin in linears
-                              for a in fortran.tile_args(lin.weight)
-                              + fortran.rotation_args(lin.weight))
+            args.append(tuple(a for i, lin in enumerate(linears)
+                              for a in (fortran.kv_args(lin and lin.weight) if i == 1
+                                        else fortran.tile_args(lin.weight)
+                                        + fortran.rotation_args(lin.weight)))
                         + (layer.gate_up.sizes[0], layer.attn_norm, layer.mlp_norm))
         return args
 
@@ -556,7 +574,7 @@ class Model:
         out = []
         for layer in self.layers:
             for lin in (layer.qkv, layer.gate_up):
-                out.extend(lin.parts if lin.parts else [lin.linear])
+                out.extend(lin.parts)
             out.extend([layer.wo, layer.down])
         return out
 
