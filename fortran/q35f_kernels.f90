@@ -192,8 +192,8 @@ subroutine decode_block(hidden, d, max_pos, n_kv, half, intermediate, n_heads, p
                         x, attn_norm, mlp_norm, cos_pos, sin_pos, k_cache, v_cache, &
                         qkv_fmt, qkv_group, qkv_bytes, qkv_groups, qkv_tiles, qkv_t, qkv_s, qkv_o, &
                         qkv_rot, qkv_k, qkv_signs, &
-                        kv_rows, kv_fmt, kv_group, kv_bytes, kv_groups, kv_tiles, kv_t, kv_s, kv_o, &
-                        kv_rot, kv_k, kv_signs, &
+                        kv_rows, kv_fmt, kv_group, kv_bytes, kv_groups, kv_tiles, &
+                        kv_t, kv_s, kv_o, kv_rot, kv_k, kv_signs, &
                         wo_fmt, wo_group, wo_bytes, wo_groups, wo_tiles, wo_t, wo_s, wo_o, &
                         wo_rot, wo_k, wo_signs, &
                         gu_fmt, gu_group, gu_bytes, gu_groups, gu_tiles, gu_t, gu_s, gu_o, &

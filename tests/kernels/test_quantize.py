@@ -148,6 +148,8 @@ def test_the_cli_recipes_and_their_overrides():
     assert default["gptq_order"] == "coarse-first"
     assert options("--gptq-order", "natural")["gptq_order"] == "natural"
     assert "gptq_order" not in options("--no-gptq")  # no columns to order without GPTQ
+    assert options("--mix", "none")["mix"] == "none"
+    assert options("--round-to-nearest", "--mix", "kv4-q3")["mix"] == "kv4-q3"
     free = options("--no-calibration")
     assert {k: free[k] for k in RECIPES["data-free"]} == RECIPES["data-free"]
     assert "propagation" not in free

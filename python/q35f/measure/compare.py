@@ -63,7 +63,7 @@ def variant_path(source, bits: str, group_size: int, head_bits: str, out_dir=Non
                 qc = ck.quant_config or {}
             absent = {"clip_search": False, "pairing": "none", "gptq": False, "importance": "none",
                       "rotation": "none", "propagation": 0, "group_params": FLOAT16,
-                      "gptq_order": "natural"}
+                      "gptq_order": "natural", "mix": "none"}
             same = all(qc.get(key, absent[key]) == value for key, value in options.items())
             if options.get("gptq"):  # a file made by an older default is made again
                 same = same and qc.get("damping") == DEFAULT_DAMPING and qc.get(

@@ -37,6 +37,7 @@ from q35f.io.checkpoint import open_checkpoint
 from q35f.io.llama import HEAD_NAMES, LINEAR
 from q35f.io.info import format_bytes
 from q35f.io.safetensors import SafetensorsWriter
+from q35f.quantization.mix import MIXES, applicable, tensor_bits
 
 HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
 # One band of a matrix read and quantized at a time: 4 Mi float32 values = 16 MiB.
@@ -75,13 +76,13 @@ def planned_rotation(name: str, k: int, rotation: str, group_size: int) -> str:
 
 
 def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none",
-                 group_params=FLOAT16):
-    """Only the block linears get `group_params`: the embedding/head keep float16 ones (as
-    llama.cpp's Q8_0 does)."""
+                 group_params=FLOAT16, mix="none"):
+    """Only the block linears get `group_params` and `mix` (q35f.quantization.mix): the
+    embedding/head keep float16 parameters (as llama.cpp's Q8_0 does)."""
     treatment = None
     linear = len(shape) == 2 and LINEAR.fullmatch(name)
     if linear:
-        treatment = bits
+        treatment = tensor_bits(name, bits, mix)
     elif len(shape) == 2 and name in HEAD_NAMES:
         treatment = head_bits
     if treatment in FORMATS:
@@ -155,7 +156,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         damping=None, sequential=True, symmetric=False, refit=False,
                         tune_steps=0, tune_target="float-block", tune_lr=None,
                         rotation="none", propagation=0.0, group_params=FLOAT16,
-                        gptq_order="natural") -> dict:
+                        gptq_order="natural", mix="none") -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -179,9 +180,13 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             raise ValueError(f"{ck.path}: already quantized by q35f; quantize the original")
         check_rotation(rotation)
         check_group_params(group_params)
+        if not applicable(mix, ck.config):
+            print(f"q35f quantize: --mix {mix} not used: k and v are larger than half of q (no "
+                  "grouped-query attention), so it would cost bits", file=sys.stderr)
+            mix = "none"
         planned = [
             _plan_tensor(info.name, info.shape, bits, group_size, head_bits, rotation,
-                         group_params)
+                         group_params, mix)
             for info in ck.infos()
         ]
         config = dict(ck.config)
@@ -195,6 +200,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         }
         if group_params != FLOAT16:
             config["quantization_config"]["group_params"] = group_params
+        if mix != "none":
+            config["quantization_config"]["mix"] = mix
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps or rotation != "none"
@@ -213,7 +220,8 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 tune_target=tune_target, tune_lr=tune_lr,
                                 rotation=rotation, group_size=group_size,
                                 propagation=propagation, group_params=group_params,
-                                gptq_order=gptq_order)
+                                gptq_order=gptq_order,
+                                tensor_bits={p.name: p.bits for p in planned if p.bits})
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)
         try:
@@ -304,10 +312,11 @@ def register(subparsers):
     recipe.add_argument("--no-calibration", dest="recipe", action="store_const",
                         const="data-free", default="calibrated",
                         help="data-free: clip search, weight-norm pairing and the input rotation, "
-                        "no calibration text (default: GPTQ error feedback + importance-weighted "
-                        "clip search + the input rotation + error propagation 0.5 in groups of 64 "
-                        "with one-byte parameters, calibrated on 16384 tokens of the built-in "
-                        "generated text)")
+                        "no calibration text (default: GPTQ error feedback, 3-bit columns first, "
+                        "+ importance-weighted clip search + the input rotation + error "
+                        "propagation 0.5 in groups of 64 with one-byte parameters, calibrated on "
+                        "16384 tokens of the built-in generated text; both with k/v in int4 and "
+                        "q in int3, --mix)")
     recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
                         const="round-to-nearest",
                         help="plain per-group min/max rounding, nothing searched, calibrated or "
@@ -331,6 +340,11 @@ def register(subparsers):
     p.add_argument("--damping", type=float, default=None, metavar="D",
                    help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
                    "(default 0.1)")
+    p.add_argument("--mix", default=None, choices=list(MIXES),
+                   help="q35 only: store some linears in another format within the same budget; "
+                   "kv4-q3 = k_proj and v_proj in int4, q_proj in int3 (the most and the least "
+                   "sensitive per weight; the default, but for --round-to-nearest), none = q35 "
+                   "everywhere")
     p.add_argument("--gptq-order", default=None, choices=["natural", "coarse-first"],
                    help="the order GPTQ rounds the columns in: coarse-first = every 3-bit "
                    "(odd) column of q35 before every 4-bit one, so the finer grid absorbs the "
@@ -378,7 +392,7 @@ def recipe_options(args) -> dict:
     from q35f.quantization.recipe import RECIPES
 
     options = dict(RECIPES[args.recipe])
-    for key in ("clip_search", "pairing", "gptq", "importance", "rotation", "gptq_order"):
+    for key in ("clip_search", "pairing", "gptq", "importance", "rotation", "gptq_order", "mix"):
         if getattr(args, key) is not None:
             options[key] = getattr(args, key)
     if not options["clip_search"] and args.importance is None:

@@ -39,12 +39,15 @@ IMPORTANCES = ("none", "activation")
 # Groups of 64 with one-byte parameters (FORMAT.md §10, session 11): the same 3.76 bits per
 # weight as float16 parameters per 128, KL divergence -10 / -14 % calibrated, -5 / -15 %
 # data-free (64 windows, P&P / pydoc; docs/RESULTS.md "Session 11").
+# Session 12 (64 windows, P&P / pydoc, docs/RESULTS.md "Session 12"): GPTQ's 3-bit columns
+# first, KL 0.185 / 0.166 -> 0.173 / 0.155; k/v in int4 and q in int3 (q35f.quantization.mix),
+# -> 0.161 / 0.149 calibrated, 0.694 / 0.644 -> 0.632 / 0.608 data-free, 0.016 fewer bits.
 RECIPES = {
     "calibrated": {"clip_search": True, "pairing": "none", "gptq": True,
                    "importance": "activation", "rotation": "hadamard", "propagation": 0.5,
-                   "group_params": COMPACT, "gptq_order": "coarse-first"},
+                   "group_params": COMPACT, "gptq_order": "coarse-first", "mix": "kv4-q3"},
     "data-free": {"clip_search": True, "pairing": "weight", "gptq": False, "importance": "none",
-                  "rotation": "hadamard", "group_params": COMPACT},
+                  "rotation": "hadamard", "group_params": COMPACT, "mix": "kv4-q3"},
     "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
                          "importance": "none", "rotation": "none"},
 }
@@ -91,7 +94,7 @@ class Improver:
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
                  tune_lr=None, rotation="none", group_size=128, propagation=0.0,
-                 group_params=FLOAT16, gptq_order="natural"):
+                 group_params=FLOAT16, gptq_order="natural", tensor_bits=None):
         from q35f.format.rotation import check_rotation
         from q35f.quantization.gptq import DEFAULT_DAMPING, ORDERS
 
@@ -134,6 +137,9 @@ class Improver:
         if gptq_order != "natural" and not gptq:
             raise ValueError("--gptq-order is the column order of GPTQ: it needs --gptq")
         self.gptq_order = gptq_order
+        # each linear's format (the plan's, q35f.quantization.mix): the sequential stream
+        # quantizes a whole block at its first tensor's call
+        self.tensor_bits = dict(tensor_bits or {})
         if check_group_params(group_params) != FLOAT16 and (refit or tune_steps):
             raise ValueError("--refit-scales and --tune-scales write float16 group parameters: "
                              "they do not combine with compact ones")
@@ -261,19 +267,24 @@ class Improver:
         from q35f.kernels.tensor import QuantizedTensor
 
         if self._stream is None:
-            factor = [None, None]  # (hessian, its factor): q/k/v and gate/up share an input
+            # (hessian, order, its factor): q/k/v and gate/up share an input, and its factor
+            # while they are quantized in the same column order
+            factor = [None, None, None]
 
-            def quantize_full(tensor, weight, hessian, mean_square):
+            def quantize_full(tensor, weight, hessian, mean_square, base_bits=bits):
+                bits = self.tensor_bits.get(tensor, base_bits)
                 rotate = self.rotates(tensor, weight.shape[1])
                 order = column_order(weight.shape[1], bits, self.gptq_order)
-                if factor[0] is not hessian:
+                order_key = None if order is None else order.tobytes()
+                if factor[0] is not hessian or factor[1] != order_key:
                     h, ms = hessian, mean_square
                     if rotate:  # the rotated inputs' Hessian and mean squares diag(R^T H R) / T
                         h = rotated_hessian(hessian, group_size)
                         ms = np.diag(h) * (mean_square.mean() / max(np.diag(hessian).mean(),
                                                                     1e-300))
-                    factor[:] = hessian, (inverse_hessian_factor(h, self.damping, order), ms)
-                u, ms = factor[1]
+                    factor[:] = hessian, order_key, (
+                        inverse_hessian_factor(h, self.damping, order), ms)
+                u, ms = factor[2]
                 imp = (mixed_importance(ms, self.importance_prior)
                        if self.importance != "none" else None)
                 if rotate:
@@ -296,6 +307,8 @@ class Improver:
             self._block = self._stream.block(input_key(name)[0])
             self._rows_done = {}
         qt = self._block[name]
+        if qt.bits != bits:
+            raise ValueError(f"{name}: the stream quantized it as {qt.bits}, the plan says {bits}")
         start = self._rows_done.get(name, 0)
         stop = start + w.shape[0]
         self._rows_done[name] = stop
