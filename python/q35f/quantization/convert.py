@@ -251,7 +251,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
     directory.replace_directory(tmp, out)
     summary = _summary(planned, out, names)
     summary.update(source=source, bits=bits, group_size=group_size, head_bits=head_bits,
-                   group_params=group_params,
+                   group_params=group_params, mix=mix,
                    seconds=round(time.perf_counter() - started, 3))
     return summary
 
@@ -442,6 +442,9 @@ def _quantize_command(args) -> int:
           f"{format_bytes(s['file_bytes'])} in {s['seconds']:.1f} s")
     if s["linear_params"]:
         params = "" if s.get("group_params", FLOAT16) == FLOAT16 else f", {s['group_params']}"
+        if s.get("mix", "none") != "none":
+            mixed = ", ".join(f"{p.split('_')[0]} {b}" for p, b in MIXES[s["mix"]].items())
+            params += f", mix {s['mix']}: {mixed}"
         print(f"  linear layers ({s['bits']}, G={s['group_size']}{params}): "
               f"{s['linear_bits_per_weight']:.4f} bits/weight, {s['linear_params']:,} weights")
     print(f"  embedding/head: {s['head_bits']}; norms: fp32")

@@ -1,9 +1,9 @@
 """Mixes: which block linears a q35 file stores in another format, inside the same budget.
 
-Measured on the embedded model (one class of linears quantized at a time by the default
-recipe, the rest float, KL divergence to the float model over 8 windows of Pride and
-Prejudice; docs/RESULTS.md "Session 12"): per weight, v_proj costs 10x and k_proj 4x what
-q_proj does, and they are a third of its size (grouped-query attention). So "kv4-q3" stores k
+Measured on the embedded model (`python bench/linear_sensitivity.py`: one class of linears
+quantized by the default recipe at a time, the rest float, KL divergence to the float model on
+generated text past the calibration tokens; docs/RESULTS.md "Session 12"): per weight, v_proj
+costs 8x and k_proj 4x what q_proj does, and they are a third of its size (grouped-query attention). So "kv4-q3" stores k
 and v in int4 and pays for it with q in int3: 0.016 bits per weight fewer than q35 everywhere
 on this model. That holds where k and v together are at most q's size (grouped-query attention
 with at least two query heads per kv head); elsewhere the mix would cost bits and is not used
