@@ -175,13 +175,15 @@ def test_coarse_first_lowers_the_output_error_of_correlated_layers(group_params)
     for seed in range(10, 16):
         w, h = _layer(seed)
         order = column_order(w.shape[1], "q35", "coarse-first")
-        natural = gptq_quantize(w, inverse_hessian_factor(h), 64, "q35", True,
+        # light damping: this synthetic Hessian is well conditioned, and the more GPTQ trusts
+        # it the more the order matters
+        natural = gptq_quantize(w, inverse_hessian_factor(h, 0.01), 64, "q35", True,
                                 group_params=group_params)
-        coarse = gptq_quantize(w, inverse_hessian_factor(h, order=order), 64, "q35", True,
+        coarse = gptq_quantize(w, inverse_hessian_factor(h, 0.01, order), 64, "q35", True,
                                group_params=group_params, order=order)
         ratios.append(output_error(w, coarse.dequantize(), h)
                       / output_error(w, natural.dequantize(), h))
-    assert np.mean(ratios) < 0.985, ratios  # 0.970 (float16), 0.943 (e4m4) on these seeds
+    assert np.mean(ratios) < 0.975, ratios  # 0.958 (float16), 0.957 (e4m4) on these seeds
 
 
 def test_an_order_must_be_a_permutation():

@@ -339,7 +339,7 @@ def register(subparsers):
                    "(default 0.1; 1 = unweighted)")
     p.add_argument("--damping", type=float, default=None, metavar="D",
                    help="GPTQ damping: D * mean(diag H) added to the Hessian's diagonal "
-                   "(default 0.1)")
+                   "(default 0.2)")
     p.add_argument("--mix", default=None, choices=list(MIXES),
                    help="q35 only: store some linears in another format within the same budget; "
                    "kv4-q3 = k_proj and v_proj in int4, q_proj in int3 (the most and the least "

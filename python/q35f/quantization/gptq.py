@@ -24,8 +24,10 @@ from q35f.kernels import reference
 
 # 0.01 until session 9, 0.05 until session 11 (measured better with and without the rotation);
 # 0.1 with groups of 64 and e4m4 parameters: KL 0.187 / 0.169 -> 0.185 / 0.166 over 64 windows,
-# 0.186 / 0.163 -> 0.184 / 0.157 over 16 (P&P / pydoc; docs/RESULTS.md "Session 11")
-DEFAULT_DAMPING = 0.1
+# 0.186 / 0.163 -> 0.184 / 0.157 over 16 (P&P / pydoc; docs/RESULTS.md "Session 11");
+# 0.2 with the coarse-first order and the kv4-q3 mix: KL 0.164 / 0.151 (0.05), 0.161 / 0.149
+# (0.1), 0.159 / 0.149 (0.2) over 64 windows (docs/RESULTS.md "Session 12")
+DEFAULT_DAMPING = 0.2
 
 
 ORDERS = ("natural", "coarse-first")
