@@ -549,7 +549,7 @@ class Model:
             qkv = layer.qkv.parts
             if len(qkv) == 1:
                 qkv = [qkv[0], None]  # k and v fused with q: no separate k/v tiles
-            elif len(qkv) != 2 or qkv[0].shape[0] != sum(layer.qkv.sizes[:1]) or (
+            elif len(qkv) != 2 or qkv[0].shape[0] != layer.qkv.sizes[0] or (
                     qkv[0].shape[0] % fortran.TILE_ROWS):
                 return None
             linears = (*qkv, layer.wo, *layer.gate_up.parts, layer.down)
