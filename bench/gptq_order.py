@@ -13,7 +13,6 @@ with the error relative to the natural order's.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 
 import q35f.quantization.gptq as gptq
 from q35f.io.checkpoint import default_model_path, open_checkpoint
+from q35f.paper.data import write_csv
 from q35f.quantization.recipe import RECIPE_GROUP_SIZE, RECIPES, Improver
 from q35f.quantization.sequential import _PARTS, weight_name
 
@@ -109,12 +109,7 @@ def main() -> None:
     for label in dict.fromkeys(r["order"] for r in rows):
         mean = np.mean([r["relative_to_natural"] for r in rows if r["order"] == label])
         print(f"mean {label}: {mean:.4f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(Path(args.out), list(rows[0]), rows)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ for a class of linears; 0 for a range of blocks without block 0).
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
 from q35f.io import corpora
 from q35f.io.checkpoint import default_model_path, open_checkpoint
+from q35f.paper.data import write_csv
 from q35f.measure.perplexity import perplexity, tokenize
 from q35f.runtime.model import LlamaConfig, Model, Weights
 
@@ -90,12 +90,7 @@ def main() -> None:
                      "start": args.start, "model": str(args.model),
                      "note": f"load avg {os.getloadavg()[0]:.1f}"})
         print(rows[-1], flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(Path(args.out), list(rows[0]), rows)
 
 
 if __name__ == "__main__":

@@ -115,7 +115,9 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
     offsets = np.empty((n, groups), dtype=np.float16)
     scales = np.empty((n, groups), dtype=np.float16)
     chosen = np.zeros(groups, dtype=bool)
-    steps = np.empty((n, groups, 2), dtype=np.float32)  # per group: even, odd grid step
+    # per group, as float32 once: the offset, the even and the odd grid's step
+    offsets32 = np.empty((n, groups), dtype=np.float32)
+    steps = np.empty((n, groups, 2), dtype=np.float32)
 
     def choose(g):
         first, last = g * group_size, min((g + 1) * group_size, k)
@@ -128,6 +130,7 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
                                   fmt.even_levels - 1)
             off16, scale16 = off16[:, 0], scale16[:, 0]
         offsets[:, g], scales[:, g] = off16, scale16
+        offsets32[:, g] = off16
         scale = scale16.astype(np.float32)
         steps[:, g, 0] = scale
         steps[:, g, 1] = reference.step3(scale) if fmt.name == "q35" else scale
@@ -144,8 +147,7 @@ def gptq_quantize(w: np.ndarray, factor: np.ndarray, group_size: int = 128, bits
             if not chosen[g]:
                 choose(g)
             odd = c % 2
-            step = steps[:, g, odd]
-            offset = offsets[:, g].astype(np.float32)
+            step, offset = steps[:, g, odd], offsets32[:, g]
             col = block[:, i]
             count = fmt.odd_levels if odd else fmt.even_levels
             q = offset + step * reference.to_levels(col, offset, step, count).astype(np.float32)
