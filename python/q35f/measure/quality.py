@@ -80,8 +80,7 @@ def _parse_config(spec: str):
             kwargs[key] = value not in ("0", "false", "")
         elif key in ("group_size", "calibration_tokens", "tune_steps"):
             kwargs[key] = int(value)
-        elif key in ("importance_prior", "damping", "tune_lr", "propagation",
-                     "guidance"):
+        elif key in ("importance_prior", "damping", "tune_lr", "propagation"):
             kwargs[key] = float(value)
         else:
             kwargs[key] = value

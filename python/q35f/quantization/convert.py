@@ -156,7 +156,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                         damping=None, sequential=True, symmetric=False, refit=False,
                         tune_steps=0, tune_target="float-block", tune_lr=None,
                         rotation="none", propagation=0.0, group_params=FLOAT16,
-                        gptq_order="natural", mix="none", guidance=0.0) -> dict:
+                        gptq_order="natural", mix="none") -> dict:
     """Quantize checkpoint `src` (GGUF file, HF or q35f directory; None = embedded model) into
     the q35f directory `out`. Returns a summary with sizes and bits/weight.
 
@@ -205,8 +205,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
         improver = None  # clip search, pairing, error feedback (q35f.quantization.recipe)
         if (clip_search or gptq or pairing != "none" or importance != "none"
                 or calibration is not None or refit or tune_steps or rotation != "none"
-                or propagation or group_params != FLOAT16 or gptq_order != "natural"
-                or guidance):
+                or propagation or group_params != FLOAT16 or gptq_order != "natural"):
             from q35f.quantization.recipe import (DEFAULT_CALIBRATION_TOKENS, DEFAULT_IMPORTANCE_PRIOR,
                                   Improver)
 
@@ -221,7 +220,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
                                 tune_target=tune_target, tune_lr=tune_lr,
                                 rotation=rotation, group_size=group_size,
                                 propagation=propagation, group_params=group_params,
-                                gptq_order=gptq_order, guidance=guidance,
+                                gptq_order=gptq_order,
                                 tensor_bits={p.name: p.bits for p in planned if p.bits})
             config["quantization_config"].update(improver.describe())
         tmp = directory.partial_directory(out)

@@ -94,7 +94,7 @@ class Improver:
                  importance_prior=DEFAULT_IMPORTANCE_PRIOR, damping=None, sequential=True,
                  symmetric=False, refit=False, tune_steps=0, tune_target="float-block",
                  tune_lr=None, rotation="none", group_size=128, propagation=0.0,
-                 group_params=FLOAT16, gptq_order="natural", tensor_bits=None, guidance=0.0):
+                 group_params=FLOAT16, gptq_order="natural", tensor_bits=None):
         from q35f.format.rotation import check_rotation
         from q35f.quantization.gptq import DEFAULT_DAMPING, ORDERS
 
@@ -132,12 +132,6 @@ class Improver:
         if propagation and not (gptq and sequential):
             raise ValueError("--propagation corrects sequential GPTQ's targets: it needs --gptq")
         self.propagation = float(propagation)
-        if not 0 <= float(guidance) <= 1:
-            raise ValueError(f"guidance must lie in [0, 1], got {guidance}")
-        if guidance and not (gptq and sequential):
-            raise ValueError("--guidance weighs sequential GPTQ's calibration tokens: it needs "
-                             "--gptq")
-        self.guidance = float(guidance)
         if gptq_order not in ORDERS:
             raise ValueError(f"gptq_order must be one of {list(ORDERS)}, got {gptq_order!r}")
         if gptq_order != "natural" and not gptq:
@@ -210,8 +204,6 @@ class Improver:
             out["sequential"] = self.sequential
         if self.propagation:
             out["propagation"] = self.propagation
-        if self.guidance:
-            out["guidance"] = self.guidance
         if self.refit:
             out["refit"] = "hessian"
         if self.tune_steps:
@@ -305,19 +297,11 @@ class Improver:
             started = time.perf_counter()
             batches = calibration_batches(self.source, self.spec, self.calibration_tokens,
                                           self.sequence_length)
-            token_weights = None
-            if self.guidance:
-                from q35f.quantization.guidance import output_gradient_weights
-
-                token_weights = output_gradient_weights(self.source, self.source.config,
-                                                        batches, strength=self.guidance)
-                self.seconds["guidance"] = round(time.perf_counter() - started, 3)
             self._stream = LayerStream(
                 self.source, self.source.config, batches, quantize_full, refit=self.refit,
                 tune_steps=self.tune_steps, target=self.tune_target,
                 tune_options={} if self.tune_lr is None else {"lr": self.tune_lr},
-                progress=self.progress, propagation=self.propagation, damping=self.damping,
-                token_weights=token_weights)
+                progress=self.progress, propagation=self.propagation, damping=self.damping)
             self.seconds["sequential_setup"] = round(time.perf_counter() - started, 3)
         if name not in self._block:
             self._block = self._stream.block(input_key(name)[0])

@@ -89,7 +89,7 @@ class LayerStream:
 
     def __init__(self, source, config: dict, batches: np.ndarray, quantize, refit=False,
                  tune_steps=0, target="float-block", tune_options=None, progress=False,
-                 propagation=0.0, damping=None, token_weights=None):
+                 propagation=0.0, damping=None):
         from q35f.runtime.model import LlamaConfig, keep_freed_memory, rope_tables
 
         if target not in TARGETS:
@@ -97,9 +97,6 @@ class LayerStream:
         if not 0 <= float(propagation) <= 1:
             raise ValueError(f"propagation must lie in [0, 1], got {propagation}")
         self.propagation = float(propagation)
-        # {(layer, proj): (n, T)} weights of the calibration tokens in each linear's objective
-        # (q35f.quantization.guidance); None: every token alike
-        self.token_weights = token_weights
         if damping is None:
             from q35f.quantization.gptq import DEFAULT_DAMPING as damping
         self.damping = float(damping)
@@ -163,11 +160,7 @@ class LayerStream:
                 w = self._weights(layer, proj)
                 if correction is not None:  # the weight that undoes the upstream error
                     w = (w + w @ correction).astype(np.float32, copy=False)
-                objective = stats
-                if self.token_weights is not None:  # X^T diag(w) X
-                    objective = _Stats()
-                    objective.add(x * np.sqrt(self.token_weights[layer, proj])[..., None])
-                qt = self.quantize(name, w, objective.hessian, objective.mean_square)
+                qt = self.quantize(name, w, stats.hessian, stats.mean_square)
                 if self.refit:  # levels fixed: the best float16 parameters for them
                     from q35f.quantization.tune import refit_rows
 

@@ -120,18 +120,10 @@ def refit_rows(qt, w, hessian, band: int = 256):
 # --- block reconstruction (torch) ----------------------------------------------------------------
 
 
-def torch_block(x, weights: dict, attn_norm, mlp_norm, config, cos, sin, taps=None):
+def torch_block(x, weights: dict, attn_norm, mlp_norm, config, cos, sin):
     """One Llama block in torch, the same arithmetic as q35f.quantization.sequential's numpy one:
-    x (B, T, hidden) -> (B, T, hidden); weights {proj: (N, K) tensor}; cos/sin (T, head_dim/2).
-    taps: a dict that receives every linear's output {proj: (B, T, N)}, gradients retained."""
+    x (B, T, hidden) -> (B, T, hidden); weights {proj: (N, K) tensor}; cos/sin (T, head_dim/2)."""
     import torch
-
-    def linear(proj, v):
-        y = v @ weights[proj].T
-        if taps is not None:
-            y.retain_grad()
-            taps[proj] = y
-        return y
 
     eps = config.rms_norm_eps
     n_heads, n_kv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
@@ -147,9 +139,9 @@ def torch_block(x, weights: dict, attn_norm, mlp_norm, config, cos, sin, taps=No
         return torch.cat([v1 * c - v2 * s, v2 * c + v1 * s], dim=-1)
 
     h = norm(x, attn_norm)
-    q = rope(linear("q_proj", h).reshape(b, t, n_heads, d))
-    k = rope(linear("k_proj", h).reshape(b, t, n_kv, d))
-    v = linear("v_proj", h).reshape(b, t, n_kv, d)
+    q = rope((h @ weights["q_proj"].T).reshape(b, t, n_heads, d))
+    k = rope((h @ weights["k_proj"].T).reshape(b, t, n_kv, d))
+    v = (h @ weights["v_proj"].T).reshape(b, t, n_kv, d)
     group = n_heads // n_kv
     q = q.permute(0, 2, 1, 3)  # (B, heads, T, d); head i reads kv head i // group
     k = k.permute(0, 2, 1, 3).repeat_interleave(group, dim=1)
@@ -158,11 +150,11 @@ def torch_block(x, weights: dict, attn_norm, mlp_norm, config, cos, sin, taps=No
     mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
     scores = scores.masked_fill(mask, float("-inf")).softmax(-1)
     attn = (scores @ v).permute(0, 2, 1, 3).reshape(b, t, n_heads * d)
-    x = x + linear("o_proj", attn)
+    x = x + attn @ weights["o_proj"].T
     h = norm(x, mlp_norm)
-    gate = linear("gate_proj", h)
-    hidden = torch.nn.functional.silu(gate) * linear("up_proj", h)
-    return x + linear("down_proj", hidden)
+    gate = h @ weights["gate_proj"].T
+    hidden = torch.nn.functional.silu(gate) * (h @ weights["up_proj"].T)
+    return x + hidden @ weights["down_proj"].T
 
 
 class _Dequantized:
