@@ -37,7 +37,7 @@ from q35f.io.checkpoint import open_checkpoint
 from q35f.io.llama import HEAD_NAMES, LINEAR
 from q35f.io.info import format_bytes
 from q35f.io.safetensors import SafetensorsWriter
-from q35f.quantization.mix import MIXES, applicable, tensor_bits
+from q35f.quantization.mix import BY_DEPTH, MIXES, applicable, tensor_bits
 
 HEAD_CHOICES = tuple(FORMATS) + ("fp16", "fp32")
 # One band of a matrix read and quantized at a time: 4 Mi float32 values = 16 MiB.
@@ -76,13 +76,13 @@ def planned_rotation(name: str, k: int, rotation: str, group_size: int) -> str:
 
 
 def _plan_tensor(name, shape, bits, group_size, head_bits, rotation="none",
-                 group_params=FLOAT16, mix="none"):
+                 group_params=FLOAT16, mix="none", n_layers=None):
     """Only the block linears get `group_params` and `mix` (q35f.quantization.mix): the
     embedding/head keep float16 parameters (as llama.cpp's Q8_0 does)."""
     treatment = None
     linear = len(shape) == 2 and LINEAR.fullmatch(name)
     if linear:
-        treatment = tensor_bits(name, bits, mix)
+        treatment = tensor_bits(name, bits, mix, n_layers)
     elif len(shape) == 2 and name in HEAD_NAMES:
         treatment = head_bits
     if treatment in FORMATS:
@@ -186,7 +186,7 @@ def quantize_checkpoint(src, out, bits="q35", group_size=128, head_bits="int8", 
             mix = "none"
         planned = [
             _plan_tensor(info.name, info.shape, bits, group_size, head_bits, rotation,
-                         group_params, mix)
+                         group_params, mix, ck.config.get("num_hidden_layers"))
             for info in ck.infos()
         ]
         config = dict(ck.config)
@@ -343,7 +343,9 @@ def register(subparsers):
     p.add_argument("--mix", default=None, choices=list(MIXES),
                    help="q35 only: store some linears in another format within the same budget; "
                    "kv4-q3 = k_proj and v_proj in int4, q_proj in int3 (the most and the least "
-                   "sensitive per weight; the default, but for --round-to-nearest), none = q35 "
+                   "sensitive per weight; the default of --no-calibration); kv4-q3-ends = "
+                   "kv4-q3, and o/gate/up/down in int4 in the first and last eighth of the "
+                   "blocks, in int3 in as many at the middle (the default); none = q35 "
                    "everywhere")
     p.add_argument("--gptq-order", default=None, choices=["natural", "coarse-first"],
                    help="the order GPTQ rounds the columns in: coarse-first = every 3-bit "
@@ -444,6 +446,9 @@ def _quantize_command(args) -> int:
         params = "" if s.get("group_params", FLOAT16) == FLOAT16 else f", {s['group_params']}"
         if s.get("mix", "none") != "none":
             mixed = ", ".join(f"{p.split('_')[0]} {b}" for p, b in MIXES[s["mix"]].items())
+            if s["mix"] in BY_DEPTH:
+                mixed += ("; o/gate/up/down int4 in the first and last eighth of the blocks, "
+                          "int3 in as many at the middle")
             params += f", mix {s['mix']}: {mixed}"
         print(f"  linear layers ({s['bits']}, G={s['group_size']}{params}): "
               f"{s['linear_bits_per_weight']:.4f} bits/weight, {s['linear_params']:,} weights")
