@@ -316,7 +316,8 @@ def register(subparsers):
                         "+ importance-weighted clip search + the input rotation + error "
                         "propagation 0.5 in groups of 64 with one-byte parameters, calibrated on "
                         "16384 tokens of the built-in generated text; both with k/v in int4 and "
-                        "q in int3, --mix)")
+                        "q in int3, the default also with o/gate/up/down in int4 at both ends "
+                        "of the stack and int3 in the middle, --mix)")
     recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
                         const="round-to-nearest",
                         help="plain per-group min/max rounding, nothing searched, calibrated or "
