@@ -315,9 +315,9 @@ def register(subparsers):
                         "no calibration text (default: GPTQ error feedback, 3-bit columns first, "
                         "+ importance-weighted clip search + the input rotation + error "
                         "propagation 0.5 in groups of 64 with one-byte parameters, calibrated on "
-                        "16384 tokens of the built-in generated text; both with k/v in int4 and "
-                        "q in int3, the default also with o/gate/up/down in int4 at both ends "
-                        "of the stack and int3 in the middle, --mix)")
+                        "16384 tokens of the built-in generated text; both with k/v in int4, "
+                        "q in int3 and o/gate/up/down in int4 at both ends of the stack and "
+                        "int3 in the middle, --mix)")
     recipe.add_argument("--round-to-nearest", dest="recipe", action="store_const",
                         const="round-to-nearest",
                         help="plain per-group min/max rounding, nothing searched, calibrated or "
@@ -344,10 +344,9 @@ def register(subparsers):
     p.add_argument("--mix", default=None, choices=list(MIXES),
                    help="q35 only: store some linears in another format within the same budget; "
                    "kv4-q3 = k_proj and v_proj in int4, q_proj in int3 (the most and the least "
-                   "sensitive per weight; the default of --no-calibration); kv4-q3-ends = "
-                   "kv4-q3, and o/gate/up/down in int4 in the first and last eighth of the "
-                   "blocks, in int3 in as many at the middle (the default); none = q35 "
-                   "everywhere")
+                   "sensitive per weight); kv4-q3-ends = kv4-q3, and o/gate/up/down in int4 "
+                   "in the first and last eighth of the blocks, in int3 in as many at the "
+                   "middle (the default, but for --round-to-nearest); none = q35 everywhere")
     p.add_argument("--gptq-order", default=None, choices=["natural", "coarse-first"],
                    help="the order GPTQ rounds the columns in: coarse-first = every 3-bit "
                    "(odd) column of q35 before every 4-bit one, so the finer grid absorbs the "

@@ -42,15 +42,15 @@ IMPORTANCES = ("none", "activation")
 # Session 12 (64 windows, P&P / pydoc, docs/RESULTS.md "Session 12"): GPTQ's 3-bit columns
 # first, KL 0.185 / 0.166 -> 0.173 / 0.155; k/v in int4 and q in int3 (q35f.quantization.mix),
 # -> 0.161 / 0.149 calibrated, 0.694 / 0.644 -> 0.632 / 0.608 data-free, 0.016 fewer bits.
-# Session 13: the rule by depth on top (kv4-q3-ends), calibrated only (data-free, int3 blocks
-# are round-to-nearest): KL 0.159 / 0.149 -> 0.144 / 0.139 at the same bits.
+# Session 13: the rule by depth on top (kv4-q3-ends), at the same bits: KL 0.159 / 0.149 ->
+# 0.144 / 0.139 calibrated, 0.632 / 0.608 -> 0.592 / 0.587 data-free.
 RECIPES = {
     "calibrated": {"clip_search": True, "pairing": "none", "gptq": True,
                    "importance": "activation", "rotation": "hadamard", "propagation": 0.5,
                    "group_params": COMPACT, "gptq_order": "coarse-first",
                    "mix": "kv4-q3-ends"},
     "data-free": {"clip_search": True, "pairing": "weight", "gptq": False, "importance": "none",
-                  "rotation": "hadamard", "group_params": COMPACT, "mix": "kv4-q3"},
+                  "rotation": "hadamard", "group_params": COMPACT, "mix": "kv4-q3-ends"},
     "round-to-nearest": {"clip_search": False, "pairing": "none", "gptq": False,
                          "importance": "none", "rotation": "none"},
 }
