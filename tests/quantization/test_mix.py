@@ -90,21 +90,28 @@ def test_a_mixed_file_stores_each_format_and_decodes_in_one_call_per_block(tmp_p
     assert 3.2 < summary["linear_bits_per_weight"] < 4.6
 
 
-def test_a_file_with_the_rule_by_depth_has_kv4_q3_s_bits_and_decodes_in_one_call(tmp_path):
+@pytest.mark.parametrize("recipe", ["data-free", "calibrated"])
+def test_a_file_with_the_rule_by_depth_has_kv4_q3_s_bits_and_decodes_in_one_call(tmp_path,
+                                                                                  recipe):
     config = dict(TINY_CONFIG, num_hidden_layers=4)
     src = write_hf(tmp_path / "src", tiny_tensors(config, seed=4), config)
-    sizes = {}
+    text = tmp_path / "calibration.txt"
+    text.write_text(CALIBRATION_TEXT)
+    bits_per_weight = {}
     for mix in ("kv4-q3", "kv4-q3-ends"):
         out = tmp_path / mix
-        options = dict(RECIPES["data-free"], mix=mix)
-        sizes[mix] = quantize_checkpoint(src, out, bits="q35", group_size=32, progress=False,
-                                         **options)["linear_bits_per_weight"]
+        options = dict(RECIPES[recipe], mix=mix)
+        if options["gptq"]:  # the sequential stream quantizes each tensor in its planned format
+            options.update(calibration=str(text), calibration_tokens=512)
+        bits_per_weight[mix] = quantize_checkpoint(src, out, bits="q35", group_size=32,
+                                                   progress=False,
+                                                   **options)["linear_bits_per_weight"]
     with open_checkpoint(out) as ck:
         for layer, formats in depth_formats(4).items():
             for proj in BY_DEPTH["kv4-q3-ends"]:
                 assert ck.get(f"model.layers.{layer}.{PROJS[proj]}.{proj}.weight").bits == formats
         assert ck.get("model.layers.1.mlp.down_proj.weight").bits == "int3"
-    assert sizes["kv4-q3"] == sizes["kv4-q3-ends"]  # as many bits gained as given up
+    assert bits_per_weight["kv4-q3"] == bits_per_weight["kv4-q3-ends"]  # as many gained as given
     model, ck = load_model(out, max_seq_len=64)
     ck.close()
     assert model._decode is not None  # every block one decode_block call, int3/int4 blocks too
