@@ -20,11 +20,8 @@ gain and lose half a bit each). 64 windows (docs/RESULTS.md "Session 13"): KL di
 
 from __future__ import annotations
 
-MIXES = {
-    "none": {},
-    "kv4-q3": {"q_proj": "int3", "k_proj": "int4", "v_proj": "int4"},
-    "kv4-q3-ends": {"q_proj": "int3", "k_proj": "int4", "v_proj": "int4"},
-}
+_KV4_Q3 = {"q_proj": "int3", "k_proj": "int4", "v_proj": "int4"}
+MIXES = {"none": {}, "kv4-q3": _KV4_Q3, "kv4-q3-ends": _KV4_Q3}
 # the mixes with the rule by depth, and the linears it moves
 BY_DEPTH = {"kv4-q3-ends": ("o_proj", "gate_proj", "up_proj", "down_proj")}
 
